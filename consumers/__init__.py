@@ -1,0 +1,1 @@
+"""Consumers: decode gatestream topics and write them into TimescaleDB, exactly once."""

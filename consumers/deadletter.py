@@ -1,0 +1,86 @@
+"""Dead-letter topic: events that cannot be decoded or stored, with the reason in headers.
+
+The original key and value bytes are kept untouched, so a fixed consumer can re-read
+them. Headers (all strings): ``gatestream.reason`` (a short code), ``gatestream.error``
+(the detail), ``gatestream.source.topic`` / ``.partition`` / ``.offset`` /
+``.timestamp_ms``, and ``gatestream.consumer_group``.
+A dead letter is published and acknowledged before the offsets that skip its event
+commit, so an event is never dropped silently; after a crash in between, the same dead
+letter may be published twice (same source coordinates).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+
+class DeadLetterError(Exception):
+    pass
+
+
+class DeadLetters:
+    def __init__(self, producer_conf: dict[str, Any], topic: str, group: str) -> None:
+        conf = dict(producer_conf)
+        conf.setdefault("enable.idempotence", True)
+        conf.setdefault("acks", "all")
+        conf.setdefault("linger.ms", 5)
+        self._producer = Producer(conf)
+        self.topic = topic
+        self.group = group
+        self._errors: list[str] = []
+        self._pending = 0
+        self.sent = 0
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        self._pending -= 1
+        if err is not None:
+            self._errors.append(str(err))
+        else:
+            self.sent += 1
+
+    def send(
+        self,
+        *,
+        topic: str,
+        partition: int,
+        offset: int,
+        timestamp_ms: int | None,
+        key: bytes | None,
+        value: bytes | None,
+        reason: str,
+        detail: str,
+    ) -> None:
+        headers = [
+            ("gatestream.reason", reason.encode()),
+            ("gatestream.error", detail[:4000].encode()),
+            ("gatestream.source.topic", topic.encode()),
+            ("gatestream.source.partition", str(partition).encode()),
+            ("gatestream.source.offset", str(offset).encode()),
+            (
+                "gatestream.source.timestamp_ms",
+                str(timestamp_ms if timestamp_ms is not None else "").encode(),
+            ),
+            ("gatestream.consumer_group", self.group.encode()),
+        ]
+        while True:
+            try:
+                self._producer.produce(self.topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery)
+                break
+            except BufferError:
+                self._producer.poll(0.1)
+        self._pending += 1
+
+    def confirm(self, timeout: float = 30.0) -> None:
+        """Wait until every dead letter sent so far is acknowledged; raise if any was not."""
+        if self._pending:
+            self._producer.flush(timeout)
+        if self._pending or self._errors:
+            errors, self._errors = self._errors, []
+            raise DeadLetterError(
+                f"dead-letter topic {self.topic}: {self._pending} unacknowledged, errors: {errors[:3]}"
+            )
+
+    def close(self) -> None:
+        self._producer.flush(10)

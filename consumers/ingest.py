@@ -1,0 +1,394 @@
+"""The ingest consumer: a consumer-group member that micro-batches topics into hypertables.
+
+Exactly-once effect: a batch's rows and its partitions' next offsets commit in one
+database transaction, and partitions start where the database says (read in
+``on_assign``), never where Kafka's committed offsets say. A member that lost a
+partition cannot commit for it (see ``consumers.offsets``). Scale by starting more
+processes with the same group.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import structlog
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from consumers import metrics
+from consumers.batch_writer import BatchWriter, TableBatch, WriteResult
+from consumers.deadletter import DeadLetterError, DeadLetters
+from consumers.decoder import DecodeError, Decoder
+from consumers.offsets import FencedError, read_offsets
+from consumers.tables import TableSpec, describe_table, table_for
+from gatestream.kafka import base_config, consumer_config
+from gatestream.settings import IngestSettings
+from schemas import EventType, SchemaCatalog
+from schemas.registry import make_registry, reader_schema
+
+log = structlog.get_logger("gatestream.ingest")
+
+TP = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Route:
+    topic: str
+    decoder: Decoder
+    spec: TableSpec
+
+
+def build_routes(
+    conn: psycopg.Connection[Any],
+    settings: IngestSettings,
+    topics: dict[str, EventType],
+    tables: dict[str, tuple[str, str]] | None = None,
+) -> dict[str, Route]:
+    """Topic -> (decoder, hypertable). ``tables`` overrides the target table per topic."""
+    catalog = SchemaCatalog(settings.schema_dir)
+    registry = make_registry(settings.schema_registry_url, catalog)
+    routes: dict[str, Route] = {}
+    for topic, et in topics.items():
+        reader = reader_schema(registry, catalog, et, f"{topic}-value")
+        schema, table = (tables or {}).get(topic, table_for(et))
+        spec = describe_table(conn, schema, table, [f["name"] for f in reader["fields"]])
+        routes[topic] = Route(topic, Decoder(registry, reader), spec)
+    return routes
+
+
+@dataclass
+class IngestSummary:
+    consumed: int = 0
+    inserted: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    fenced: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class _Batch:
+    tables: dict[str, TableBatch] = field(default_factory=dict)
+    ends: dict[TP, int] = field(default_factory=dict)
+    rejects: list[tuple[Message, str, str]] = field(default_factory=list)
+    count: int = 0
+    started: float = 0.0
+
+
+class Ingestor:
+    def __init__(
+        self,
+        settings: IngestSettings,
+        routes: dict[str, Route],
+        *,
+        group_id: str | None = None,
+        upsert: bool = False,
+        accept: Callable[[Message, dict[str, Any]], bool] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.routes = routes
+        self.group = group_id or settings.group_id
+        self.upsert = upsert
+        self.accept = accept
+        self.stop_event = threading.Event()
+        self.summary = IngestSummary()
+        self._conn = self._connect()
+        self._writer = BatchWriter(self._conn, self.group, binary=settings.copy_binary)
+        self._consumer = Consumer(consumer_config(settings, self.group), logger=None)
+        self._dlq = DeadLetters(base_config(settings), settings.dlq_topic, self.group)
+        self._owned: set[TP] = set()
+        self._stored: dict[TP, int | None] = {}
+        self._next: dict[TP, int] = {}
+        self._batch = self._new_batch()
+        self._last_event = time.monotonic()
+        self._assigned_once = False
+
+    # ------------------------------------------------------------------ plumbing
+    def _connect(self) -> psycopg.Connection[Any]:
+        delay = 0.5
+        while True:
+            try:
+                return psycopg.connect(self.settings.database_url, autocommit=True)
+            except psycopg.OperationalError as exc:
+                if self.stop_event.is_set():
+                    raise
+                log.warning("database unreachable; retrying", error=str(exc).strip(), retry_in_s=delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 10)
+
+    def _reconnect(self) -> None:
+        try:
+            self._conn.close()
+        except Exception:  # noqa: BLE001 - closing a broken connection
+            pass
+        self._conn = self._connect()
+        self._writer = BatchWriter(self._conn, self.group, binary=self.settings.copy_binary)
+
+    def _new_batch(self) -> _Batch:
+        return _Batch(tables={t: TableBatch(r.spec) for t, r in self.routes.items()})
+
+    def _read_stored(self, parts: list[TP]) -> dict[TP, int]:
+        while True:
+            try:
+                return read_offsets(self._conn, self.group, parts)
+            except psycopg.OperationalError as exc:
+                log.warning("cannot read offsets; reconnecting", error=str(exc).strip())
+                time.sleep(1)
+                self._reconnect()
+
+    # ------------------------------------------------------------------ rebalance
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        parts = [(p.topic, p.partition) for p in partitions]
+        stored = self._read_stored(parts)
+        for p in partitions:
+            tp = (p.topic, p.partition)
+            off = stored.get(tp)
+            p.offset = off if off is not None else OFFSET_BEGINNING
+            self._stored[tp] = off
+            self._next[tp] = off if off is not None else -1
+            self._owned.add(tp)
+        consumer.incremental_assign(partitions)
+        self._assigned_once = True
+        self._last_event = time.monotonic()
+        metrics.REBALANCES.labels("assign").inc()
+        metrics.ASSIGNED_PARTITIONS.set(len(self._owned))
+        log.info("partitions assigned", partitions=_fmt(parts), with_stored_offsets=len(stored))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Commit what we hold while the partitions are still ours; the new owner starts there.
+        self._flush()
+        self._forget([(p.topic, p.partition) for p in partitions], "revoked")
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Lost (session timed out): another member may already own them; the fence would
+        # reject a commit, so drop what we hold for them without trying.
+        parts = [(p.topic, p.partition) for p in partitions]
+        self._drop_from_batch(set(parts))
+        self._forget(parts, "lost")
+
+    def _forget(self, parts: list[TP], kind: str) -> None:
+        for tp in parts:
+            self._owned.discard(tp)
+            self._stored.pop(tp, None)
+            self._next.pop(tp, None)
+        metrics.REBALANCES.labels(kind).inc()
+        metrics.ASSIGNED_PARTITIONS.set(len(self._owned))
+        log.info(f"partitions {kind}", partitions=_fmt(parts))
+
+    def _drop_from_batch(self, parts: set[TP]) -> None:
+        if not parts:
+            return
+        for tb in self._batch.tables.values():
+            keep = [i for i, m in enumerate(tb.origins) if (m.topic(), m.partition()) not in parts]
+            tb.rows = [tb.rows[i] for i in keep]
+            tb.origins = [tb.origins[i] for i in keep]
+        self._batch.rejects = [r for r in self._batch.rejects if (r[0].topic(), r[0].partition()) not in parts]
+        for tp in parts:
+            self._batch.ends.pop(tp, None)
+
+    # ------------------------------------------------------------------ batching
+    def _add(self, msg: Message) -> None:
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        tp = (topic, partition)
+        if tp not in self._owned or offset < self._next.get(tp, 0):
+            return  # from before a revoke or a seek: not ours to write
+        self._next[tp] = offset + 1
+        batch = self._batch
+        if not batch.count and not batch.ends:
+            batch.started = time.monotonic()
+        batch.ends[tp] = offset + 1
+        route = self.routes[topic]
+        try:
+            record = route.decoder.decode(msg.value())
+            if self.accept is not None and not self.accept(msg, record):
+                return
+            row = route.spec.row_of(record)
+        except DecodeError as exc:
+            batch.rejects.append((msg, exc.reason, exc.detail))
+            return
+        except (KeyError, TypeError) as exc:
+            batch.rejects.append((msg, "unmappable", f"{type(exc).__name__}: {exc}"))
+            return
+        tb = batch.tables[topic]
+        tb.rows.append(row)
+        tb.origins.append(msg)
+        batch.count += 1
+
+    def _flush(self) -> None:
+        batch = self._batch
+        if not batch.ends:
+            return
+        self._batch = self._new_batch()
+        moves = {tp: (self._stored.get(tp), end) for tp, end in batch.ends.items() if tp in self._owned}
+        if not moves:
+            return
+        t0 = time.monotonic()
+        sent_dlq: list[tuple[str, str]] = []
+
+        def before_commit(result: WriteResult) -> None:
+            sent_dlq.clear()
+            for msg, reason, detail in batch.rejects + [(r.origin, r.reason, r.detail) for r in result.rejected]:
+                self._dlq.send(
+                    topic=msg.topic(),
+                    partition=msg.partition(),
+                    offset=msg.offset(),
+                    timestamp_ms=msg.timestamp()[1] if msg.timestamp()[0] else None,
+                    key=msg.key(),
+                    value=msg.value(),
+                    reason=reason,
+                    detail=detail,
+                )
+                sent_dlq.append((msg.topic(), reason))
+            self._dlq.confirm()
+
+        try:
+            result = self._writer.write(list(batch.tables.values()), moves, before_commit, upsert=self.upsert)
+        except FencedError as exc:
+            self.summary.fenced += 1
+            metrics.FENCED_BATCHES.inc()
+            log.warning(
+                "batch fenced: another member moved these offsets; rolled back",
+                partitions=_fmt(exc.partitions),
+            )
+            self._resync(list(moves))
+            return
+        except DeadLetterError as exc:
+            log.error("dead-letter topic unavailable; batch rolled back and will be retried", error=str(exc))
+            self._resync(list(moves))
+            time.sleep(1)
+            return
+        except psycopg.OperationalError as exc:
+            log.error("database error; batch rolled back and will be retried", error=str(exc).strip())
+            self._reconnect()
+            self._resync(list(moves))
+            return
+        for tp, (_, end) in moves.items():
+            self._stored[tp] = end
+        elapsed = time.monotonic() - t0
+        self.summary.batches += 1
+        self.summary.inserted += result.inserted
+        self.summary.duplicates += result.duplicates
+        self.summary.dead_lettered += len(sent_dlq)
+        metrics.BATCH_COMMIT_SECONDS.observe(elapsed)
+        metrics.BATCH_ROWS.observe(result.inserted)
+        for topic, tb in batch.tables.items():
+            if tb.rows:
+                metrics.EVENTS_CONSUMED.labels(topic).inc(len(tb.rows))
+        for name, n in result.inserted_by_table.items():
+            metrics.ROWS_INSERTED.labels(name).inc(n)
+        for topic, reason in sent_dlq:
+            metrics.DEAD_LETTERED.labels(topic, reason).inc()
+        if result.duplicates:
+            log.info("duplicate events skipped", duplicates=result.duplicates)
+        log.debug(
+            "batch committed",
+            rows=result.inserted,
+            duplicates=result.duplicates,
+            dead_lettered=len(sent_dlq),
+            offsets={_k(tp): [self._stored_before(tp, moves), end] for tp, (_, end) in moves.items()},
+            commit_ms=round(elapsed * 1000, 1),
+        )
+        self._commit_to_kafka(moves)
+
+    @staticmethod
+    def _stored_before(tp: TP, moves: dict[TP, tuple[int | None, int]]) -> int | None:
+        return moves[tp][0]
+
+    def _commit_to_kafka(self, moves: dict[TP, tuple[int | None, int]]) -> None:
+        """Mirror the offsets to Kafka for tools (lag dashboards); never read back."""
+        try:
+            self._consumer.commit(
+                offsets=[TopicPartition(t, p, end) for (t, p), (_, end) in moves.items()], asynchronous=True
+            )
+        except KafkaException:
+            pass
+
+    def _resync(self, parts: list[TP]) -> None:
+        """After a rolled-back batch: start those partitions again from the stored offsets."""
+        owned = [tp for tp in parts if tp in self._owned]
+        stored = self._read_stored(owned)
+        for tp in owned:
+            off = stored.get(tp)
+            self._stored[tp] = off
+            self._next[tp] = off if off is not None else -1
+            try:
+                self._consumer.seek(TopicPartition(tp[0], tp[1], off if off is not None else OFFSET_BEGINNING))
+            except KafkaException as exc:
+                log.warning(
+                    "seek failed; partition will be re-read after the next rebalance",
+                    tp=_k(tp),
+                    error=str(exc),
+                )
+
+    # ------------------------------------------------------------------ main loop
+    def request_stop(self, *_: Any) -> None:
+        self.stop_event.set()
+
+    def run(self) -> IngestSummary:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.request_stop)
+            signal.signal(signal.SIGINT, self.request_stop)
+        started = time.monotonic()
+        self._consumer.subscribe(
+            list(self.routes), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        log.info("ingest started", group=self.group, topics=list(self.routes))
+        max_rows = self.settings.batch_max_rows
+        max_age = self.settings.batch_max_ms / 1000
+        try:
+            while not self.stop_event.is_set():
+                batch = self._batch
+                timeout = 0.1
+                if batch.ends:
+                    timeout = max(0.0, min(timeout, batch.started + max_age - time.monotonic()))
+                msgs = self._consumer.consume(num_messages=max(1, min(10000, max_rows - batch.count)), timeout=timeout)
+                now = time.monotonic()
+                for msg in msgs:
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() != KafkaError._PARTITION_EOF:
+                            log.warning("consumer error", error=str(err))
+                        continue
+                    self._add(msg)
+                if msgs:
+                    self.summary.consumed += len(msgs)
+                    self._last_event = now
+                batch = self._batch
+                if batch.ends and (batch.count >= max_rows or now - batch.started >= max_age):
+                    self._flush()
+                idle = self.settings.stop_after_idle_s
+                if idle is not None and self._assigned_once and not batch.ends and now - self._last_event >= idle:
+                    log.info("idle; stopping", idle_s=idle)
+                    break
+            self._flush()
+        finally:
+            self.summary.seconds = time.monotonic() - started
+            self._close()
+        log.info("ingest stopped", **self.summary.__dict__)
+        return self.summary
+
+    def _close(self) -> None:
+        try:
+            self._consumer.close()  # leaves the group: partitions move at once
+        except (KafkaException, RuntimeError):
+            pass
+        self._dlq.close()
+        self._conn.close()
+
+
+def _k(tp: TP) -> str:
+    return f"{tp[0]}[{tp[1]}]"
+
+
+def _fmt(parts: list[TP]) -> dict[str, list[int]]:
+    """Partitions grouped by topic, for compact log lines."""
+    out: dict[str, list[int]] = {}
+    for t, p in sorted(parts):
+        out.setdefault(t, []).append(p)
+    return out

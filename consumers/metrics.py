@@ -1,0 +1,31 @@
+"""Prometheus metrics of the ingest consumers (names gatestream_*, units in the name)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_CONSUMED = Counter("gatestream_ingest_events_consumed_total", "Events read from Kafka by ingest.", ["topic"])
+ROWS_INSERTED = Counter("gatestream_ingest_rows_inserted_total", "Rows committed into hypertables.", ["hypertable"])
+DUPLICATES = Counter(
+    "gatestream_ingest_duplicate_events_total",
+    "Events skipped because their event_id was already stored.",
+    ["hypertable"],
+)
+DEAD_LETTERED = Counter(
+    "gatestream_ingest_dead_lettered_total", "Events sent to the dead-letter topic.", ["topic", "reason"]
+)
+BATCH_ROWS = Histogram(
+    "gatestream_ingest_batch_rows",
+    "Rows per committed micro-batch.",
+    buckets=(10, 100, 500, 1000, 2500, 5000, 10000, 20000, 50000),
+)
+BATCH_COMMIT_SECONDS = Histogram(
+    "gatestream_ingest_batch_commit_seconds",
+    "Time to write and commit one micro-batch.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+FENCED_BATCHES = Counter(
+    "gatestream_ingest_fenced_batches_total", "Batches rolled back because another member moved the offsets."
+)
+REBALANCES = Counter("gatestream_ingest_rebalances_total", "Partition assignment changes.", ["kind"])
+ASSIGNED_PARTITIONS = Gauge("gatestream_ingest_assigned_partitions", "Partitions this process owns now.")

@@ -1,0 +1,1 @@
+"""gatestream: monitoring-gateway events into TimescaleDB, exactly once."""

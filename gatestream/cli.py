@@ -1,0 +1,219 @@
+"""The ``gatestream`` command line.
+
+Settings come from ``GATESTREAM_*`` environment variables (``ops/stack env`` prints
+them for the local stack); flags override them for one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import timedelta
+from typing import Any
+
+import structlog
+
+from gatestream import logs
+from gatestream.settings import CommonSettings, IngestSettings, ProducerSettings
+from schemas import EventType
+
+log = structlog.get_logger("gatestream.cli")
+
+
+def _overrides(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def _types(value: str) -> list[EventType]:
+    try:
+        return [EventType(v.strip()) for v in value.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}; known types: {', '.join(e.value for e in EventType)}") from exc
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from gatestream.migrate import migrate
+
+    settings = CommonSettings()
+    applied = migrate(settings.database_url)
+    print(f"migrations applied: {', '.join(applied) if applied else 'none (up to date)'}")
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from gatestream.topics import ensure_topics
+
+    settings = ProducerSettings(**_overrides(args, ["partitions"]))
+    names = [*settings.event_topics(), settings.dlq_topic]
+    created = ensure_topics(settings, names, settings.partitions)
+    print(f"topics created: {', '.join(created) if created else 'none (all exist)'}")
+    return 0
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from producers.loadgen import Fleet, RateLimiter, generate
+    from producers.publisher import Publisher
+
+    settings = ProducerSettings(**_overrides(args, ["spool_path"]))
+    fleet = Fleet(orgs=args.orgs, devices_per_org=args.devices, gateways_per_org=args.gateways, seed=args.seed)
+    pub = Publisher(settings)
+    limiter = RateLimiter(args.rate)
+    started = time.monotonic()
+    chunk: list[Any] = []
+    events = generate(args.count, fleet, args.types, seed=args.seed, spread=timedelta(hours=args.spread_hours))
+    step = max(1, min(1000, int(args.rate / 20) if args.rate else 1000))
+    for ev in events:
+        chunk.append(ev)
+        if len(chunk) >= step:
+            pub.publish_many(chunk)
+            limiter.wait(len(chunk))
+            chunk = []
+    if chunk:
+        pub.publish_many(chunk)
+    left = pub.close(timeout=args.flush_timeout)
+    secs = time.monotonic() - started
+    summary = {
+        "produced": args.count,
+        "delivered": pub.delivered,
+        "still_spooled": left,
+        "seconds": round(secs, 2),
+        "events_per_s": round(pub.delivered / secs) if secs else None,
+    }
+    print(json.dumps(summary))
+    if left:
+        print(
+            f"{left} events are still in the spool {settings.spool_path}; they are sent on the next run",
+            file=sys.stderr,
+        )
+        return 3
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from consumers.ingest import Ingestor, build_routes
+
+    settings = IngestSettings(
+        **_overrides(
+            args,
+            [
+                "group_id",
+                "batch_max_rows",
+                "batch_max_ms",
+                "stop_after_idle_s",
+                "session_timeout_ms",
+                "heartbeat_interval_ms",
+            ],
+        )
+    )
+    topics = settings.event_topics()
+    if args.types:
+        topics = {t: et for t, et in topics.items() if et in args.types}
+    with psycopg.connect(settings.database_url) as conn:
+        routes = build_routes(conn, settings, topics)
+    summary = Ingestor(settings, routes).run()
+    print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in summary.__dict__.items()}))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from gatestream.report import print_report
+
+    print_report(CommonSettings())
+    return 0
+
+
+def cmd_bench_ingest(args: argparse.Namespace) -> int:
+    from gatestream.bench import bench_ingest
+
+    settings = IngestSettings()
+    return bench_ingest(
+        settings, events=args.events, runs=args.runs, batch_rows=args.batch_rows, partitions=args.partitions
+    )
+
+
+# ---------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gatestream",
+        description="Monitoring-gateway events: Avro over Kafka into TimescaleDB hypertables, exactly once.",
+        epilog="Connection settings come from GATESTREAM_* environment variables; "
+        'for the local stack run: eval "$(ops/stack env)".',
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    db = sub.add_parser("db", help="database tasks").add_subparsers(dest="db_command", required=True)
+    db.add_parser("migrate", help="apply the SQL migrations in sql/ (idempotent)").set_defaults(fn=cmd_migrate)
+
+    tp = sub.add_parser("topics", help="Kafka topic tasks").add_subparsers(dest="topics_command", required=True)
+    te = tp.add_parser("ensure", help="create the event topics and the dead-letter topic if missing")
+    te.add_argument("--partitions", type=int, help="partitions per new topic (default 6)")
+    te.set_defaults(fn=cmd_topics)
+
+    pr = sub.add_parser("produce", help="generate realistic gateway events and publish them (load generator)")
+    pr.add_argument("--count", type=int, default=10_000, help="events to publish (default 10000)")
+    pr.add_argument("--rate", type=float, default=0, help="events per second, 0 = as fast as possible")
+    pr.add_argument("--orgs", type=int, default=3, help="organizations (default 3)")
+    pr.add_argument("--devices", type=int, default=20, help="desktop seats per organization (default 20)")
+    pr.add_argument("--gateways", type=int, default=2, help="gateways per organization (default 2)")
+    pr.add_argument("--types", type=_types, default=list(EventType), help="comma-separated event types (default: all)")
+    pr.add_argument("--spread-hours", type=float, default=1.0, help="event times spread over the last N hours")
+    pr.add_argument("--seed", type=int, default=1, help="random seed (same seed, same events)")
+    pr.add_argument("--spool-path", dest="spool_path", help="SQLite spool file (default gatestream-spool.sqlite3)")
+    pr.add_argument("--flush-timeout", type=float, default=60, help="seconds to wait for delivery at the end")
+    pr.set_defaults(fn=cmd_produce)
+
+    ing = sub.add_parser("ingest", help="run an ingest consumer-group member (start more to scale)")
+    ing.add_argument("--group", dest="group_id", help="consumer group (default gatestream-ingest)")
+    ing.add_argument("--types", type=_types, help="only these event types (default: all)")
+    ing.add_argument("--batch-rows", dest="batch_max_rows", type=int, help="rows per micro-batch (default 5000)")
+    ing.add_argument("--batch-ms", dest="batch_max_ms", type=int, help="max age of a micro-batch (default 500)")
+    ing.add_argument(
+        "--stop-after-idle",
+        dest="stop_after_idle_s",
+        type=float,
+        help="exit 0 after this many seconds without new events (default: run until SIGTERM)",
+    )
+    ing.add_argument("--session-timeout-ms", dest="session_timeout_ms", type=int)
+    ing.add_argument("--heartbeat-interval-ms", dest="heartbeat_interval_ms", type=int)
+    ing.set_defaults(fn=cmd_ingest)
+
+    sub.add_parser("show", help="print what landed: rows per hypertable and organization, offsets").set_defaults(
+        fn=cmd_show
+    )
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
+    bi = bench.add_parser("ingest", help="raw binary COPY vs end-to-end ingest on the same events")
+    bi.add_argument("--events", type=int, default=300_000, help="events per run (default 300000)")
+    bi.add_argument("--runs", type=int, default=3, help="runs; medians are reported (default 3)")
+    bi.add_argument("--batch-rows", type=int, default=10_000, help="rows per batch in both paths")
+    bi.add_argument("--partitions", type=int, default=6, help="partitions of the bench topic")
+    bi.set_defaults(fn=cmd_bench_ingest)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    common = CommonSettings()
+    logs.configure(common.log_format, common.log_level)
+    try:
+        code = args.fn(args)
+    except KeyboardInterrupt:
+        code = 130
+    except Exception as exc:  # a clear one-line error for operators, the trace in the log
+        from pydantic import ValidationError
+
+        if isinstance(exc, ValidationError):
+            print(f"gatestream: bad setting: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        log.error("command failed", command=args.command, error=f"{type(exc).__name__}: {exc}", exc_info=True)
+        print(f"gatestream {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        code = 1
+    raise SystemExit(code)
+
+
+__all__ = ["main", "build_parser"]

@@ -1,0 +1,46 @@
+"""librdkafka configuration shared by gatestream's producers and consumers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gatestream.settings import IngestSettings, KafkaClientSettings, ProducerSettings
+
+
+def base_config(settings: KafkaClientSettings) -> dict[str, Any]:
+    conf: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers}
+    conf.update(settings.kafka_extra)
+    return conf
+
+
+def producer_config(settings: ProducerSettings) -> dict[str, Any]:
+    conf = {
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": settings.linger_ms,
+        "compression.type": settings.compression,
+        "message.timeout.ms": settings.message_timeout_ms,
+        # Java-compatible key hashing, so other clients place a device on the same partition.
+        "partitioner": "murmur2_random",
+    }
+    conf.update(base_config(settings))
+    return conf
+
+
+def consumer_config(settings: IngestSettings, group_id: str) -> dict[str, Any]:
+    conf = {
+        "group.id": group_id,
+        # Offsets live in the database, committed with the rows; Kafka never decides where we start.
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "session.timeout.ms": settings.session_timeout_ms,
+        "heartbeat.interval.ms": settings.heartbeat_interval_ms,
+        "fetch.wait.max.ms": settings.fetch_wait_max_ms,
+        # Without this librdkafka pauses a second whenever > 100k messages are queued.
+        "fetch.queue.backoff.ms": 10,
+        "queued.max.messages.kbytes": 262144,
+    }
+    conf.update(base_config(settings))
+    return conf

@@ -1,0 +1,39 @@
+"""``gatestream show``: what landed in the hypertables, and where the consumers are."""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from gatestream.migrate import timescaledb_edition
+from gatestream.settings import CommonSettings
+from schemas import EventType
+
+
+def print_report(settings: CommonSettings) -> None:
+    with psycopg.connect(settings.database_url) as conn:
+        edition = timescaledb_edition(conn)
+        version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
+        print(f"TimescaleDB {version[0] if version else '?'} ({edition} edition)\n")
+        print(f"{'hypertable':<36}{'rows':>10}{'orgs':>6}{'chunks':>8}  newest event")
+        for et in EventType:
+            time_col = "timestamp" if et is EventType.GATEWAY_STATUS_SNAPSHOTS else "datetime"
+            q = sql.SQL("SELECT count(*), count(DISTINCT organization_id), max({}) FROM monitoring.{}").format(
+                sql.Identifier(time_col), sql.Identifier(et.value)
+            )
+            rows, orgs, newest = conn.execute(q).fetchone() or (0, 0, None)
+            chunks = conn.execute(
+                "SELECT count(*) FROM timescaledb_information.chunks "
+                "WHERE hypertable_schema = 'monitoring' AND hypertable_name = %s",
+                (et.value,),
+            ).fetchone()
+            print(f"{'monitoring.' + et.value:<36}{rows:>10}{orgs:>6}{chunks[0] if chunks else 0:>8}  {newest or '-'}")
+        print("\nconsumer offsets (stored with the rows):")
+        offs = conn.execute(
+            "SELECT consumer_group, topic, count(*), sum(next_offset) FROM gatestream.consumer_offsets "
+            "GROUP BY 1, 2 ORDER BY 1, 2"
+        ).fetchall()
+        if not offs:
+            print("  none yet")
+        for group, topic, parts, total in offs:
+            print(f"  {group:<24}{topic:<44}{parts:>3} partitions  {total:>10} events consumed")

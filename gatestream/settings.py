@@ -1,0 +1,73 @@
+"""Settings, one pydantic-settings model per process, all read from ``GATESTREAM_*``.
+
+``CommonSettings`` holds what every process needs (where the broker, the database and
+the schemas are); each process's model extends it with its own knobs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas import EventType
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATESTREAM_", extra="ignore")
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
+    database_url: str = Field(
+        "postgresql://postgres@127.0.0.1:5432/gatestream", description="TimescaleDB connection URL."
+    )
+    schema_registry_url: str | None = Field(
+        None, description="Confluent-compatible Schema Registry; unset = the shipped schema catalog."
+    )
+    schema_dir: Path | None = Field(None, description="Schema catalog folder; unset = the shipped one.")
+    topic_prefix: str = Field("gatestream.", description="Topics are <prefix><event type>.")
+    dlq_topic: str = Field("gatestream.dead-letter", description="Where undecodable events go.")
+    log_format: str = Field("auto", description="auto (JSON unless a TTY), json or console.")
+    log_level: str = Field("info")
+
+    def topic_for(self, event_type: EventType) -> str:
+        return f"{self.topic_prefix}{event_type.value}"
+
+    def event_topics(self) -> dict[str, EventType]:
+        return {self.topic_for(et): et for et in EventType}
+
+
+class KafkaClientSettings(CommonSettings):
+    """Client tuning shared by producers and consumers (see docs/broker notes in README)."""
+
+    kafka_extra: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="Extra librdkafka properties, JSON object."
+    )
+
+
+class ProducerSettings(KafkaClientSettings):
+    spool_path: Path = Field(Path("gatestream-spool.sqlite3"), description="Durable local spool file.")
+    spool_synchronous: str = Field(
+        "NORMAL",
+        description="SQLite synchronous mode of the spool: NORMAL survives a process crash, FULL a power cut.",
+    )
+    max_in_flight: int = Field(20000, description="Events handed to the Kafka client but not yet acknowledged.")
+    message_timeout_ms: int = Field(30000, description="After this an unacknowledged event is retried from the spool.")
+    linger_ms: int = Field(20)
+    compression: str = Field("lz4")
+    partitions: int = Field(6, description="Partitions per event topic when gatestream creates topics.")
+
+
+class IngestSettings(KafkaClientSettings):
+    group_id: str = Field("gatestream-ingest", description="Consumer group; start more processes to scale.")
+    batch_max_rows: int = Field(5000, description="A micro-batch commits at this many rows ...")
+    batch_max_ms: int = Field(500, description="... or this long after its first row, whichever comes first.")
+    session_timeout_ms: int = Field(10000)
+    heartbeat_interval_ms: int = Field(3000)
+    fetch_wait_max_ms: int = Field(20)
+    stop_after_idle_s: float | None = Field(
+        None,
+        description="Exit 0 after this many seconds with no new events (demo, tests); unset = run forever.",
+    )
+    copy_binary: bool = Field(True, description="Binary COPY (faster) rather than text COPY.")
+    metrics_port: int | None = Field(None, description="Serve Prometheus metrics on this port.")

@@ -1,0 +1,25 @@
+"""Gateway-side publishing: typed events -> Avro -> one Kafka topic per event type.
+
+``Publisher`` writes every event to a durable SQLite spool first, then to Kafka
+(idempotent, keyed by device), and forgets it only when the broker acknowledged it.
+"""
+
+from producers.events import (
+    ActiveWindow,
+    Event,
+    GatewayStatusSnapshot,
+    Screenshot,
+    UserSession,
+    VisitedSite,
+)
+from producers.publisher import Publisher
+
+__all__ = [
+    "ActiveWindow",
+    "Event",
+    "GatewayStatusSnapshot",
+    "Publisher",
+    "Screenshot",
+    "UserSession",
+    "VisitedSite",
+]

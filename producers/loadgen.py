@@ -1,0 +1,177 @@
+"""Realistic synthetic gateway events, for demos, tests and benchmarks."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from producers.events import (
+    ActiveWindow,
+    Event,
+    GatewayStatusSnapshot,
+    Screenshot,
+    UserSession,
+    VisitedSite,
+)
+from schemas import EventType
+
+PROCESSES = [
+    ("chrome.exe", "Inbox - Mail"),
+    ("code.exe", "main.py - Visual Studio Code"),
+    ("excel.exe", "Q3 budget.xlsx"),
+    ("winword.exe", "Contract draft.docx"),
+    ("slack.exe", "Slack | #general"),
+    ("explorer.exe", "Downloads"),
+    ("teams.exe", "Daily stand-up"),
+    ("outlook.exe", "Calendar"),
+    ("firefox.exe", "Jira board"),
+    ("notepad.exe", "notes.txt"),
+    ("1c.exe", "1C:Enterprise"),
+    ("telegram.exe", "Telegram"),
+]
+SITES = [
+    "https://mail.example.com/inbox",
+    "https://docs.example.org/guide/start",
+    "https://news.example.net/world",
+    "https://shop.example.com/cart",
+    "https://video.example.com/watch?v=",
+    "https://wiki.example.org/Kafka",
+    "https://git.example.com/org/repo/pulls",
+    "https://bank.example.com/login",
+]
+BROWSERS = ["chrome", "firefox", "edge", "yandex"]
+SESSION_EVENTS = ["logon", "lock", "unlock", "idle", "active", "logoff"]
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """Organizations, their desktop seats (users_on_computers_id) and gateways."""
+
+    orgs: int = 3
+    devices_per_org: int = 20
+    gateways_per_org: int = 2
+    seed: int = 7
+
+    def devices(self) -> list[tuple[int, int]]:
+        return [(org, org * 100_000 + d) for org in range(1, self.orgs + 1) for d in range(1, self.devices_per_org + 1)]
+
+    def gateways(self) -> list[tuple[int, uuid.UUID]]:
+        rnd = random.Random(self.seed)
+        return [
+            (org, uuid.UUID(int=rnd.getrandbits(128), version=4))
+            for org in range(1, self.orgs + 1)
+            for _ in range(self.gateways_per_org)
+        ]
+
+
+def make_event(
+    event_type: EventType,
+    rnd: random.Random,
+    fleet_devices: list[tuple[int, int]],
+    fleet_gateways: list[tuple[int, uuid.UUID]],
+    when: datetime,
+) -> Event:
+    eid = uuid.UUID(int=rnd.getrandbits(128), version=4)
+    if event_type is EventType.GATEWAY_STATUS_SNAPSHOTS:
+        org, gw = rnd.choice(fleet_gateways)
+        return GatewayStatusSnapshot(
+            event_id=eid,
+            organization_id=org,
+            gateway_id=gw,
+            timestamp=when,
+            cpu_usage=round(rnd.uniform(1, 95), 2),
+            disk_usage=round(rnd.uniform(10, 90), 2),
+            memory_usage=round(rnd.uniform(20, 90), 2),
+            queue_depth=rnd.randint(0, 5000),
+            connected_agents=rnd.randint(0, 200),
+        )
+    org, device = rnd.choice(fleet_devices)
+    if event_type is EventType.ACTIVE_WINDOWS:
+        proc, title = rnd.choice(PROCESSES)
+        return ActiveWindow(
+            event_id=eid,
+            organization_id=org,
+            users_on_computers_id=device,
+            datetime=when,
+            title=title,
+            process_name=proc,
+            icon=f"icons/{proc}.png",
+            active_time=rnd.randint(1, 900),
+        )
+    if event_type is EventType.VISITED_SITES:
+        url = rnd.choice(SITES)
+        return VisitedSite(
+            event_id=eid,
+            organization_id=org,
+            users_on_computers_id=device,
+            datetime=when,
+            url=url + (str(rnd.randint(1, 10**6)) if url.endswith("=") else ""),
+            title=url.split("/")[2],
+            browser=rnd.choice(BROWSERS),
+            duration=rnd.randint(1, 1800),
+        )
+    if event_type is EventType.SCREENSHOTS:
+        digest = hashlib.sha256(eid.bytes).hexdigest()
+        return Screenshot(
+            event_id=eid,
+            organization_id=org,
+            users_on_computers_id=device,
+            datetime=when,
+            storage_url=f"s3://screenshots/{org}/{device}/{digest[:16]}.webp",
+            size_bytes=rnd.randint(40_000, 900_000),
+            sha256=digest,
+            width=1920,
+            height=1080,
+            mime_type="image/webp",
+        )
+    return UserSession(
+        event_id=eid,
+        organization_id=org,
+        users_on_computers_id=device,
+        datetime=when,
+        session_event=rnd.choice(SESSION_EVENTS),
+        username=f"user{device % 1000}",
+        session_id=str(rnd.randint(1, 20)),
+        duration_seconds=rnd.randint(0, 28_800),
+    )
+
+
+def generate(
+    count: int,
+    fleet: Fleet,
+    types: list[EventType],
+    *,
+    seed: int = 1,
+    start: datetime | None = None,
+    spread: timedelta = timedelta(hours=1),
+) -> Iterator[Event]:
+    """``count`` events, types round-robin, event times spread over ``spread`` before ``start``."""
+    rnd = random.Random(seed)
+    devices, gateways = fleet.devices(), fleet.gateways()
+    end = start or datetime.now(UTC)
+    span_ms = max(int(spread.total_seconds() * 1000), 1)
+    for i in range(count):
+        when = end - timedelta(milliseconds=rnd.randrange(span_ms))
+        when = when.replace(microsecond=(when.microsecond // 1000) * 1000)  # Avro carries milliseconds
+        yield make_event(types[i % len(types)], rnd, devices, gateways, when)
+
+
+class RateLimiter:
+    """Spreads work evenly at ``rate`` per second (0 = unlimited)."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.start = time.monotonic()
+        self.done = 0
+
+    def wait(self, n: int) -> None:
+        self.done += n
+        if self.rate > 0:
+            ahead = self.done / self.rate - (time.monotonic() - self.start)
+            if ahead > 0:
+                time.sleep(ahead)

@@ -1,0 +1,164 @@
+"""Publisher: typed events -> Avro (Confluent wire format) -> spool -> idempotent Kafka producer."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import structlog
+from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka.schema_registry import topic_subject_name_strategy
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from gatestream.kafka import producer_config
+from gatestream.settings import ProducerSettings
+from producers.events import Event
+from producers.spool import Spool
+from schemas import EventType, SchemaCatalog
+from schemas.registry import make_registry
+
+log = structlog.get_logger("gatestream.producer")
+
+
+class Publisher:
+    """Publishes gateway events; nothing accepted is lost while the broker is away.
+
+    ``publish``/``publish_many`` return once the events are in the spool (durable).
+    Call ``poll()`` regularly (it hands spooled events to Kafka and collects delivery
+    reports) and ``flush()`` before exiting; ``close()`` does both.
+    """
+
+    def __init__(self, settings: ProducerSettings, *, registry: Any = None) -> None:
+        self.settings = settings
+        self.catalog = SchemaCatalog(settings.schema_dir)
+        self.registry = registry or make_registry(settings.schema_registry_url, self.catalog)
+        self.spool = Spool(settings.spool_path, settings.spool_synchronous)
+        self._producer = Producer(producer_config(settings), logger=None)
+        self._serializers: dict[tuple[EventType, int], tuple[AvroSerializer, SerializationContext]] = {}
+        first = self.spool.min_seq()
+        self._sent_upto = (first - 1) if first is not None else 0
+        self._in_flight = 0
+        self._acked: list[int] = []
+        self._failed = False
+        self._retry_at = 0.0
+        self._backoff_s = 0.5
+        self.delivered = 0
+        self.delivery_errors = 0
+        self.last_error: str | None = None
+
+    # ------------------------------------------------------------------ accepting
+    def _serializer(self, event: Event) -> tuple[AvroSerializer, SerializationContext]:
+        schema_version = getattr(event, "schema_version", 0)
+        key = (event.event_type, schema_version)
+        found = self._serializers.get(key)
+        if found is None:
+            entry = (
+                self.catalog.latest(event.event_type)
+                if not schema_version
+                else next(
+                    e
+                    for e in self.catalog.entries()
+                    if e.event_type == event.event_type and e.version == schema_version
+                )
+            )
+            topic = self.settings.topic_for(event.event_type)
+            ser = AvroSerializer(
+                self.registry,
+                entry.schema_str,
+                conf={"auto.register.schemas": True, "subject.name.strategy": topic_subject_name_strategy},
+            )
+            found = (ser, SerializationContext(topic, MessageField.VALUE))
+            self._serializers[key] = found
+        return found
+
+    def encode(self, event: Event) -> tuple[str, bytes, bytes]:
+        """(topic, key, Confluent-framed Avro value) for an event."""
+        ser, ctx = self._serializer(event)
+        value = ser(event.to_record(), ctx)
+        assert value is not None
+        return ctx.topic, event.key(), value
+
+    def publish(self, event: Event) -> None:
+        self.publish_many([event])
+
+    def publish_many(self, events: Iterable[Event]) -> None:
+        self.publish_encoded([self.encode(e) for e in events])
+
+    def publish_encoded(self, encoded: list[tuple[str, bytes, bytes]]) -> None:
+        """Spool already-encoded (topic, key, value) triples, then send what the window allows."""
+        self.spool.append(encoded)
+        self.poll(0)
+
+    # ------------------------------------------------------------------ delivering
+    def _on_delivery(self, seq: int, err: KafkaError | None, msg: Message) -> None:
+        self._in_flight -= 1
+        if err is None:
+            self._acked.append(seq)
+            self.delivered += 1
+            self._backoff_s = 0.5
+            return
+        self.delivery_errors += 1
+        if not self._failed:
+            log.warning("delivery failed; events stay spooled and will be resent", error=str(err), seq=seq)
+        self._failed = True
+        self.last_error = str(err)
+
+    def poll(self, timeout: float = 0.0) -> None:
+        """Serve delivery reports, forget acknowledged events, send more from the spool."""
+        self._producer.poll(timeout)
+        if self._acked:
+            acked, self._acked = self._acked, []
+            self.spool.delete(acked)
+        if self._failed:
+            if self._in_flight > 0:
+                return
+            # Everything handed to the client has been reported; resend from the oldest
+            # event still spooled, after a back-off.
+            first = self.spool.min_seq()
+            self._sent_upto = (first - 1) if first is not None else self._sent_upto
+            self._failed = False
+            self._retry_at = time.monotonic() + self._backoff_s
+            self._backoff_s = min(self._backoff_s * 2, 10.0)
+        if time.monotonic() < self._retry_at:
+            return
+        room = self.settings.max_in_flight - self._in_flight
+        while room > 0:
+            batch = self.spool.read_after(self._sent_upto, min(room, 5000))
+            if not batch:
+                break
+            for ev in batch:
+                try:
+                    self._producer.produce(
+                        ev.topic,
+                        value=ev.value,
+                        key=ev.key,
+                        on_delivery=functools.partial(self._on_delivery, ev.seq),
+                    )
+                except BufferError:
+                    self._producer.poll(0.05)
+                    return
+                self._in_flight += 1
+                self._sent_upto = ev.seq
+                room -= 1
+            self._producer.poll(0)
+
+    def flush(self, timeout: float = 30.0) -> int:
+        """Deliver the spool; return how many events are still spooled when ``timeout`` ends."""
+        deadline = time.monotonic() + timeout
+        while self.spool.depth > 0 and time.monotonic() < deadline:
+            self.poll(0.05)
+        return self.spool.depth
+
+    def close(self, timeout: float = 30.0) -> int:
+        """Flush, then release the client and the spool; return events left spooled (kept on disk)."""
+        left = self.flush(timeout)
+        self._producer.flush(min(timeout, 5.0))
+        self.poll(0)
+        left = self.spool.depth
+        self.spool.close()
+        if left:
+            log.warning("closing with events still spooled; they are sent on next start", spooled=left)
+        return left

@@ -1,0 +1,10 @@
+"""Avro schemas of gatestream's events, their catalog of stable ids, and registry access.
+
+The ``.avsc`` files in this folder are the contract between gateways (producers) and
+the ingest consumers. ``catalog.json`` gives each file a stable schema id, used in the
+Confluent wire format when no Schema Registry is configured.
+"""
+
+from schemas.catalog import CatalogEntry, EventType, SchemaCatalog, SchemaCatalogError
+
+__all__ = ["CatalogEntry", "EventType", "SchemaCatalog", "SchemaCatalogError"]

@@ -1,0 +1,86 @@
+"""Schema registry access: a real Confluent-compatible registry when a URL is set,
+otherwise the shipped catalog, behind one small interface.
+
+``AvroSerializer`` (producers) needs ``register_schema_full_response`` /
+``lookup_schema``; the consumers' decoder needs ``get_schema``. ``CatalogRegistry``
+provides those from ``SchemaCatalog`` so the wire format (magic 0 + 4-byte id + Avro
+body) is identical whether or not a registry runs.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from confluent_kafka.schema_registry import RegisteredSchema, Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+from schemas.catalog import EventType, SchemaCatalog
+
+
+class RegistryLike(Protocol):
+    def get_schema(self, schema_id: int, subject_name: str | None = None, fmt: str | None = None) -> Schema: ...
+
+
+class CatalogRegistry:
+    """Duck-typed stand-in for ``SchemaRegistryClient`` backed by ``SchemaCatalog``."""
+
+    def __init__(self, catalog: SchemaCatalog) -> None:
+        self.catalog = catalog
+
+    # --- what AvroSerializer calls -------------------------------------------------
+    def _registered(self, subject_name: str, schema: Schema) -> RegisteredSchema:
+        entry = self.catalog.by_content(schema.schema_str or "")
+        if entry is None:
+            raise SchemaRegistryError(
+                404,
+                40403,
+                f"schema for subject {subject_name!r} is not in the catalog {self.catalog.directory}; "
+                "add it to catalog.json with a new id",
+            )
+        return RegisteredSchema(
+            schema_id=entry.schema_id,
+            guid=None,
+            schema=Schema(entry.schema_str, "AVRO"),
+            subject=subject_name,
+            version=entry.version,
+        )
+
+    def register_schema_full_response(
+        self, subject_name: str, schema: Schema, normalize_schemas: bool = False
+    ) -> RegisteredSchema:
+        return self._registered(subject_name, schema)
+
+    def register_schema(self, subject_name: str, schema: Schema, normalize_schemas: bool = False) -> int:
+        return self._registered(subject_name, schema).schema_id
+
+    def lookup_schema(
+        self, subject_name: str, schema: Schema, normalize_schemas: bool = False, deleted: bool = False
+    ) -> RegisteredSchema:
+        return self._registered(subject_name, schema)
+
+    def config(self) -> dict[str, Any]:
+        return {}
+
+    # --- what the consumers' decoder calls -----------------------------------------
+    def get_schema(self, schema_id: int, subject_name: str | None = None, fmt: str | None = None) -> Schema:
+        entry = self.catalog.by_id(schema_id)
+        if entry is None:
+            raise SchemaRegistryError(404, 40403, f"schema id {schema_id} is not in the catalog")
+        return Schema(entry.schema_str, "AVRO")
+
+
+def make_registry(url: str | None, catalog: SchemaCatalog) -> Any:
+    """A registry client: the real one for ``url``, else the catalog stand-in."""
+    if url:
+        return SchemaRegistryClient({"url": url})
+    return CatalogRegistry(catalog)
+
+
+def reader_schema(registry: Any, catalog: SchemaCatalog, event_type: EventType, subject: str) -> dict[str, Any]:
+    """The schema a consumer reads with: the registry's latest for the subject, else the catalog's."""
+    if isinstance(registry, CatalogRegistry):
+        return catalog.latest(event_type).schema
+    latest = registry.get_latest_version(subject)
+    parsed: dict[str, Any] = json.loads(latest.schema.schema_str)
+    return parsed
