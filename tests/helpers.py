@@ -1,0 +1,67 @@
+"""Small helpers shared by the integration tests."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from schemas import EventType
+
+TIME_COLUMN = {et: ("timestamp" if et is EventType.GATEWAY_STATUS_SNAPSHOTS else "datetime") for et in EventType}
+
+
+def count_rows(db_url: str, event_type: EventType) -> int:
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute(
+            sql.SQL("SELECT count(*) FROM monitoring.{}").format(sql.Identifier(event_type.value))
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def count_all(db_url: str) -> dict[EventType, int]:
+    return {et: count_rows(db_url, et) for et in EventType}
+
+
+def stored_offsets(db_url: str, group: str) -> dict[tuple[str, int], int]:
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT topic, partition, next_offset FROM gatestream.consumer_offsets WHERE consumer_group = %s",
+            (group,),
+        ).fetchall()
+    return {(t, p): o for t, p, o in rows}
+
+
+def wait_for(predicate: Any, timeout: float, interval: float = 0.25) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+def start_ingest_thread(settings: Any, **kw: Any) -> tuple[Any, threading.Thread]:
+    """An in-process ingest consumer in a thread; returns (ingestor, thread)."""
+    from consumers.ingest import Ingestor, build_routes
+
+    with psycopg.connect(settings.database_url) as conn:
+        routes = build_routes(conn, settings, settings.event_topics())
+    ing = Ingestor(settings, routes, **kw)
+    t = threading.Thread(target=ing.run, name="ingest", daemon=True)
+    t.start()
+    return ing, t
+
+
+def publish(env: Any, spool: Path, events: list[Any]) -> Any:
+    from producers.publisher import Publisher
+
+    pub = Publisher(env.producer(spool))
+    pub.publish_many(events)
+    left = pub.close(timeout=30)
+    assert left == 0, f"{left} events not delivered"
+    return pub

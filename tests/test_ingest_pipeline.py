@@ -1,0 +1,174 @@
+"""End to end against the real broker and TimescaleDB: publish -> ingest -> hypertables."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+from confluent_kafka import Producer
+from confluent_kafka.schema_registry import topic_subject_name_strategy
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from producers.events import ActiveWindow, GatewayStatusSnapshot
+from producers.loadgen import Fleet, generate
+from schemas import EventType, SchemaCatalog
+from schemas.catalog import DEFAULT_DIR
+from schemas.registry import CatalogRegistry
+from tests.conftest import Env, read_topic
+from tests.helpers import count_all, count_rows, publish, start_ingest_thread, stored_offsets, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_every_event_type_lands_once_with_its_values(env: Env, tmp_path: Path) -> None:
+    per_type = 600
+    events = list(generate(per_type * len(EventType), Fleet(orgs=3, devices_per_org=10), list(EventType), seed=3))
+    publish(env, tmp_path / "spool.sqlite3", events)
+
+    settings = env.ingest(stop_after_idle_s=2.0, batch_max_rows=500)
+    ing, t = start_ingest_thread(settings)
+    t.join(90)
+    assert not t.is_alive(), "ingest did not go idle"
+
+    assert count_all(env.database_url) == {et: per_type for et in EventType}
+    assert ing.summary.duplicates == 0 and ing.summary.dead_lettered == 0
+    # the stored offsets cover exactly the events published, per topic
+    offs = stored_offsets(env.database_url, settings.group_id)
+    for et in EventType:
+        assert sum(o for (topic, _), o in offs.items() if topic == env.topic(et)) == per_type
+    # a row carries the event's values
+    aw = next(e for e in events if isinstance(e, ActiveWindow))
+    with psycopg.connect(env.database_url) as conn:
+        row = conn.execute(
+            "SELECT organization_id, users_on_computers_id, datetime, title, process_name, active_time "
+            "FROM monitoring.active_windows WHERE event_id = %s",
+            (aw.event_id,),
+        ).fetchone()
+    assert row == (aw.organization_id, aw.users_on_computers_id, aw.datetime, aw.title, aw.process_name, aw.active_time)
+
+
+def test_poison_events_go_to_dead_letter_and_the_rest_arrive(env: Env, tmp_path: Path) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    gw = uuid.uuid4()
+    good = [
+        GatewayStatusSnapshot(
+            organization_id=1,
+            gateway_id=gw,
+            timestamp=now - timedelta(seconds=i),
+            cpu_usage=10.0,
+            disk_usage=20.0,
+            memory_usage=30.0,
+            queue_depth=i,
+            connected_agents=5,
+        )
+        for i in range(200)
+    ]
+    # valid Avro, but the database refuses it (cpu_usage must be 0..100)
+    refused = GatewayStatusSnapshot(
+        organization_id=1,
+        gateway_id=gw,
+        timestamp=now,
+        cpu_usage=250.0,
+        disk_usage=20.0,
+        memory_usage=30.0,
+        queue_depth=1,
+        connected_agents=1,
+    )
+    publish(env, tmp_path / "spool.sqlite3", good[:100] + [refused] + good[100:])
+
+    topic = env.topic(EventType.GATEWAY_STATUS_SNAPSHOTS)
+    raw = Producer({"bootstrap.servers": env.services.bootstrap_servers})
+    key = str(gw).encode()
+    raw.produce(topic, key=key, value=b"plain text, not Avro")  # not wire format
+    raw.produce(topic, key=key, value=b"\x00\x00\x00\x27\x0f" + b"\x02\x04")  # unknown schema id 9999
+    raw.produce(topic, key=key, value=b"\x00\x00\x00\x03\xed" + b"\x01")  # truncated Avro body (id 1005)
+    raw.produce(topic, key=key, value=None)  # tombstone
+    assert raw.flush(10) == 0
+
+    settings = env.ingest(stop_after_idle_s=2.0, batch_max_rows=50)
+    ing, t = start_ingest_thread(settings)
+    t.join(90)
+    assert not t.is_alive()
+
+    assert count_rows(env.database_url, EventType.GATEWAY_STATUS_SNAPSHOTS) == 200
+    dead = read_topic(env.services.bootstrap_servers, env.dlq_topic, expected=5, timeout=20)
+    reasons = sorted(dict(m.headers())["gatestream.reason"].decode() for m in dead)
+    assert reasons == sorted(
+        ["rejected-by-database", "not-wire-format", "unknown-schema-id", "malformed-avro", "null-value"]
+    )
+    for m in dead:
+        h = {k: v.decode() for k, v in m.headers()}
+        assert h["gatestream.source.topic"] == topic
+        assert h["gatestream.error"]
+        assert int(h["gatestream.source.offset"]) >= 0
+    refused_dl = next(m for m in dead if dict(m.headers())["gatestream.reason"] == b"rejected-by-database")
+    assert b"cpu_usage" in dict(refused_dl.headers())["gatestream.error"]
+    # the partitions moved past the poison: stored offsets cover all 205 messages
+    assert sum(stored_offsets(env.database_url, settings.group_id).values()) == 205
+    assert ing.summary.dead_lettered == 5
+
+
+def _catalog_with_v2(tmp_path: Path) -> tuple[Path, dict[str, object]]:
+    cat_dir = tmp_path / "schemas"
+    shutil.copytree(DEFAULT_DIR, cat_dir, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    v1 = json.loads((cat_dir / "active_windows.v1.avsc").read_text())
+    v2 = dict(v1)
+    v2["fields"] = [
+        *v1["fields"],
+        {"name": "window_class", "type": ["null", "string"], "default": None, "doc": "Added in v2."},
+    ]
+    return cat_dir, v2
+
+
+def test_backward_compatible_schema_change_flows_without_restarting_consumers(env: Env, tmp_path: Path) -> None:
+    cat_dir, v2 = _catalog_with_v2(tmp_path)
+    env.extra["schema_dir"] = cat_dir
+    now = datetime.now(UTC).replace(microsecond=0)
+    v1_events = [
+        ActiveWindow(organization_id=2, users_on_computers_id=7, datetime=now - timedelta(seconds=i), title="v1")
+        for i in range(100)
+    ]
+    publish(env, tmp_path / "spool.sqlite3", v1_events)
+
+    settings = env.ingest(stop_after_idle_s=6.0)
+    ing, t = start_ingest_thread(settings)
+    assert wait_for(lambda: count_rows(env.database_url, EventType.ACTIVE_WINDOWS) == 100, 60)
+
+    # A gateway upgrades: the new version is added to the catalog (append-only) and used
+    # at once, while the consumer keeps running with its v1 reader schema.
+    (cat_dir / "active_windows.v2.avsc").write_text(json.dumps(v2))
+    index = json.loads((cat_dir / "catalog.json").read_text())
+    index["schemas"].append(
+        {"id": 1006, "event_type": "active_windows", "version": 2, "file": "active_windows.v2.avsc"}
+    )
+    (cat_dir / "catalog.json").write_text(json.dumps(index))
+    topic = env.topic(EventType.ACTIVE_WINDOWS)
+    ser = AvroSerializer(
+        CatalogRegistry(SchemaCatalog(cat_dir)),
+        json.dumps(v2),
+        conf={"auto.register.schemas": True, "subject.name.strategy": topic_subject_name_strategy},
+    )
+    raw = Producer({"bootstrap.servers": env.services.bootstrap_servers})
+    ctx = SerializationContext(topic, MessageField.VALUE)
+    for i in range(50):
+        rec = ActiveWindow(
+            organization_id=2, users_on_computers_id=7, datetime=now + timedelta(seconds=i), title="v2"
+        ).to_record() | {"window_class": "Chrome_WidgetWin_1"}
+        value = ser(rec, ctx)
+        assert value is not None and value[1:5] == (1006).to_bytes(4, "big")
+        raw.produce(topic, key=b"7", value=value)
+    assert raw.flush(10) == 0
+
+    t.join(90)
+    assert not t.is_alive()
+    assert count_rows(env.database_url, EventType.ACTIVE_WINDOWS) == 150
+    assert ing.summary.dead_lettered == 0
+    with psycopg.connect(env.database_url) as conn:
+        titles = dict(conn.execute("SELECT title, count(*) FROM monitoring.active_windows GROUP BY 1").fetchall())
+    assert titles == {"v1": 100, "v2": 50}
