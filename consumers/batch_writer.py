@@ -1,12 +1,13 @@
 """Writes one micro-batch: rows of several hypertables and the new offsets, one transaction.
 
-Fast path: (binary) COPY straight into each hypertable. If the database refuses the
+Fast path: binary COPY straight into each hypertable. If the database refuses the
 COPY, the table's rows take a slower path inside the same transaction:
 - a duplicate ``event_id`` (a gateway resent an event): COPY into a temporary staging
   table, then ``INSERT ... ON CONFLICT DO NOTHING``; the duplicates are counted;
-- a row the database rejects (a CHECK, a NUL byte in text, ...): rows are inserted one by
-  one under savepoints and the rejected ones are handed back with the database's reason,
-  for the dead-letter topic; the rest of the batch commits.
+- a row the database rejects (a CHECK, a NUL byte in text, ...): the rows are split in
+  halves under savepoints until each rejected row stands alone (a few statements per
+  bad row, not one per row); rejected rows are handed back with the database's reason,
+  for the dead-letter topic, and the rest of the batch commits.
 The caller's ``before_commit`` runs last (it publishes dead letters and waits for the
 broker's acknowledgement); if it raises, nothing of the batch commits.
 """
@@ -21,6 +22,7 @@ import psycopg
 from psycopg import sql
 
 from consumers.offsets import TopicPartition, advance_offsets
+from consumers.pgtypes import register_wire_dumpers
 from consumers.tables import TableSpec
 
 Origin = Any  # the source confluent_kafka.Message (topic, partition, offset, key, value)
@@ -49,11 +51,10 @@ class WriteResult:
 
 
 class BatchWriter:
-    def __init__(self, conn: psycopg.Connection[Any], group: str, *, binary: bool = True) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], group: str) -> None:
         self.conn = conn
         self.group = group
-        self.binary = binary
-        self._staging: set[str] = set()
+        register_wire_dumpers(conn)
 
     def write(
         self,
@@ -80,16 +81,14 @@ class BatchWriter:
 
     # ------------------------------------------------------------------ paths
     def _copy(self, target: sql.Composable, spec: TableSpec, rows: list[tuple[Any, ...]]) -> None:
-        stmt = sql.SQL("COPY {} ({}) FROM STDIN{}").format(
-            target,
-            sql.SQL(", ").join(map(sql.Identifier, spec.columns)),
-            sql.SQL(" (FORMAT BINARY)") if self.binary else sql.SQL(""),
+        stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+            target, sql.SQL(", ").join(map(sql.Identifier, spec.columns))
         )
         with self.conn.cursor().copy(stmt) as cp:
-            if self.binary:
-                cp.set_types(list(spec.type_oids))
+            cp.set_types(list(spec.type_oids))
+            write_row = cp.write_row
             for row in rows:
-                cp.write_row(row)
+                write_row(row)
 
     def _write_table(self, tb: TableBatch, result: WriteResult, upsert: bool) -> None:
         if not upsert:
@@ -101,32 +100,23 @@ class BatchWriter:
             except psycopg.errors.UniqueViolation:
                 pass
             except (psycopg.errors.DataError, psycopg.errors.IntegrityError):
-                self._row_by_row(tb, result)
-                return
-        try:
-            with self.conn.transaction():
-                inserted = self._staged_insert(tb)
-            result.inserted += inserted
-            result.duplicates += len(tb.rows) - inserted
-        except (psycopg.errors.DataError, psycopg.errors.IntegrityError):
-            self._row_by_row(tb, result)
+                pass
+        self._isolate(tb, result)
 
     def _staging_table(self, spec: TableSpec) -> sql.Identifier:
-        name = f"stage_{spec.schema}_{spec.table}"
-        if name not in self._staging:
-            self.conn.execute(
-                sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS").format(
-                    sql.Identifier(name), spec.qualified
-                )
+        # Not cached: its creation may be rolled back with the savepoint it ran in.
+        name = sql.Identifier(f"stage_{spec.schema}_{spec.table}")
+        self.conn.execute(
+            sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS").format(
+                name, spec.qualified
             )
-            self._staging.add(name)
-        return sql.Identifier(name)
+        )
+        return name
 
-    def _staged_insert(self, tb: TableBatch) -> int:
-        spec = tb.spec
+    def _staged_insert(self, spec: TableSpec, rows: list[tuple[Any, ...]]) -> int:
         stage = self._staging_table(spec)
         self.conn.execute(sql.SQL("TRUNCATE {}").format(stage))
-        self._copy(stage, spec, tb.rows)
+        self._copy(stage, spec, rows)
         cols = sql.SQL(", ").join(map(sql.Identifier, spec.columns))
         cur = self.conn.execute(
             sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT DO NOTHING").format(
@@ -135,28 +125,27 @@ class BatchWriter:
         )
         return cur.rowcount
 
-    def _row_by_row(self, tb: TableBatch, result: WriteResult) -> None:
-        spec = tb.spec
-        stmt = sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT DO NOTHING").format(
-            spec.qualified,
-            sql.SQL(", ").join(map(sql.Identifier, spec.columns)),
-            sql.SQL(", ").join(sql.Placeholder() * len(spec.columns)),
-        )
-        for row, origin in zip(tb.rows, tb.origins, strict=True):
+    def _isolate(self, tb: TableBatch, result: WriteResult) -> None:
+        """Insert what the database accepts, skip duplicates, and collect each refused row."""
+        spans = [(0, len(tb.rows))]
+        while spans:
+            lo, hi = spans.pop()
             try:
                 with self.conn.transaction():
-                    cur = self.conn.execute(stmt, row)
-                if cur.rowcount:
-                    result.inserted += 1
-                else:
-                    result.duplicates += 1
+                    inserted = self._staged_insert(tb.spec, tb.rows[lo:hi])
+                result.inserted += inserted
+                result.duplicates += (hi - lo) - inserted
             except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
-                diag = exc.diag
-                result.rejected.append(
-                    Rejected(
-                        origin,
-                        "rejected-by-database",
-                        f"{spec.name}: {diag.sqlstate} {diag.message_primary}"
-                        + (f" ({diag.constraint_name})" if diag.constraint_name else ""),
-                    )
-                )
+                if hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    spans += [(mid, hi), (lo, mid)]
+                    continue
+                result.rejected.append(Rejected(tb.origins[lo], "rejected-by-database", _describe(tb.spec, exc)))
+
+
+def _describe(spec: TableSpec, exc: Exception) -> str:
+    diag = getattr(exc, "diag", None)
+    if diag is None or diag.sqlstate is None:
+        return f"{spec.name}: {exc}"
+    text = f"{spec.name}: {diag.sqlstate} {diag.message_primary}"
+    return text + (f" ({diag.constraint_name})" if diag.constraint_name else "")

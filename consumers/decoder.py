@@ -6,6 +6,10 @@ ingest path; this decoder does the same resolution (fastavro, writer schema fetc
 id from the registry or catalog, read as the consumer's reader schema) with the parsed
 schemas cached per id. A schema id it has not seen is fetched when first met, so a
 producer may start writing a backward-compatible new version while consumers run.
+
+Values of the logical types ``uuid`` and ``timestamp-millis`` are returned as they are
+on the wire (``str`` and ``int`` milliseconds); ``consumers.pgtypes`` writes them to
+PostgreSQL directly, which saves building Python objects per event.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 
 from fastavro import parse_schema, schemaless_reader
 
+from consumers.pgtypes import strip_logical_types
 from schemas.catalog import normalized
 
 MAGIC = 0
@@ -42,7 +47,7 @@ class Decoder:
     def __init__(self, registry: Any, reader_schema: dict[str, Any]) -> None:
         self.registry = registry
         self.reader_raw = reader_schema
-        self.reader = parse_schema(reader_schema)
+        self.reader = parse_schema(strip_logical_types(reader_schema))
         self._reader_key = normalized(reader_schema)
         self._by_id: dict[int, DecodeFn] = {}
 
@@ -55,7 +60,7 @@ class Decoder:
         except Exception as exc:  # registry errors, network, unknown id
             raise DecodeError("unknown-schema-id", f"schema id {schema_id}: {exc}") from exc
         try:
-            writer = parse_schema(json.loads(writer_raw.schema_str))
+            writer = parse_schema(strip_logical_types(json.loads(writer_raw.schema_str)))
         except Exception as exc:
             raise DecodeError("bad-writer-schema", f"schema id {schema_id}: {exc}") from exc
         reader = None if normalized(json.loads(writer_raw.schema_str)) == self._reader_key else self.reader

@@ -5,6 +5,12 @@ database transaction, and partitions start where the database says (read in
 ``on_assign``), never where Kafka's committed offsets say. A member that lost a
 partition cannot commit for it (see ``consumers.offsets``). Scale by starting more
 processes with the same group.
+
+Pipelining: while one batch is written (COPY and commit, in a writer thread), the next
+is read and decoded. Only one batch is in flight; the next one is handed over after the
+previous one's outcome is known, so its expected offsets are exact. A batch that fails
+(fenced, database down, dead-letter topic down) is rolled back, and its partitions are
+re-read from the stored offsets, dropping what the next batch held for them.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,42 +30,18 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from consumers import metrics
 from consumers.batch_writer import BatchWriter, TableBatch, WriteResult
 from consumers.deadletter import DeadLetterError, DeadLetters
-from consumers.decoder import DecodeError, Decoder
+from consumers.decoder import DecodeError
 from consumers.offsets import FencedError, read_offsets
-from consumers.tables import TableSpec, describe_table, table_for
+from consumers.routes import Route, build_routes
 from gatestream.kafka import base_config, consumer_config
 from gatestream.settings import IngestSettings
-from schemas import EventType, SchemaCatalog
-from schemas.registry import make_registry, reader_schema
+
+__all__ = ["IngestSummary", "Ingestor", "Route", "build_routes"]
 
 log = structlog.get_logger("gatestream.ingest")
 
 TP = tuple[str, int]
-
-
-@dataclass(frozen=True)
-class Route:
-    topic: str
-    decoder: Decoder
-    spec: TableSpec
-
-
-def build_routes(
-    conn: psycopg.Connection[Any],
-    settings: IngestSettings,
-    topics: dict[str, EventType],
-    tables: dict[str, tuple[str, str]] | None = None,
-) -> dict[str, Route]:
-    """Topic -> (decoder, hypertable). ``tables`` overrides the target table per topic."""
-    catalog = SchemaCatalog(settings.schema_dir)
-    registry = make_registry(settings.schema_registry_url, catalog)
-    routes: dict[str, Route] = {}
-    for topic, et in topics.items():
-        reader = reader_schema(registry, catalog, et, f"{topic}-value")
-        schema, table = (tables or {}).get(topic, table_for(et))
-        spec = describe_table(conn, schema, table, [f["name"] for f in reader["fields"]])
-        routes[topic] = Route(topic, Decoder(registry, reader), spec)
-    return routes
+Moves = dict[TP, tuple[int | None, int]]
 
 
 @dataclass
@@ -70,6 +53,15 @@ class IngestSummary:
     batches: int = 0
     fenced: int = 0
     seconds: float = 0.0
+    first_event_at: float | None = None  # monotonic clock, for throughput figures
+    last_commit_at: float | None = None
+
+    def report(self) -> dict[str, int | float]:
+        return {
+            "consumed": self.consumed, "inserted": self.inserted, "duplicates": self.duplicates,
+            "dead_lettered": self.dead_lettered, "batches": self.batches, "fenced": self.fenced,
+            "seconds": round(self.seconds, 2),
+        }  # fmt: skip
 
 
 @dataclass
@@ -79,6 +71,14 @@ class _Batch:
     rejects: list[tuple[Message, str, str]] = field(default_factory=list)
     count: int = 0
     started: float = 0.0
+
+
+@dataclass
+class _InFlight:
+    future: Future[tuple[WriteResult, list[tuple[str, str]]]]
+    batch: _Batch
+    moves: Moves
+    submitted: float
 
 
 class Ingestor:
@@ -98,8 +98,11 @@ class Ingestor:
         self.accept = accept
         self.stop_event = threading.Event()
         self.summary = IngestSummary()
-        self._conn = self._connect()
-        self._writer = BatchWriter(self._conn, self.group, binary=settings.copy_binary)
+        self._conn = self._connect()  # the writer thread's
+        self._meta = self._connect()  # offset reads on assignment and resync
+        self._writer = BatchWriter(self._conn, self.group)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-writer")
+        self._inflight: _InFlight | None = None
         self._consumer = Consumer(consumer_config(settings, self.group), logger=None)
         self._dlq = DeadLetters(base_config(settings), settings.dlq_topic, self.group)
         self._owned: set[TP] = set()
@@ -122,13 +125,10 @@ class Ingestor:
                 time.sleep(delay)
                 delay = min(delay * 2, 10)
 
-    def _reconnect(self) -> None:
-        try:
-            self._conn.close()
-        except Exception:  # noqa: BLE001 - closing a broken connection
-            pass
+    def _reconnect_writer(self) -> None:
+        self._conn.close()
         self._conn = self._connect()
-        self._writer = BatchWriter(self._conn, self.group, binary=self.settings.copy_binary)
+        self._writer = BatchWriter(self._conn, self.group)
 
     def _new_batch(self) -> _Batch:
         return _Batch(tables={t: TableBatch(r.spec) for t, r in self.routes.items()})
@@ -136,11 +136,12 @@ class Ingestor:
     def _read_stored(self, parts: list[TP]) -> dict[TP, int]:
         while True:
             try:
-                return read_offsets(self._conn, self.group, parts)
+                return read_offsets(self._meta, self.group, parts)
             except psycopg.OperationalError as exc:
                 log.warning("cannot read offsets; reconnecting", error=str(exc).strip())
                 time.sleep(1)
-                self._reconnect()
+                self._meta.close()
+                self._meta = self._connect()
 
     # ------------------------------------------------------------------ rebalance
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -166,9 +167,10 @@ class Ingestor:
         self._forget([(p.topic, p.partition) for p in partitions], "revoked")
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Lost (session timed out): another member may already own them; the fence would
-        # reject a commit, so drop what we hold for them without trying.
+        # Lost (session timed out): another member may own them already; a commit would be
+        # fenced, so drop what we hold for them without trying.
         parts = [(p.topic, p.partition) for p in partitions]
+        self._await()
         self._drop_from_batch(set(parts))
         self._forget(parts, "lost")
 
@@ -184,100 +186,123 @@ class Ingestor:
     def _drop_from_batch(self, parts: set[TP]) -> None:
         if not parts:
             return
-        for tb in self._batch.tables.values():
-            keep = [i for i, m in enumerate(tb.origins) if (m.topic(), m.partition()) not in parts]
-            tb.rows = [tb.rows[i] for i in keep]
-            tb.origins = [tb.origins[i] for i in keep]
-        self._batch.rejects = [r for r in self._batch.rejects if (r[0].topic(), r[0].partition()) not in parts]
-        for tp in parts:
-            self._batch.ends.pop(tp, None)
-
-    # ------------------------------------------------------------------ batching
-    def _add(self, msg: Message) -> None:
-        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-        tp = (topic, partition)
-        if tp not in self._owned or offset < self._next.get(tp, 0):
-            return  # from before a revoke or a seek: not ours to write
-        self._next[tp] = offset + 1
         batch = self._batch
-        if not batch.count and not batch.ends:
-            batch.started = time.monotonic()
-        batch.ends[tp] = offset + 1
-        route = self.routes[topic]
-        try:
-            record = route.decoder.decode(msg.value())
-            if self.accept is not None and not self.accept(msg, record):
-                return
-            row = route.spec.row_of(record)
-        except DecodeError as exc:
-            batch.rejects.append((msg, exc.reason, exc.detail))
-            return
-        except (KeyError, TypeError) as exc:
-            batch.rejects.append((msg, "unmappable", f"{type(exc).__name__}: {exc}"))
-            return
-        tb = batch.tables[topic]
-        tb.rows.append(row)
-        tb.origins.append(msg)
-        batch.count += 1
+        for tb in batch.tables.values():
+            keep = [i for i, m in enumerate(tb.origins) if (m.topic(), m.partition()) not in parts]
+            if len(keep) != len(tb.rows):
+                batch.count -= len(tb.rows) - len(keep)
+                tb.rows = [tb.rows[i] for i in keep]
+                tb.origins = [tb.origins[i] for i in keep]
+        batch.rejects = [r for r in batch.rejects if (r[0].topic(), r[0].partition()) not in parts]
+        for tp in parts:
+            batch.ends.pop(tp, None)
 
-    def _flush(self) -> None:
+    # ------------------------------------------------------------------ reading
+    def _add_many(self, msgs: list[Message]) -> None:
+        batch, owned, nxt, routes, accept = self._batch, self._owned, self._next, self.routes, self.accept
+        tables, ends, rejects = batch.tables, batch.ends, batch.rejects
+        if not ends:
+            batch.started = time.monotonic()
+        added = 0
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error", error=str(err))
+                continue
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            tp = (topic, partition)
+            if tp not in owned or offset < nxt.get(tp, 0):
+                continue  # from before a revoke or a seek: not ours to write
+            nxt[tp] = ends[tp] = offset + 1
+            route = routes[topic]
+            try:
+                record = route.decoder.decode(msg.value())
+                if accept is not None and not accept(msg, record):
+                    continue
+                row = route.spec.row_of(record)
+            except DecodeError as exc:
+                rejects.append((msg, exc.reason, exc.detail))
+                continue
+            except (KeyError, TypeError) as exc:
+                rejects.append((msg, "unmappable", f"{type(exc).__name__}: {exc}"))
+                continue
+            tb = tables[topic]
+            tb.rows.append(row)
+            tb.origins.append(msg)
+            added += 1
+        batch.count += added
+
+    # ------------------------------------------------------------------ writing
+    def _write(self, batch: _Batch, moves: Moves) -> tuple[WriteResult, list[tuple[str, str]]]:
+        """Runs in the writer thread: rows, dead letters, offsets, one transaction."""
+        sent: list[tuple[str, str]] = []
+
+        def before_commit(result: WriteResult) -> None:
+            sent.clear()
+            for msg, reason, detail in batch.rejects + [(r.origin, r.reason, r.detail) for r in result.rejected]:
+                ts_type, ts = msg.timestamp()
+                self._dlq.send(
+                    topic=msg.topic(), partition=msg.partition(), offset=msg.offset(),
+                    timestamp_ms=ts if ts_type else None, key=msg.key(), value=msg.value(),
+                    reason=reason, detail=detail,
+                )  # fmt: skip
+                sent.append((msg.topic(), reason))
+            self._dlq.confirm()
+
+        result = self._writer.write(list(batch.tables.values()), moves, before_commit, upsert=self.upsert)
+        return result, sent
+
+    def _submit(self) -> None:
+        """Hand the open batch to the writer thread (after the previous one finished)."""
+        self._await()
         batch = self._batch
         if not batch.ends:
             return
         self._batch = self._new_batch()
         moves = {tp: (self._stored.get(tp), end) for tp, end in batch.ends.items() if tp in self._owned}
-        if not moves:
+        if moves:
+            fut = self._pool.submit(self._write, batch, moves)
+            self._inflight = _InFlight(fut, batch, moves, time.monotonic())
+
+    def _await(self) -> None:
+        """Wait for the batch in flight and act on its outcome."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is None:
             return
-        t0 = time.monotonic()
-        sent_dlq: list[tuple[str, str]] = []
-
-        def before_commit(result: WriteResult) -> None:
-            sent_dlq.clear()
-            for msg, reason, detail in batch.rejects + [(r.origin, r.reason, r.detail) for r in result.rejected]:
-                self._dlq.send(
-                    topic=msg.topic(),
-                    partition=msg.partition(),
-                    offset=msg.offset(),
-                    timestamp_ms=msg.timestamp()[1] if msg.timestamp()[0] else None,
-                    key=msg.key(),
-                    value=msg.value(),
-                    reason=reason,
-                    detail=detail,
-                )
-                sent_dlq.append((msg.topic(), reason))
-            self._dlq.confirm()
-
+        moves = inflight.moves
         try:
-            result = self._writer.write(list(batch.tables.values()), moves, before_commit, upsert=self.upsert)
+            result, sent_dlq = inflight.future.result()
         except FencedError as exc:
             self.summary.fenced += 1
             metrics.FENCED_BATCHES.inc()
             log.warning(
-                "batch fenced: another member moved these offsets; rolled back",
-                partitions=_fmt(exc.partitions),
+                "batch fenced: another member moved these offsets; rolled back", partitions=_fmt(exc.partitions)
             )
             self._resync(list(moves))
             return
         except DeadLetterError as exc:
-            log.error("dead-letter topic unavailable; batch rolled back and will be retried", error=str(exc))
+            log.error("dead-letter topic unavailable; batch rolled back, will be retried", error=str(exc))
             self._resync(list(moves))
             time.sleep(1)
             return
         except psycopg.OperationalError as exc:
-            log.error("database error; batch rolled back and will be retried", error=str(exc).strip())
-            self._reconnect()
+            log.error("database error; batch rolled back, will be retried", error=str(exc).strip())
+            self._reconnect_writer()
             self._resync(list(moves))
             return
+        now = time.monotonic()
         for tp, (_, end) in moves.items():
             self._stored[tp] = end
-        elapsed = time.monotonic() - t0
-        self.summary.batches += 1
-        self.summary.inserted += result.inserted
-        self.summary.duplicates += result.duplicates
-        self.summary.dead_lettered += len(sent_dlq)
-        metrics.BATCH_COMMIT_SECONDS.observe(elapsed)
+        s = self.summary
+        s.last_commit_at = now
+        s.batches += 1
+        s.inserted += result.inserted
+        s.duplicates += result.duplicates
+        s.dead_lettered += len(sent_dlq)
+        metrics.BATCH_COMMIT_SECONDS.observe(now - inflight.submitted)
         metrics.BATCH_ROWS.observe(result.inserted)
-        for topic, tb in batch.tables.items():
+        for topic, tb in inflight.batch.tables.items():
             if tb.rows:
                 metrics.EVENTS_CONSUMED.labels(topic).inc(len(tb.rows))
         for name, n in result.inserted_by_table.items():
@@ -287,20 +312,17 @@ class Ingestor:
         if result.duplicates:
             log.info("duplicate events skipped", duplicates=result.duplicates)
         log.debug(
-            "batch committed",
-            rows=result.inserted,
-            duplicates=result.duplicates,
-            dead_lettered=len(sent_dlq),
-            offsets={_k(tp): [self._stored_before(tp, moves), end] for tp, (_, end) in moves.items()},
-            commit_ms=round(elapsed * 1000, 1),
-        )
+            "batch committed", rows=result.inserted, duplicates=result.duplicates, dead_lettered=len(sent_dlq),
+            offsets={_k(tp): [start, end] for tp, (start, end) in moves.items()},
+            commit_ms=round((now - inflight.submitted) * 1000, 1),
+        )  # fmt: skip
         self._commit_to_kafka(moves)
 
-    @staticmethod
-    def _stored_before(tp: TP, moves: dict[TP, tuple[int | None, int]]) -> int | None:
-        return moves[tp][0]
+    def _flush(self) -> None:
+        self._submit()
+        self._await()
 
-    def _commit_to_kafka(self, moves: dict[TP, tuple[int | None, int]]) -> None:
+    def _commit_to_kafka(self, moves: Moves) -> None:
         """Mirror the offsets to Kafka for tools (lag dashboards); never read back."""
         try:
             self._consumer.commit(
@@ -310,8 +332,9 @@ class Ingestor:
             pass
 
     def _resync(self, parts: list[TP]) -> None:
-        """After a rolled-back batch: start those partitions again from the stored offsets."""
+        """After a rolled-back batch: read those partitions again from the stored offsets."""
         owned = [tp for tp in parts if tp in self._owned]
+        self._drop_from_batch(set(owned))
         stored = self._read_stored(owned)
         for tp in owned:
             off = stored.get(tp)
@@ -320,11 +343,7 @@ class Ingestor:
             try:
                 self._consumer.seek(TopicPartition(tp[0], tp[1], off if off is not None else OFFSET_BEGINNING))
             except KafkaException as exc:
-                log.warning(
-                    "seek failed; partition will be re-read after the next rebalance",
-                    tp=_k(tp),
-                    error=str(exc),
-                )
+                log.warning("seek failed; partition re-read after the next rebalance", tp=_k(tp), error=str(exc))
 
     # ------------------------------------------------------------------ main loop
     def request_stop(self, *_: Any) -> None:
@@ -339,8 +358,8 @@ class Ingestor:
             list(self.routes), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
         log.info("ingest started", group=self.group, topics=list(self.routes))
-        max_rows = self.settings.batch_max_rows
-        max_age = self.settings.batch_max_ms / 1000
+        max_rows, max_age = self.settings.batch_max_rows, self.settings.batch_max_ms / 1000
+        idle = self.settings.stop_after_idle_s
         try:
             while not self.stop_event.is_set():
                 batch = self._batch
@@ -349,37 +368,43 @@ class Ingestor:
                     timeout = max(0.0, min(timeout, batch.started + max_age - time.monotonic()))
                 msgs = self._consumer.consume(num_messages=max(1, min(10000, max_rows - batch.count)), timeout=timeout)
                 now = time.monotonic()
-                for msg in msgs:
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() != KafkaError._PARTITION_EOF:
-                            log.warning("consumer error", error=str(err))
-                        continue
-                    self._add(msg)
                 if msgs:
+                    if self.summary.first_event_at is None:
+                        self.summary.first_event_at = now
                     self.summary.consumed += len(msgs)
                     self._last_event = now
+                    self._add_many(msgs)
                 batch = self._batch
                 if batch.ends and (batch.count >= max_rows or now - batch.started >= max_age):
-                    self._flush()
-                idle = self.settings.stop_after_idle_s
-                if idle is not None and self._assigned_once and not batch.ends and now - self._last_event >= idle:
+                    self._submit()
+                elif self._inflight is not None and self._inflight.future.done():
+                    self._await()
+                if (
+                    idle is not None and self._assigned_once and not self._batch.ends and self._inflight is None
+                    and now - self._last_event >= idle
+                ):  # fmt: skip
                     log.info("idle; stopping", idle_s=idle)
                     break
             self._flush()
         finally:
             self.summary.seconds = time.monotonic() - started
             self._close()
-        log.info("ingest stopped", **self.summary.__dict__)
+        log.info("ingest stopped", **self.summary.report())
         return self.summary
 
     def _close(self) -> None:
         try:
+            self._await()
+        except Exception:  # noqa: BLE001 - closing anyway; offsets were not advanced
+            pass
+        try:
             self._consumer.close()  # leaves the group: partitions move at once
         except (KafkaException, RuntimeError):
             pass
+        self._pool.shutdown(wait=True)
         self._dlq.close()
         self._conn.close()
+        self._meta.close()
 
 
 def _k(tp: TP) -> str:

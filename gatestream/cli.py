@@ -116,7 +116,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     with psycopg.connect(settings.database_url) as conn:
         routes = build_routes(conn, settings, topics)
     summary = Ingestor(settings, routes).run()
-    print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in summary.__dict__.items()}))
+    print(json.dumps(summary.report()))
     return 0
 
 

@@ -69,5 +69,4 @@ class IngestSettings(KafkaClientSettings):
         None,
         description="Exit 0 after this many seconds with no new events (demo, tests); unset = run forever.",
     )
-    copy_binary: bool = Field(True, description="Binary COPY (faster) rather than text COPY.")
     metrics_port: int | None = Field(None, description="Serve Prometheus metrics on this port.")

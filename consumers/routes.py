@@ -1,0 +1,39 @@
+"""Routes: which decoder reads a topic and which hypertable its events land in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from consumers.decoder import Decoder
+from consumers.tables import TableSpec, describe_table, table_for
+from gatestream.settings import CommonSettings
+from schemas import EventType, SchemaCatalog
+from schemas.registry import make_registry, reader_schema
+
+
+@dataclass(frozen=True)
+class Route:
+    topic: str
+    decoder: Decoder
+    spec: TableSpec
+
+
+def build_routes(
+    conn: psycopg.Connection[Any],
+    settings: CommonSettings,
+    topics: dict[str, EventType],
+    tables: dict[str, tuple[str, str]] | None = None,
+) -> dict[str, Route]:
+    """Topic -> (decoder, hypertable). ``tables`` overrides the target table per topic."""
+    catalog = SchemaCatalog(settings.schema_dir)
+    registry = make_registry(settings.schema_registry_url, catalog)
+    routes: dict[str, Route] = {}
+    for topic, et in topics.items():
+        reader = reader_schema(registry, catalog, et, f"{topic}-value")
+        schema, table = (tables or {}).get(topic, table_for(et))
+        spec = describe_table(conn, schema, table, [f["name"] for f in reader["fields"]])
+        routes[topic] = Route(topic, Decoder(registry, reader), spec)
+    return routes

@@ -1,0 +1,153 @@
+"""``gatestream bench ingest``: how close end-to-end ingest comes to raw binary COPY.
+
+In one run, on the same events (``active_windows``, realistic values):
+  1. raw   - the pre-decoded rows, binary COPY into the hypertable in batches of
+             ``--batch-rows``, one transaction per batch: the database's limit here;
+  2. ingest - one ingest consumer (this process) reading the same events from Kafka:
+             decode, map, COPY, offsets in the same transaction, per micro-batch.
+Runs alternate the two, each on an empty table, in a database of its own
+(``<database>_bench``, created and migrated fresh). Medians are reported, and the ratio
+is computed per run and then its median taken.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+from confluent_kafka import Producer
+
+from consumers.decoder import Decoder
+from consumers.ingest import Ingestor, Route
+from consumers.pgtypes import register_wire_dumpers
+from consumers.tables import TableSpec, describe_table
+from gatestream.kafka import base_config
+from gatestream.migrate import migrate
+from gatestream.settings import IngestSettings, ProducerSettings
+from gatestream.topics import delete_topics, ensure_topics
+from producers.loadgen import Fleet, generate
+from producers.publisher import Publisher
+from schemas import EventType, SchemaCatalog
+from schemas.registry import CatalogRegistry
+
+EVENT_TYPE = EventType.ACTIVE_WINDOWS
+
+
+@dataclass
+class RunResult:
+    raw_rows_per_s: float
+    ingest_events_per_s: float
+
+    @property
+    def ratio(self) -> float:
+        return self.ingest_events_per_s / self.raw_rows_per_s
+
+
+def _bench_database(url: str) -> str:
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    name = f"{info.get('dbname') or 'gatestream'}_bench"
+    admin = psycopg.conninfo.make_conninfo(url, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(psycopg.sql.Identifier(name)))
+        conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
+    bench_url = psycopg.conninfo.make_conninfo(url, dbname=name)
+    migrate(bench_url)
+    return bench_url
+
+
+def _encode(count: int, settings: ProducerSettings, tmp_spool: str) -> list[tuple[str, bytes, bytes]]:
+    pub = Publisher(settings.model_copy(update={"spool_path": tmp_spool}))
+    events = generate(count, Fleet(orgs=10, devices_per_org=100), [EVENT_TYPE], spread=timedelta(days=2))
+    out = [pub.encode(e) for e in events]
+    pub.close(timeout=0)
+    return out
+
+
+def _produce(settings: ProducerSettings, topic: str, encoded: list[tuple[str, bytes, bytes]]) -> None:
+    p = Producer({**base_config(settings), "linger.ms": 50, "compression.type": "lz4", "enable.idempotence": True})
+    for _, key, value in encoded:
+        while True:
+            try:
+                p.produce(topic, value=value, key=key)
+                break
+            except BufferError:
+                p.poll(0.05)
+    if p.flush(120) != 0:
+        raise RuntimeError("bench events were not all delivered")
+
+
+def _raw_copy(url: str, spec: TableSpec, rows: list[tuple[Any, ...]], batch: int) -> float:
+    with psycopg.connect(url, autocommit=True) as conn:
+        register_wire_dumpers(conn)
+        conn.execute("TRUNCATE monitoring.active_windows")
+        cols = psycopg.sql.SQL(", ").join(map(psycopg.sql.Identifier, spec.columns))
+        stmt = psycopg.sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(spec.qualified, cols)
+        t0 = time.perf_counter()
+        for i in range(0, len(rows), batch):
+            with conn.transaction(), conn.cursor().copy(stmt) as cp:
+                cp.set_types(list(spec.type_oids))
+                for row in rows[i : i + batch]:
+                    cp.write_row(row)
+        return len(rows) / (time.perf_counter() - t0)
+
+
+def _ingest(settings: IngestSettings, url: str, topic: str, route: Route, count: int) -> float:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE monitoring.active_windows")
+    s = settings.model_copy(update={"database_url": url, "stop_after_idle_s": None})
+    ing = Ingestor(s, {topic: route}, group_id=f"bench-{uuid.uuid4().hex[:8]}")
+
+    def watch() -> None:
+        while not ing.stop_event.is_set():
+            if ing.summary.inserted >= count:
+                ing.stop_event.set()
+            time.sleep(0.005)
+
+    threading.Thread(target=watch, daemon=True).start()
+    summary = ing.run()
+    if summary.inserted != count or summary.first_event_at is None or summary.last_commit_at is None:
+        raise RuntimeError(f"bench ingest wrote {summary.inserted} of {count} events")
+    return count / (summary.last_commit_at - summary.first_event_at)
+
+
+def bench_ingest(settings: IngestSettings, *, events: int, runs: int, batch_rows: int, partitions: int) -> int:
+    settings = settings.model_copy(update={"batch_max_rows": batch_rows, "batch_max_ms": 1000})
+    psettings = ProducerSettings(**settings.model_dump(include=set(ProducerSettings.model_fields)))
+    url = _bench_database(settings.database_url)
+    topic = f"bench.{uuid.uuid4().hex[:8]}.{EVENT_TYPE.value}"
+    print(f"bench: {events} {EVENT_TYPE.value} events, batches of {batch_rows}, {partitions} partitions, {runs} runs")
+    catalog = SchemaCatalog(settings.schema_dir)
+    reader = catalog.latest(EVENT_TYPE).schema
+    with psycopg.connect(url) as conn:
+        spec = describe_table(conn, "monitoring", EVENT_TYPE.value, [f["name"] for f in reader["fields"]])
+    route = Route(topic, Decoder(CatalogRegistry(catalog), reader), spec)
+    encoded = _encode(events, psettings, f"/tmp/gatestream-bench-{uuid.uuid4().hex[:6]}.sqlite3")
+    rows = [spec.row_of(route.decoder.decode(v)) for _, _, v in encoded]
+    ensure_topics(psettings, [topic], partitions)
+    try:
+        _produce(psettings, topic, encoded)
+        results = []
+        for i in range(runs):
+            raw = _raw_copy(url, spec, rows, batch_rows)
+            e2e = _ingest(settings, url, topic, route, events)
+            results.append(RunResult(raw, e2e))
+            print(
+                f"  run {i + 1}: raw COPY {raw:>10,.0f} rows/s   ingest {e2e:>10,.0f} events/s   ratio {e2e / raw:.0%}"
+            )
+    finally:
+        delete_topics(psettings, [topic])
+    raw_med = statistics.median(r.raw_rows_per_s for r in results)
+    e2e_med = statistics.median(r.ingest_events_per_s for r in results)
+    ratio_med = statistics.median(r.ratio for r in results)
+    print(
+        f"median: raw COPY {raw_med:,.0f} rows/s, ingest {e2e_med:,.0f} events/s (one consumer process), "
+        f"ingest/raw {ratio_med:.0%}"
+    )
+    print("targets: >= 100,000 events/s per consumer process; >= 70% of raw COPY")
+    return 0
