@@ -34,7 +34,8 @@ class Spool:
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS spool ("
             " seq INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL,"
-            " key BLOB NOT NULL, value BLOB NOT NULL, accepted_at REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0))"
+            " key BLOB NOT NULL, value BLOB NOT NULL,"
+            " accepted_at REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0))"
         )
         self._depth = self._db.execute("SELECT count(*) FROM spool").fetchone()[0]
 

@@ -131,3 +131,18 @@ def test_kill_9_and_scale_out_mid_stream_gives_exactly_n_rows(env: Env, tmp_path
     assert "duplicate events skipped" not in logs
     assert '"batch committed"' in logs
     assert os.path.exists(tmp_path / "c.log")
+
+
+def test_migrations_apply_once_and_each_file_is_idempotent(db_url: str) -> None:
+    from gatestream.migrate import discover, migrate
+
+    assert migrate(db_url) == []  # the fixture applied them all already
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for m in discover():
+            conn.execute(m.sql.encode())  # running a file again changes nothing and does not fail
+        dims = conn.execute(
+            "SELECT hypertable_name, column_name, time_interval FROM timescaledb_information.dimensions "
+            "WHERE hypertable_schema = 'monitoring' ORDER BY 1"
+        ).fetchall()
+    assert {d[0] for d in dims} == {et.value for et in EventType}
+    assert all(str(d[2]) == "1 day, 0:00:00" for d in dims)

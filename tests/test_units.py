@@ -1,0 +1,181 @@
+"""Unit tests: no broker, no database."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from confluent_kafka.schema_registry import topic_subject_name_strategy
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+from psycopg.types.datetime import DatetimeBinaryDumper
+from psycopg.types.uuid import UUIDBinaryDumper
+
+from consumers.decoder import DecodeError, Decoder
+from consumers.pgtypes import MillisTimestamptzBinaryDumper, UuidTextBinaryDumper, strip_logical_types
+from gatestream.migrate import discover
+from producers.events import ActiveWindow, GatewayStatusSnapshot
+from producers.spool import Spool
+from schemas import EventType, SchemaCatalog, SchemaCatalogError
+from schemas.catalog import DEFAULT_DIR
+from schemas.registry import CatalogRegistry
+from tests.services import ROOT
+
+NOW = datetime(2026, 11, 23, 12, 30, 15, 123000, tzinfo=UTC)
+
+
+def _encode(event: ActiveWindow, catalog: SchemaCatalog, topic: str = "t.active_windows") -> bytes:
+    ser = AvroSerializer(
+        CatalogRegistry(catalog),
+        catalog.latest(event.event_type).schema_str,
+        conf={"auto.register.schemas": True, "subject.name.strategy": topic_subject_name_strategy},
+    )
+    out = ser(event.to_record(), SerializationContext(topic, MessageField.VALUE))
+    assert out is not None
+    return out
+
+
+def test_catalog_ids_are_unique_and_every_event_type_has_a_schema() -> None:
+    cat = SchemaCatalog()
+    ids = [e.schema_id for e in cat.entries()]
+    assert len(ids) == len(set(ids))
+    assert {cat.latest(et).event_type for et in EventType} == set(EventType)
+    for et in EventType:
+        names = [f["name"] for f in cat.latest(et).schema["fields"]]
+        assert names[:2] == ["event_id", "organization_id"]
+
+
+def test_catalog_refuses_an_id_whose_content_changed(tmp_path: Path) -> None:
+    d = tmp_path / "s"
+    shutil.copytree(DEFAULT_DIR, d, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    cat = SchemaCatalog(d)
+    path = d / "active_windows.v1.avsc"
+    schema = json.loads(path.read_text())
+    schema["fields"].append({"name": "x", "type": "int"})
+    path.write_text(json.dumps(schema))
+    with pytest.raises(SchemaCatalogError, match="append-only"):
+        cat.reload()
+
+
+def test_wire_format_is_magic_byte_catalog_id_then_avro() -> None:
+    cat = SchemaCatalog()
+    value = _encode(ActiveWindow(organization_id=1, users_on_computers_id=2, datetime=NOW, title="x"), cat)
+    assert value[0] == 0
+    assert int.from_bytes(value[1:5], "big") == cat.latest(EventType.ACTIVE_WINDOWS).schema_id
+
+
+def test_decoder_returns_wire_values_for_uuid_and_timestamps() -> None:
+    cat = SchemaCatalog()
+    ev = ActiveWindow(organization_id=1, users_on_computers_id=2, datetime=NOW, title="Inbox", active_time=5)
+    rec = Decoder(CatalogRegistry(cat), cat.latest(EventType.ACTIVE_WINDOWS).schema).decode(_encode(ev, cat))
+    assert rec["event_id"] == str(ev.event_id)
+    assert rec["datetime"] == int(NOW.timestamp() * 1000)
+    assert (rec["title"], rec["active_time"], rec["icon"]) == ("Inbox", 5, None)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (None, "null-value"),
+        (b"\x00\x00", "not-wire-format"),
+        (b'{"json": true}', "not-wire-format"),
+        (b"\x00\x00\x00\x27\x0f\x02\x04", "unknown-schema-id"),
+        (b"\x00\x00\x00\x03\xe9\x01", "malformed-avro"),
+    ],
+)
+def test_decoder_names_the_reason_for_bad_input(value: bytes | None, reason: str) -> None:
+    cat = SchemaCatalog()
+    dec = Decoder(CatalogRegistry(cat), cat.latest(EventType.ACTIVE_WINDOWS).schema)
+    with pytest.raises(DecodeError) as exc:
+        dec.decode(value)
+    assert exc.value.reason == reason
+
+
+def test_decoder_rejects_trailing_bytes_and_a_schema_of_another_type() -> None:
+    cat = SchemaCatalog()
+    good = _encode(ActiveWindow(organization_id=1, users_on_computers_id=2, datetime=NOW), cat)
+    dec = Decoder(CatalogRegistry(cat), cat.latest(EventType.ACTIVE_WINDOWS).schema)
+    with pytest.raises(DecodeError, match="left after the record"):
+        dec.decode(good + b"\x00\x00")
+    snapshot_id = cat.latest(EventType.GATEWAY_STATUS_SNAPSHOTS).schema_id
+    with pytest.raises(DecodeError) as exc:
+        dec.decode(b"\x00" + snapshot_id.to_bytes(4, "big") + good[5:])
+    assert exc.value.reason == "incompatible-schema"
+
+
+def test_wire_dumpers_write_what_psycopg_writes_for_uuid_and_datetime() -> None:
+    u = uuid.uuid4()
+    assert UuidTextBinaryDumper(object).dump(str(u)) == UUIDBinaryDumper(uuid.UUID).dump(u)
+    assert UuidTextBinaryDumper(object).dump(u) == UUIDBinaryDumper(uuid.UUID).dump(u)
+    millis = int(NOW.timestamp() * 1000)
+    expected = DatetimeBinaryDumper(datetime).dump(NOW)
+    assert MillisTimestamptzBinaryDumper(object).dump(millis) == expected
+    assert MillisTimestamptzBinaryDumper(object).dump(NOW) == expected
+    import psycopg
+
+    with pytest.raises(psycopg.DataError, match="invalid UUID"):
+        UuidTextBinaryDumper(object).dump("not-a-uuid")
+
+
+def test_strip_logical_types_keeps_everything_else() -> None:
+    schema = SchemaCatalog().latest(EventType.GATEWAY_STATUS_SNAPSHOTS).schema
+    stripped = strip_logical_types(schema)
+    assert "logicalType" not in json.dumps(stripped)
+    assert [f["name"] for f in stripped["fields"]] == [f["name"] for f in schema["fields"]]
+    assert "logicalType" in json.dumps(schema), "the original is not modified"
+
+
+def test_event_key_is_the_device() -> None:
+    gw = uuid.uuid4()
+    assert ActiveWindow(organization_id=1, users_on_computers_id=42, datetime=NOW).key() == b"42"
+    snap = GatewayStatusSnapshot(
+        organization_id=1,
+        gateway_id=gw,
+        timestamp=NOW,
+        cpu_usage=1,
+        disk_usage=1,
+        memory_usage=1,
+        queue_depth=0,
+        connected_agents=0,
+    )
+    assert snap.key() == str(gw).encode()
+
+
+def test_spool_keeps_order_and_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    s = Spool(path)
+    s.append([("t", b"k", f"v{i}".encode()) for i in range(10)])
+    first = s.read_after(0, 4)
+    assert [e.value for e in first] == [b"v0", b"v1", b"v2", b"v3"]
+    s.delete([first[0].seq, first[2].seq])
+    s.close()
+    s2 = Spool(path)
+    assert s2.depth == 8
+    assert [e.value for e in s2.read_after(0, 100)][:3] == [b"v1", b"v3", b"v4"]
+    with pytest.raises(ValueError, match="synchronous"):
+        Spool(tmp_path / "x.sqlite3", synchronous="sometimes")
+
+
+def test_migrations_are_ordered_and_numbered() -> None:
+    names = [m.name for m in discover()]
+    assert names == sorted(names)
+    assert all(n[:3].isdigit() and n.endswith(".sql") for n in names)
+    assert len({n[:3] for n in names}) == len(names), "two migrations share a number"
+
+
+def test_cli_help_lists_the_commands_and_bad_flags_get_a_clear_error() -> None:
+    out = subprocess.run([sys.executable, "-m", "gatestream", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0
+    for cmd in ("db", "topics", "produce", "ingest", "show", "bench"):
+        assert cmd in out.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "gatestream", "produce", "--types", "clicks"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert bad.returncode == 2
+    assert "known types" in bad.stderr and "active_windows" in bad.stderr
