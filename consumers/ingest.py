@@ -90,8 +90,12 @@ class Ingestor:
         group_id: str | None = None,
         upsert: bool = False,
         accept: Callable[[Message, dict[str, Any]], bool] | None = None,
+        stop_when: Callable[[IngestSummary], bool] | None = None,
     ) -> None:
+        """``accept`` filters decoded events (skipped ones still move the offsets);
+        ``stop_when`` ends the run once it returns true (checked after each loop turn)."""
         self.settings = settings
+        self.stop_when = stop_when
         self.routes = routes
         self.group = group_id or settings.group_id
         self.upsert = upsert
@@ -379,6 +383,8 @@ class Ingestor:
                     self._submit()
                 elif self._inflight is not None and self._inflight.future.done():
                     self._await()
+                if self.stop_when is not None and self.stop_when(self.summary):
+                    break
                 if (
                     idle is not None and self._assigned_once and not self._batch.ends and self._inflight is None
                     and now - self._last_event >= idle

@@ -13,7 +13,6 @@ is computed per run and then its median taken.
 from __future__ import annotations
 
 import statistics
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -101,15 +100,9 @@ def _ingest(settings: IngestSettings, url: str, topic: str, route: Route, count:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("TRUNCATE monitoring.active_windows")
     s = settings.model_copy(update={"database_url": url, "stop_after_idle_s": None})
-    ing = Ingestor(s, {topic: route}, group_id=f"bench-{uuid.uuid4().hex[:8]}")
-
-    def watch() -> None:
-        while not ing.stop_event.is_set():
-            if ing.summary.inserted >= count:
-                ing.stop_event.set()
-            time.sleep(0.005)
-
-    threading.Thread(target=watch, daemon=True).start()
+    ing = Ingestor(
+        s, {topic: route}, group_id=f"bench-{uuid.uuid4().hex[:8]}", stop_when=lambda sm: sm.inserted >= count
+    )
     summary = ing.run()
     if summary.inserted != count or summary.first_event_at is None or summary.last_commit_at is None:
         raise RuntimeError(f"bench ingest wrote {summary.inserted} of {count} events")
