@@ -52,7 +52,7 @@ class DeadLetters:
         reason: str,
         detail: str,
     ) -> None:
-        headers = [
+        headers: list[tuple[str, str | bytes | None]] = [
             ("gatestream.reason", reason.encode()),
             ("gatestream.error", detail[:4000].encode()),
             ("gatestream.source.topic", topic.encode()),

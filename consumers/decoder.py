@@ -18,7 +18,7 @@ import io
 import json
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from fastavro import parse_schema, schemaless_reader
 
@@ -47,23 +47,24 @@ class Decoder:
     def __init__(self, registry: Any, reader_schema: dict[str, Any]) -> None:
         self.registry = registry
         self.reader_raw = reader_schema
-        self.reader = parse_schema(strip_logical_types(reader_schema))
+        self.reader = _parse(reader_schema)
         self._reader_key = normalized(reader_schema)
         self._by_id: dict[int, DecodeFn] = {}
 
     def _fn_for(self, schema_id: int) -> DecodeFn:
-        fn = self._by_id.get(schema_id)
-        if fn is not None:
-            return fn
+        found = self._by_id.get(schema_id)
+        if found is not None:
+            return found
         try:
             writer_raw = self.registry.get_schema(schema_id)
         except Exception as exc:  # registry errors, network, unknown id
             raise DecodeError("unknown-schema-id", f"schema id {schema_id}: {exc}") from exc
         try:
-            writer = parse_schema(strip_logical_types(json.loads(writer_raw.schema_str)))
+            writer_json = json.loads(writer_raw.schema_str)
+            writer = _parse(writer_json)
         except Exception as exc:
             raise DecodeError("bad-writer-schema", f"schema id {schema_id}: {exc}") from exc
-        reader = None if normalized(json.loads(writer_raw.schema_str)) == self._reader_key else self.reader
+        reader = None if normalized(writer_json) == self._reader_key else self.reader
         if reader is not None and writer.get("name") != self.reader.get("name"):
             raise DecodeError(
                 "incompatible-schema",
@@ -71,8 +72,7 @@ class Decoder:
             )
 
         def fn(buf: io.BytesIO, _w: Any = writer, _r: Any = reader) -> dict[str, Any]:
-            rec: dict[str, Any] = schemaless_reader(buf, _w, _r)
-            return rec
+            return cast(dict[str, Any], schemaless_reader(buf, _w, _r))
 
         self._by_id[schema_id] = fn
         return fn
@@ -98,3 +98,11 @@ class Decoder:
                 f"schema id {schema_id}: {len(value) - buf.tell()} bytes left after the record",
             )
         return record
+
+
+def _parse(schema: dict[str, Any]) -> dict[str, Any]:
+    """A fastavro-parsed record schema, with wire-level uuid and timestamp values."""
+    parsed = parse_schema(strip_logical_types(schema))
+    if not isinstance(parsed, dict):
+        raise DecodeError("bad-writer-schema", "a topic's schema must be an Avro record")
+    return parsed

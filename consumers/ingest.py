@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import structlog
@@ -214,7 +214,7 @@ class Ingestor:
                 if err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer error", error=str(err))
                 continue
-            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            topic, partition, offset = cast(str, msg.topic()), cast(int, msg.partition()), cast(int, msg.offset())
             tp = (topic, partition)
             if tp not in owned or offset < nxt.get(tp, 0):
                 continue  # from before a revoke or a seek: not ours to write
@@ -246,12 +246,13 @@ class Ingestor:
             sent.clear()
             for msg, reason, detail in batch.rejects + [(r.origin, r.reason, r.detail) for r in result.rejected]:
                 ts_type, ts = msg.timestamp()
+                topic = cast(str, msg.topic())
                 self._dlq.send(
-                    topic=msg.topic(), partition=msg.partition(), offset=msg.offset(),
+                    topic=topic, partition=cast(int, msg.partition()), offset=cast(int, msg.offset()),
                     timestamp_ms=ts if ts_type else None, key=msg.key(), value=msg.value(),
                     reason=reason, detail=detail,
                 )  # fmt: skip
-                sent.append((msg.topic(), reason))
+                sent.append((topic, reason))
             self._dlq.confirm()
 
         result = self._writer.write(list(batch.tables.values()), moves, before_commit, upsert=self.upsert)

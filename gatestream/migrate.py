@@ -54,7 +54,9 @@ def migrate(database_url: str, sql_dir: Path = SQL_DIR) -> list[str]:
                        name text PRIMARY KEY, checksum text NOT NULL,
                        applied_at timestamptz NOT NULL DEFAULT now())"""
             )
-            done = dict(conn.execute("SELECT name, checksum FROM gatestream.schema_migrations").fetchall())
+            done: dict[str, str] = dict(
+                conn.execute("SELECT name, checksum FROM gatestream.schema_migrations").fetchall()
+            )
             for m in migrations:
                 if m.name in done:
                     if done[m.name] != m.checksum:

@@ -37,7 +37,7 @@ class Spool:
             " key BLOB NOT NULL, value BLOB NOT NULL,"
             " accepted_at REAL NOT NULL DEFAULT ((julianday('now') - 2440587.5) * 86400.0))"
         )
-        self._depth = self._db.execute("SELECT count(*) FROM spool").fetchone()[0]
+        self._depth: int = int(self._db.execute("SELECT count(*) FROM spool").fetchone()[0])
 
     def append(self, events: list[tuple[str, bytes, bytes]]) -> None:
         """Store events durably (one transaction); returns once they are on disk."""

@@ -52,7 +52,10 @@ class CatalogRegistry:
         return self._registered(subject_name, schema)
 
     def register_schema(self, subject_name: str, schema: Schema, normalize_schemas: bool = False) -> int:
-        return self._registered(subject_name, schema).schema_id
+        entry = self.catalog.by_content(schema.schema_str or "")
+        self._registered(subject_name, schema)  # raises the registry's error when unknown
+        assert entry is not None
+        return entry.schema_id
 
     def lookup_schema(
         self, subject_name: str, schema: Schema, normalize_schemas: bool = False, deleted: bool = False
