@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
@@ -31,8 +31,17 @@ class Publisher:
     reports) and ``flush()`` before exiting; ``close()`` does both.
     """
 
-    def __init__(self, settings: ProducerSettings, *, registry: Any = None) -> None:
+    def __init__(
+        self,
+        settings: ProducerSettings,
+        *,
+        registry: Any = None,
+        on_delivery: Callable[[str, bytes, KafkaError | None], None] | None = None,
+    ) -> None:
+        """``on_delivery(topic, key, error)`` is called for every delivery report (error None
+        on success) from within ``poll``; a failed event stays spooled and is resent."""
         self.settings = settings
+        self.on_delivery = on_delivery
         self.catalog = SchemaCatalog(settings.schema_dir)
         self.registry = registry or make_registry(settings.schema_registry_url, self.catalog)
         self.spool = Spool(settings.spool_path, settings.spool_synchronous)
@@ -95,6 +104,8 @@ class Publisher:
     # ------------------------------------------------------------------ delivering
     def _on_delivery(self, seq: int, err: KafkaError | None, msg: Message) -> None:
         self._in_flight -= 1
+        if self.on_delivery is not None:
+            self.on_delivery(msg.topic() or "", msg.key() or b"", err)
         if err is None:
             self._acked.append(seq)
             self.delivered += 1

@@ -45,16 +45,19 @@ def test_spool_keeps_events_through_a_broker_outage_and_a_restart(
     settings = env.producer(spool, bootstrap_servers=private_broker.bootstrap, message_timeout_ms=2000)
     now = datetime.now(UTC).replace(microsecond=0)
 
-    pub = Publisher(settings)
+    reports: list[tuple[str, bytes, object]] = []
+    pub = Publisher(settings, on_delivery=lambda t, k, e: reports.append((t, k, e)))
     before = _events(50, now)
     pub.publish_many(before)
     assert pub.flush(20) == 0
     assert len(read_topic(private_broker.bootstrap, topic, 50, timeout=10)) == 50
+    assert len(reports) == 50 and all(t == topic and e is None for t, _, e in reports)
 
     private_broker.stop()  # outage: events keep being accepted into the spool
     during = _events(120, now + timedelta(minutes=1))
     pub.publish_many(during)
     assert pub.flush(4) == 120, "nothing can be delivered while the broker is down"
+    assert any(e is not None for _, _, e in reports[50:]), "failed deliveries are reported"
     assert pub.close(timeout=1) == 120  # gateway shuts down with events spooled
     assert Spool(spool).depth == 120
 
