@@ -63,11 +63,13 @@ class BatchWriter:
         before_commit: Callable[[WriteResult], None] | None = None,
         *,
         upsert: bool = False,
+        dry_run: bool = False,
     ) -> WriteResult:
         """Write all rows and offset moves atomically. ``upsert`` always takes the
-        duplicate-tolerant path (replay), reporting inserted vs already present."""
+        duplicate-tolerant path, reporting inserted vs already present; ``dry_run`` does
+        all of it and rolls back, so the counts say what a real run would do."""
         result = WriteResult()
-        with self.conn.transaction():
+        with self.conn.transaction() as tx:
             for tb in tables:
                 if tb.rows:
                     before = result.inserted
@@ -77,6 +79,8 @@ class BatchWriter:
                 advance_offsets(self.conn, self.group, moves)
             if before_commit is not None:
                 before_commit(result)
+            if dry_run:
+                raise psycopg.Rollback(tx)
         return result
 
     # ------------------------------------------------------------------ paths

@@ -32,11 +32,12 @@ from consumers.batch_writer import BatchWriter, TableBatch, WriteResult
 from consumers.deadletter import DeadLetterError, DeadLetters
 from consumers.decoder import DecodeError
 from consumers.offsets import FencedError, read_offsets
+from consumers.partitions import PartitionRange, Partitions
 from consumers.routes import Route, build_routes
 from gatestream.kafka import base_config, consumer_config
 from gatestream.settings import IngestSettings
 
-__all__ = ["IngestSummary", "Ingestor", "Route", "build_routes"]
+__all__ = ["IngestSummary", "Ingestor", "PartitionRange", "Route", "build_routes"]
 
 log = structlog.get_logger("gatestream.ingest")
 
@@ -91,11 +92,20 @@ class Ingestor:
         upsert: bool = False,
         accept: Callable[[Message, dict[str, Any]], bool] | None = None,
         stop_when: Callable[[IngestSummary], bool] | None = None,
+        assignment: list[PartitionRange] | None = None,
+        on_turn: Callable[[IngestSummary], None] | None = None,
+        dry_run: bool = False,
     ) -> None:
         """``accept`` filters decoded events (skipped ones still move the offsets);
-        ``stop_when`` ends the run once it returns true (checked after each loop turn)."""
+        ``stop_when`` ends the run once it returns true (checked after each loop turn);
+        ``assignment`` reads these partition ranges without joining a group, and ends
+        when all are read (replays); ``on_turn`` is called after each loop turn
+        (progress, rate limits); ``dry_run`` rolls every batch back and sends no dead letters."""
         self.settings = settings
         self.stop_when = stop_when
+        self.assignment = assignment
+        self.on_turn = on_turn
+        self.dry_run = dry_run
         self.routes = routes
         self.group = group_id or settings.group_id
         self.upsert = upsert
@@ -107,11 +117,12 @@ class Ingestor:
         self._writer = BatchWriter(self._conn, self.group)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-writer")
         self._inflight: _InFlight | None = None
-        self._consumer = Consumer(consumer_config(settings, self.group), logger=None)
+        conf = consumer_config(settings, self.group)
+        if assignment is not None:
+            conf["enable.partition.eof"] = True
+        self._consumer = Consumer(conf, logger=None)
         self._dlq = DeadLetters(base_config(settings), settings.dlq_topic, self.group)
-        self._owned: set[TP] = set()
-        self._stored: dict[TP, int | None] = {}
-        self._next: dict[TP, int] = {}
+        self.parts = Partitions()
         self._batch = self._new_batch()
         self._last_event = time.monotonic()
         self._assigned_once = False
@@ -152,18 +163,26 @@ class Ingestor:
         parts = [(p.topic, p.partition) for p in partitions]
         stored = self._read_stored(parts)
         for p in partitions:
-            tp = (p.topic, p.partition)
-            off = stored.get(tp)
-            p.offset = off if off is not None else OFFSET_BEGINNING
-            self._stored[tp] = off
-            self._next[tp] = off if off is not None else -1
-            self._owned.add(tp)
+            begin = self.parts.take((p.topic, p.partition), stored.get((p.topic, p.partition)))
+            p.offset = begin if begin >= 0 else OFFSET_BEGINNING
         consumer.incremental_assign(partitions)
         self._assigned_once = True
         self._last_event = time.monotonic()
         metrics.REBALANCES.labels("assign").inc()
-        metrics.ASSIGNED_PARTITIONS.set(len(self._owned))
+        metrics.ASSIGNED_PARTITIONS.set(len(self.parts.owned))
         log.info("partitions assigned", partitions=_fmt(parts), with_stored_offsets=len(stored))
+
+    def _assign_ranges(self, ranges: list[PartitionRange]) -> None:
+        """Bounded run: read these ranges, resuming where this run's group stored progress."""
+        parts = [(r.topic, r.partition) for r in ranges]
+        stored = self._read_stored(parts)
+        assignment = []
+        for r in ranges:
+            begin = self.parts.take((r.topic, r.partition), stored.get((r.topic, r.partition)), r.start, r.end)
+            assignment.append(TopicPartition(r.topic, r.partition, begin if begin >= 0 else OFFSET_BEGINNING))
+        self._consumer.assign(assignment)
+        self._assigned_once = True
+        log.info("partition ranges assigned", partitions=_fmt(parts), resumed=len(stored))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Commit what we hold while the partitions are still ours; the new owner starts there.
@@ -179,12 +198,9 @@ class Ingestor:
         self._forget(parts, "lost")
 
     def _forget(self, parts: list[TP], kind: str) -> None:
-        for tp in parts:
-            self._owned.discard(tp)
-            self._stored.pop(tp, None)
-            self._next.pop(tp, None)
+        self.parts.drop(parts)
         metrics.REBALANCES.labels(kind).inc()
-        metrics.ASSIGNED_PARTITIONS.set(len(self._owned))
+        metrics.ASSIGNED_PARTITIONS.set(len(self.parts.owned))
         log.info(f"partitions {kind}", partitions=_fmt(parts))
 
     def _drop_from_batch(self, parts: set[TP]) -> None:
@@ -203,21 +219,29 @@ class Ingestor:
 
     # ------------------------------------------------------------------ reading
     def _add_many(self, msgs: list[Message]) -> None:
-        batch, owned, nxt, routes, accept = self._batch, self._owned, self._next, self.routes, self.accept
+        batch, routes, accept = self._batch, self.routes, self.accept
+        owned, nxt, limits = self.parts.owned, self.parts.next, self.parts.ends
         tables, ends, rejects = batch.tables, batch.ends, batch.rejects
         if not ends:
             batch.started = time.monotonic()
-        added = 0
+        added = read = 0
         for msg in msgs:
             err = msg.error()
             if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    self._at_end(cast(str, msg.topic()), cast(int, msg.partition()), cast(int, msg.offset()))
+                else:
                     log.warning("consumer error", error=str(err))
                 continue
             topic, partition, offset = cast(str, msg.topic()), cast(int, msg.partition()), cast(int, msg.offset())
             tp = (topic, partition)
             if tp not in owned or offset < nxt.get(tp, 0):
                 continue  # from before a revoke or a seek: not ours to write
+            read += 1
+            if limits:
+                end = limits.get(tp)
+                if end is not None and offset >= end:
+                    continue  # past the end of a bounded range
             nxt[tp] = ends[tp] = offset + 1
             route = routes[topic]
             try:
@@ -236,6 +260,15 @@ class Ingestor:
             tb.origins.append(msg)
             added += 1
         batch.count += added
+        self.summary.consumed += read
+
+    def _at_end(self, topic: str, partition: int, high_watermark: int) -> None:
+        """End of partition: everything before ``high_watermark`` has been delivered to us."""
+        tp = (topic, partition)
+        if tp in self.parts.ends:
+            self.parts.reached_end(tp, high_watermark)
+            if self.parts.next.get(tp, -1) < high_watermark and tp not in self._batch.ends:
+                self.parts.next[tp] = high_watermark
 
     # ------------------------------------------------------------------ writing
     def _write(self, batch: _Batch, moves: Moves) -> tuple[WriteResult, list[tuple[str, str]]]:
@@ -255,7 +288,14 @@ class Ingestor:
                 sent.append((topic, reason))
             self._dlq.confirm()
 
-        result = self._writer.write(list(batch.tables.values()), moves, before_commit, upsert=self.upsert)
+        def count_only(result: WriteResult) -> None:
+            for msg, reason, _ in batch.rejects + [(r.origin, r.reason, r.detail) for r in result.rejected]:
+                sent.append((cast(str, msg.topic()), reason))
+
+        result = self._writer.write(
+            list(batch.tables.values()), moves, count_only if self.dry_run else before_commit,
+            upsert=self.upsert, dry_run=self.dry_run,
+        )  # fmt: skip
         return result, sent
 
     def _submit(self) -> None:
@@ -265,7 +305,7 @@ class Ingestor:
         if not batch.ends:
             return
         self._batch = self._new_batch()
-        moves = {tp: (self._stored.get(tp), end) for tp, end in batch.ends.items() if tp in self._owned}
+        moves = {tp: (self.parts.stored.get(tp), end) for tp, end in batch.ends.items() if tp in self.parts.owned}
         if moves:
             fut = self._pool.submit(self._write, batch, moves)
             self._inflight = _InFlight(fut, batch, moves, time.monotonic())
@@ -297,8 +337,9 @@ class Ingestor:
             self._resync(list(moves))
             return
         now = time.monotonic()
-        for tp, (_, end) in moves.items():
-            self._stored[tp] = end
+        if not self.dry_run:
+            for tp, (_, end) in moves.items():
+                self.parts.stored[tp] = end
         s = self.summary
         s.last_commit_at = now
         s.batches += 1
@@ -321,7 +362,8 @@ class Ingestor:
             offsets={_k(tp): [start, end] for tp, (start, end) in moves.items()},
             commit_ms=round((now - inflight.submitted) * 1000, 1),
         )  # fmt: skip
-        self._commit_to_kafka(moves)
+        if self.assignment is None and not self.dry_run:
+            self._commit_to_kafka(moves)
 
     def _flush(self) -> None:
         self._submit()
@@ -338,13 +380,13 @@ class Ingestor:
 
     def _resync(self, parts: list[TP]) -> None:
         """After a rolled-back batch: read those partitions again from the stored offsets."""
-        owned = [tp for tp in parts if tp in self._owned]
+        owned = [tp for tp in parts if tp in self.parts.owned]
         self._drop_from_batch(set(owned))
         stored = self._read_stored(owned)
         for tp in owned:
             off = stored.get(tp)
-            self._stored[tp] = off
-            self._next[tp] = off if off is not None else -1
+            self.parts.stored[tp] = off
+            self.parts.next[tp] = off if off is not None else -1
             try:
                 self._consumer.seek(TopicPartition(tp[0], tp[1], off if off is not None else OFFSET_BEGINNING))
             except KafkaException as exc:
@@ -359,10 +401,13 @@ class Ingestor:
             signal.signal(signal.SIGTERM, self.request_stop)
             signal.signal(signal.SIGINT, self.request_stop)
         started = time.monotonic()
-        self._consumer.subscribe(
-            list(self.routes), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
-        )
-        log.info("ingest started", group=self.group, topics=list(self.routes))
+        if self.assignment is not None:
+            self._assign_ranges(self.assignment)
+        else:
+            self._consumer.subscribe(
+                list(self.routes), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+            )
+        log.info("ingest started", group=self.group, topics=list(self.routes), dry_run=self.dry_run)
         max_rows, max_age = self.settings.batch_max_rows, self.settings.batch_max_ms / 1000
         idle = self.settings.stop_after_idle_s
         try:
@@ -376,7 +421,6 @@ class Ingestor:
                 if msgs:
                     if self.summary.first_event_at is None:
                         self.summary.first_event_at = now
-                    self.summary.consumed += len(msgs)
                     self._last_event = now
                     self._add_many(msgs)
                 batch = self._batch
@@ -384,7 +428,15 @@ class Ingestor:
                     self._submit()
                 elif self._inflight is not None and self._inflight.future.done():
                     self._await()
+                if self.on_turn is not None:
+                    self.on_turn(self.summary)
                 if self.stop_when is not None and self.stop_when(self.summary):
+                    break
+                if (
+                    self.assignment is not None and self.parts.all_finished()
+                    and not self._batch.ends and self._inflight is None
+                ):  # fmt: skip
+                    log.info("all partition ranges read")
                     break
                 if (
                     idle is not None and self._assigned_once and not self._batch.ends and self._inflight is None

@@ -19,6 +19,16 @@ class Route:
     topic: str
     decoder: Decoder
     spec: TableSpec
+    time_field: str  # the event-time field of the records (wire value: Unix milliseconds)
+
+
+def event_time_field(schema: dict[str, Any]) -> str:
+    """The record's event-time field: the first ``timestamp-millis`` field."""
+    for f in schema["fields"]:
+        t = f["type"]
+        if isinstance(t, dict) and t.get("logicalType") == "timestamp-millis":
+            return str(f["name"])
+    raise ValueError(f"schema {schema.get('name')} has no timestamp-millis field")
 
 
 def build_routes(
@@ -35,5 +45,5 @@ def build_routes(
         reader = reader_schema(registry, catalog, et, f"{topic}-value")
         schema, table = (tables or {}).get(topic, table_for(et))
         spec = describe_table(conn, schema, table, [f["name"] for f in reader["fields"]])
-        routes[topic] = Route(topic, Decoder(registry, reader), spec)
+        routes[topic] = Route(topic, Decoder(registry, reader), spec, event_time_field(reader))
     return routes

@@ -25,6 +25,7 @@ from confluent_kafka import Producer
 from consumers.decoder import Decoder
 from consumers.ingest import Ingestor, Route
 from consumers.pgtypes import register_wire_dumpers
+from consumers.routes import event_time_field
 from consumers.tables import TableSpec, describe_table
 from gatestream.kafka import base_config
 from gatestream.migrate import migrate
@@ -119,7 +120,7 @@ def bench_ingest(settings: IngestSettings, *, events: int, runs: int, batch_rows
     reader = catalog.latest(EVENT_TYPE).schema
     with psycopg.connect(url) as conn:
         spec = describe_table(conn, "monitoring", EVENT_TYPE.value, [f["name"] for f in reader["fields"]])
-    route = Route(topic, Decoder(CatalogRegistry(catalog), reader), spec)
+    route = Route(topic, Decoder(CatalogRegistry(catalog), reader), spec, event_time_field(reader))
     encoded = _encode(events, psettings, f"/tmp/gatestream-bench-{uuid.uuid4().hex[:6]}.sqlite3")
     rows = [spec.row_of(route.decoder.decode(v)) for _, _, v in encoded]
     ensure_topics(psettings, [topic], partitions)

@@ -54,7 +54,8 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from producers.loadgen import Fleet, RateLimiter, generate
+    from gatestream.ratelimit import RateLimiter
+    from producers.loadgen import Fleet, generate
     from producers.publisher import Publisher
 
     settings = ProducerSettings(**_overrides(args, ["spool_path"]))
@@ -120,6 +121,57 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from exc
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from consumers.replay import ReplayError, ReplaySelection, estimate_total, parse_time, plan, print_plan, replay
+    from gatestream.progress import Progress
+
+    settings = IngestSettings()
+    sel: dict[str, Any] = {"event_types": tuple(args.types or EventType)}
+    if args.partitions is not None:
+        sel["partitions"] = args.partitions
+    if args.orgs is not None:
+        sel["organizations"] = frozenset(args.orgs)
+    try:
+        for bound, key_off, key_time in (("start", "from_offset", "since"), ("end", "to_offset", "until")):
+            value = getattr(args, bound)
+            if value is None:
+                continue
+            if value.isdigit():
+                sel[key_off] = int(value)
+            else:
+                sel[key_time] = parse_time(value)
+        selection = ReplaySelection(**sel)
+        if args.dry_run:
+            print_plan(settings, selection)
+        total = sum(estimate_total(settings, plan(settings, selection)).values())
+        label = f"replay {args.name or selection.run_id()}"
+        with Progress(label, total=total, enabled=not args.no_progress) as bar:
+            summary = replay(
+                settings,
+                selection,
+                dry_run=args.dry_run,
+                max_rate=args.max_rate,
+                restart=args.restart,
+                name=args.name,
+                progress=bar.update,
+            )
+    except ReplayError as exc:
+        print(f"gatestream replay: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary.report()))
+    if not summary.complete and not args.dry_run:
+        print("replay interrupted; run the same command again to continue where it stopped", file=sys.stderr)
+        return 130
+    return 0
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from gatestream.report import print_report
 
@@ -181,6 +233,38 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--session-timeout-ms", dest="session_timeout_ms", type=int)
     ing.add_argument("--heartbeat-interval-ms", dest="heartbeat_interval_ms", type=int)
     ing.set_defaults(fn=cmd_ingest)
+
+    rp = sub.add_parser(
+        "replay",
+        help="read topics again into the hypertables (backfill); never duplicates rows; resumable",
+        description="Replay event topics into the hypertables through the ingest path. Events already stored "
+        "are left alone and counted as already present. Progress is stored with the rows under a group of the "
+        "replay's own (never the live ingest group's), so the same command continues after Ctrl-C or a crash. "
+        "Exit status: 0 done, 2 bad selection, 130 interrupted (run again to continue), 1 error.",
+    )
+    rp.add_argument("--types", type=_types, help="event types to replay (default: all)")
+    rp.add_argument("--partitions", type=_int_list, help="only these partitions, e.g. 0,3 (default: all)")
+    rp.add_argument(
+        "--from",
+        dest="start",
+        metavar="OFFSET|TIME",
+        help="start: an offset (every selected partition) or an event time: ISO 8601, 'now', -2h, -7d",
+    )
+    rp.add_argument(
+        "--to",
+        dest="end",
+        metavar="OFFSET|TIME",
+        help="end (exclusive): an offset, or an event time; default: the end of each partition now",
+    )
+    rp.add_argument("--orgs", type=_int_list, help="only these organization ids, e.g. 12,40")
+    rp.add_argument(
+        "--dry-run", action="store_true", help="print the partition ranges and what would be inserted; write nothing"
+    )
+    rp.add_argument("--max-rate", type=float, default=0, help="events per second at most (0 = no limit)")
+    rp.add_argument("--restart", action="store_true", help="forget this replay's progress and start over")
+    rp.add_argument("--name", help="name the replay (default: derived from the selection)")
+    rp.add_argument("--no-progress", action="store_true", help="no progress bar or progress log lines")
+    rp.set_defaults(fn=cmd_replay)
 
     sub.add_parser("show", help="print what landed: rows per hypertable and organization, offsets").set_defaults(
         fn=cmd_show

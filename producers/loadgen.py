@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -159,19 +158,3 @@ def generate(
         when = end - timedelta(milliseconds=rnd.randrange(span_ms))
         when = when.replace(microsecond=(when.microsecond // 1000) * 1000)  # Avro carries milliseconds
         yield make_event(types[i % len(types)], rnd, devices, gateways, when)
-
-
-class RateLimiter:
-    """Spreads work evenly at ``rate`` per second (0 = unlimited)."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.start = time.monotonic()
-        self.done = 0
-
-    def wait(self, n: int) -> None:
-        self.done += n
-        if self.rate > 0:
-            ahead = self.done / self.rate - (time.monotonic() - self.start)
-            if ahead > 0:
-                time.sleep(ahead)

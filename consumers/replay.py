@@ -1,0 +1,276 @@
+"""Replay: read event topics again (all of them or a time range) into the hypertables.
+
+A replay goes through the same decode -> rows -> COPY path as live ingest, with three
+differences:
+
+- it reads partition ranges by manual assignment, never joining the live ingest group,
+  and stores its progress (with the rows, in one transaction, like ingest) under a group
+  of its own, ``gatestream-replay-<run id>``; the run id is derived from the selection,
+  so re-running the same command after Ctrl-C or a crash continues where it stopped;
+- an event whose ``event_id`` is already stored is left alone and counted as already
+  present (the primary key makes a second row impossible);
+- it can keep only some organizations and an event-time range.
+
+Time ranges are about event time. The broker's offsets-for-times lookup narrows where
+reading starts: an event that happened at ``since`` reached the broker at ``since`` or
+later, so reading from the offset for ``since`` minus a clock-skew margin finds all of
+them. Late events can sit anywhere after that, so reading goes to the end of each
+partition as of the run, keeping the events whose event time is in range.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import structlog
+from confluent_kafka import Consumer, Message, TopicPartition
+
+from consumers.ingest import Ingestor, IngestSummary, PartitionRange, Route, build_routes
+from gatestream.kafka import consumer_config
+from gatestream.ratelimit import RateLimiter
+from gatestream.settings import IngestSettings
+from schemas import EventType
+
+log = structlog.get_logger("gatestream.replay")
+
+
+class ReplayError(Exception):
+    """The selection cannot be replayed (unknown topic or partition, a start in the future, ...)."""
+
+
+_RELATIVE = re.compile(r"^-(\d+(?:\.\d+)?)([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_time(text: str, now: datetime | None = None) -> datetime:
+    """ISO 8601 (naive = UTC), ``now``, or relative to now: ``-90s``, ``-15m``, ``-2h``, ``-7d``, ``-1w``."""
+    now = now or datetime.now(UTC)
+    text = text.strip()
+    if text == "now":
+        return now
+    m = _RELATIVE.match(text)
+    if m:
+        return now - timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ReplayError(f"not a time: {text!r} (use ISO 8601 like 2026-11-23T10:00Z, or -2h, -30m, -7d)") from exc
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class ReplaySelection:
+    event_types: tuple[EventType, ...] = tuple(EventType)
+    partitions: tuple[int, ...] | None = None  # None = all
+    from_offset: int | None = None
+    to_offset: int | None = None  # exclusive
+    since: datetime | None = None  # event time, inclusive
+    until: datetime | None = None  # event time, exclusive
+    organizations: frozenset[int] | None = None
+    skew_margin: timedelta = timedelta(minutes=5)
+
+    def run_id(self) -> str:
+        """Stable id of this selection: the same command resumes the same replay."""
+        key = {
+            "types": sorted(e.value for e in self.event_types),
+            "partitions": sorted(self.partitions) if self.partitions is not None else None,
+            "from_offset": self.from_offset, "to_offset": self.to_offset,
+            "since": self.since.isoformat() if self.since else None,
+            "until": self.until.isoformat() if self.until else None,
+            "orgs": sorted(self.organizations) if self.organizations is not None else None,
+        }  # fmt: skip
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+    def accepts(self, route: Route) -> Callable[[Message, dict[str, Any]], bool] | None:
+        """The event filter for a route's records, or None when every event is wanted."""
+        orgs = self.organizations
+        lo = int(self.since.timestamp() * 1000) if self.since else None
+        hi = int(self.until.timestamp() * 1000) if self.until else None
+        if orgs is None and lo is None and hi is None:
+            return None
+        tf = route.time_field
+
+        def accept(_msg: Message, rec: dict[str, Any]) -> bool:
+            if orgs is not None and rec["organization_id"] not in orgs:
+                return False
+            t = rec[tf]
+            return (lo is None or t >= lo) and (hi is None or t < hi)
+
+        return accept
+
+
+@dataclass
+class ReplaySummary:
+    run_id: str
+    read: int = 0
+    inserted: int = 0
+    already_present: int = 0
+    dead_lettered: int = 0
+    seconds: float = 0.0
+    dry_run: bool = False
+    complete: bool = False
+    partitions: list[dict[str, Any]] = field(default_factory=list)
+
+    def report(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def replay_group(run_id: str) -> str:
+    return f"gatestream-replay-{run_id}"
+
+
+def plan(settings: IngestSettings, selection: ReplaySelection) -> list[PartitionRange]:
+    """Partition ranges to read: the selection's offsets, or the start-time lookup."""
+    if selection.since and selection.since > datetime.now(UTC) + selection.skew_margin:
+        raise ReplayError(f"the start {selection.since.isoformat()} is in the future")
+    c = Consumer(consumer_config(settings, f"gatestream-replay-plan-{time.monotonic_ns()}"), logger=None)
+    try:
+        ranges: list[PartitionRange] = []
+        for et in selection.event_types:
+            topic = settings.topic_for(et)
+            md = c.list_topics(topic, timeout=10).topics.get(topic)
+            if md is None or md.error is not None:
+                raise ReplayError(f"topic {topic} does not exist")
+            available = sorted(md.partitions)
+            wanted = list(selection.partitions) if selection.partitions is not None else available
+            missing = sorted(set(wanted) - set(available))
+            if missing:
+                raise ReplayError(f"topic {topic} has no partition {missing} (it has {available})")
+            starts = {p: selection.from_offset or 0 for p in wanted}
+            if selection.since is not None and selection.from_offset is None:
+                ts = int((selection.since - selection.skew_margin).timestamp() * 1000)
+                found = c.offsets_for_times([TopicPartition(topic, p, ts) for p in wanted], timeout=10)
+                for tp in found:
+                    # -1: nothing at or after that time. (Some brokers answer 0 for a time in the
+                    # future; the guard above keeps such times out.)
+                    starts[tp.partition] = tp.offset if tp.offset >= 0 else _high_watermark(c, topic, tp.partition)
+            for p in wanted:
+                ranges.append(PartitionRange(topic, p, starts[p], selection.to_offset))
+        return ranges
+    finally:
+        c.close()
+
+
+def _high_watermark(c: Consumer, topic: str, partition: int) -> int:
+    _, high = c.get_watermark_offsets(TopicPartition(topic, partition), timeout=10, cached=False)
+    return int(high)
+
+
+def _ends_now(
+    settings: IngestSettings, parts: list[tuple[str, int]], timeout: float = 10.0
+) -> dict[tuple[str, int], int]:
+    """The end offset of each partition now, as a fetch reports it.
+
+    Some brokers (Tansu) answer the latest-offset request with the start of the last
+    batch + 1, too low; a fetch from just before that answer carries the true high
+    watermark, which the client then caches.
+    """
+    conf = consumer_config(settings, f"gatestream-replay-plan-{time.monotonic_ns()}")
+    conf["enable.partition.eof"] = True
+    c = Consumer(conf, logger=None)
+    try:
+        reported = {tp: _high_watermark(c, *tp) for tp in parts}
+        c.assign([TopicPartition(t, p, max(reported[(t, p)] - 1, 0)) for t, p in parts])
+        waiting = {tp for tp in parts if reported[tp] > 0}
+        deadline = time.monotonic() + timeout
+        while waiting and time.monotonic() < deadline:
+            for m in c.consume(500, 0.2):
+                waiting.discard((m.topic() or "", m.partition() or 0))
+        out = {}
+        for tp in parts:
+            _, high = c.get_watermark_offsets(TopicPartition(*tp), cached=True)
+            out[tp] = max(int(high), reported[tp])
+        return out
+    finally:
+        c.close()
+
+
+def estimate_total(settings: IngestSettings, ranges: list[PartitionRange]) -> dict[tuple[str, int], int]:
+    """Messages per range, up to the end of each partition now (for plans and progress)."""
+    ends = _ends_now(settings, [(r.topic, r.partition) for r in ranges])
+    out = {}
+    for r in ranges:
+        end = ends[(r.topic, r.partition)]
+        if r.end is not None:
+            end = min(end, r.end)
+        out[(r.topic, r.partition)] = max(0, end - r.start)
+    return out
+
+
+def replay(
+    settings: IngestSettings,
+    selection: ReplaySelection,
+    *,
+    dry_run: bool = False,
+    max_rate: float = 0,
+    restart: bool = False,
+    name: str | None = None,
+    progress: Callable[[IngestSummary], None] | None = None,
+    ingestor_hook: Callable[[Ingestor], None] | None = None,
+) -> ReplaySummary:
+    """Replay ``selection`` into the hypertables; see the module's doc. Resumable."""
+    run_id = name or selection.run_id()
+    group = replay_group(run_id)
+    ranges = plan(settings, selection)
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        if restart and not dry_run:
+            conn.execute("DELETE FROM gatestream.consumer_offsets WHERE consumer_group = %s", (group,))
+        topics = {settings.topic_for(et): et for et in selection.event_types}
+        routes = build_routes(conn, settings, topics)
+    filters = {t: selection.accepts(r) for t, r in routes.items()}
+
+    def accept(msg: Message, rec: dict[str, Any]) -> bool:
+        f = filters[msg.topic() or ""]
+        return f is None or f(msg, rec)
+
+    limiter = RateLimiter(max_rate) if max_rate > 0 else None
+    seen = 0
+
+    def on_turn(s: IngestSummary) -> None:
+        nonlocal seen
+        if limiter is not None and s.consumed > seen:
+            limiter.wait(s.consumed - seen)
+        seen = s.consumed
+        if progress is not None:
+            progress(s)
+
+    needs_filter = any(f is not None for f in filters.values())
+    ing = Ingestor(
+        settings, routes, group_id=group, assignment=ranges, on_turn=on_turn, dry_run=dry_run,
+        accept=accept if needs_filter else None,
+    )  # fmt: skip
+    if ingestor_hook is not None:
+        ingestor_hook(ing)
+    log.info("replay started", run_id=run_id, group=group, dry_run=dry_run, ranges=len(ranges))
+    s = ing.run()
+    summary = ReplaySummary(
+        run_id=run_id, read=s.consumed, inserted=s.inserted, already_present=s.duplicates,
+        dead_lettered=s.dead_lettered, seconds=round(s.seconds, 2), dry_run=dry_run,
+        complete=ing.parts.all_finished() and not ing.stop_event.is_set(),
+        partitions=[
+            {"topic": r.topic, "partition": r.partition, "from": ing.parts.started_at.get((r.topic, r.partition)),
+             "to": ing.parts.ends.get((r.topic, r.partition))}
+            for r in ranges
+        ],
+    )  # fmt: skip
+    log.info("replay finished", **{k: v for k, v in summary.report().items() if k != "partitions"})
+    return summary
+
+
+def print_plan(settings: IngestSettings, selection: ReplaySelection, out: Any = sys.stdout) -> None:
+    ranges = plan(settings, selection)
+    totals = estimate_total(settings, ranges)
+    print(f"replay {selection.run_id()}: {len(ranges)} partitions", file=out)
+    for r in ranges:
+        n = totals[(r.topic, r.partition)]
+        end = r.end if r.end is not None else "end"
+        print(f"  {r.topic}[{r.partition}]  from {r.start}  to {end}  {n} messages now", file=out)
