@@ -1,4 +1,6 @@
-"""``gatestream bench ingest``: how close end-to-end ingest comes to raw binary COPY.
+"""``gatestream bench ingest|replay``: throughput figures measured in one run.
+
+``bench ingest``: how close end-to-end ingest comes to raw binary COPY.
 
 In one run, on the same events (``active_windows``, realistic values):
   1. raw   - the pre-decoded rows, binary COPY into the hypertable in batches of
@@ -8,6 +10,10 @@ In one run, on the same events (``active_windows``, realistic values):
 Runs alternate the two, each on an empty table, in a database of its own
 (``<database>_bench``, created and migrated fresh). Medians are reported, and the ratio
 is computed per run and then its median taken.
+
+``bench replay``: live ingest beside replay on the same events, replaying into an empty
+table (every row missing, as after a restore) and over the full table (every row
+already present).
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from __future__ import annotations
 import statistics
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -98,8 +106,7 @@ def _raw_copy(url: str, spec: TableSpec, rows: list[tuple[Any, ...]], batch: int
 
 
 def _ingest(settings: IngestSettings, url: str, topic: str, route: Route, count: int) -> float:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE monitoring.active_windows")
+    _truncate(url)
     s = settings.model_copy(update={"database_url": url, "stop_after_idle_s": None})
     ing = Ingestor(
         s, {topic: route}, group_id=f"bench-{uuid.uuid4().hex[:8]}", stop_when=lambda sm: sm.inserted >= count
@@ -110,32 +117,60 @@ def _ingest(settings: IngestSettings, url: str, topic: str, route: Route, count:
     return count / (summary.last_commit_at - summary.first_event_at)
 
 
-def bench_ingest(settings: IngestSettings, *, events: int, runs: int, batch_rows: int, partitions: int) -> int:
-    settings = settings.model_copy(update={"batch_max_rows": batch_rows, "batch_max_ms": 1000})
-    psettings = ProducerSettings(**settings.model_dump(include=set(ProducerSettings.model_fields)))
+@dataclass
+class BenchData:
+    """One bench's database, topic (filled with the events) and the same events as rows."""
+
+    settings: IngestSettings
+    url: str
+    topic: str
+    route: Route
+    rows: list[tuple[Any, ...]]
+
+
+@contextmanager
+def bench_data(
+    settings: IngestSettings, events: int, batch_rows: int, partitions: int, *, with_rows: bool = True
+) -> Iterator[BenchData]:
+    prefix = f"bench.{uuid.uuid4().hex[:8]}."
     url = _bench_database(settings.database_url)
-    topic = f"bench.{uuid.uuid4().hex[:8]}.{EVENT_TYPE.value}"
-    print(f"bench: {events} {EVENT_TYPE.value} events, batches of {batch_rows}, {partitions} partitions, {runs} runs")
+    settings = settings.model_copy(
+        update={"batch_max_rows": batch_rows, "batch_max_ms": 1000, "topic_prefix": prefix, "database_url": url}
+    )
+    psettings = ProducerSettings(**settings.model_dump(include=set(ProducerSettings.model_fields)))
+    topic = settings.topic_for(EVENT_TYPE)
     catalog = SchemaCatalog(settings.schema_dir)
     reader = catalog.latest(EVENT_TYPE).schema
     with psycopg.connect(url) as conn:
         spec = describe_table(conn, "monitoring", EVENT_TYPE.value, [f["name"] for f in reader["fields"]])
     route = Route(topic, Decoder(CatalogRegistry(catalog), reader), spec, event_time_field(reader))
     encoded = _encode(events, psettings, f"/tmp/gatestream-bench-{uuid.uuid4().hex[:6]}.sqlite3")
-    rows = [spec.row_of(route.decoder.decode(v)) for _, _, v in encoded]
+    rows = [spec.row_of(route.decoder.decode(v)) for _, _, v in encoded] if with_rows else []
     ensure_topics(psettings, [topic], partitions)
     try:
         _produce(psettings, topic, encoded)
-        results = []
+        del encoded
+        yield BenchData(settings, url, topic, route, rows)
+    finally:
+        delete_topics(psettings, [topic])
+
+
+def _truncate(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE monitoring.active_windows")
+
+
+def bench_ingest(settings: IngestSettings, *, events: int, runs: int, batch_rows: int, partitions: int) -> int:
+    print(f"bench: {events} {EVENT_TYPE.value} events, batches of {batch_rows}, {partitions} partitions, {runs} runs")
+    results = []
+    with bench_data(settings, events, batch_rows, partitions) as d:
         for i in range(runs):
-            raw = _raw_copy(url, spec, rows, batch_rows)
-            e2e = _ingest(settings, url, topic, route, events)
+            raw = _raw_copy(d.url, d.route.spec, d.rows, batch_rows)
+            e2e = _ingest(d.settings, d.url, d.topic, d.route, events)
             results.append(RunResult(raw, e2e))
             print(
                 f"  run {i + 1}: raw COPY {raw:>10,.0f} rows/s   ingest {e2e:>10,.0f} events/s   ratio {e2e / raw:.0%}"
             )
-    finally:
-        delete_topics(psettings, [topic])
     raw_med = statistics.median(r.raw_rows_per_s for r in results)
     e2e_med = statistics.median(r.ingest_events_per_s for r in results)
     ratio_med = statistics.median(r.ratio for r in results)
@@ -144,4 +179,48 @@ def bench_ingest(settings: IngestSettings, *, events: int, runs: int, batch_rows
         f"ingest/raw {ratio_med:.0%}"
     )
     print("targets: >= 100,000 events/s per consumer process; >= 70% of raw COPY")
+    return 0
+
+
+def _replay_rate(d: BenchData, events: int) -> float:
+    from consumers.replay import ReplaySelection, replay
+
+    captured: list[Ingestor] = []
+    s = replay(
+        d.settings,
+        ReplaySelection(event_types=(EVENT_TYPE,)),
+        restart=True,
+        name=f"bench-{uuid.uuid4().hex[:6]}",
+        ingestor_hook=captured.append,
+    )
+    sm = captured[0].summary
+    if s.read != events or sm.first_event_at is None or sm.last_commit_at is None:
+        raise RuntimeError(f"bench replay read {s.read} of {events} events")
+    return events / (sm.last_commit_at - sm.first_event_at)
+
+
+def bench_replay(settings: IngestSettings, *, events: int, runs: int, batch_rows: int, partitions: int) -> int:
+    """Live ingest vs replay (into an empty table, and over a full one) on the same events."""
+    print(f"bench: {events} {EVENT_TYPE.value} events, batches of {batch_rows}, {partitions} partitions, {runs} runs")
+    live, backfill, present = [], [], []
+    with bench_data(settings, events, batch_rows, partitions, with_rows=False) as d:
+        for i in range(runs):
+            live.append(_ingest(d.settings, d.url, d.topic, d.route, events))
+            _truncate(d.url)
+            backfill.append(_replay_rate(d, events))  # every row missing: a restore
+            present.append(_replay_rate(d, events))  # every row there: a replay that adds nothing
+            print(
+                f"  run {i + 1}: live ingest {live[-1]:>9,.0f}/s   replay, rows missing {backfill[-1]:>9,.0f}/s   "
+                f"replay, rows present {present[-1]:>9,.0f}/s"
+            )
+    lm, bm, pm = (statistics.median(x) for x in (live, backfill, present))
+    print(
+        f"median events/s: live ingest {lm:,.0f}, replay (rows missing) {bm:,.0f} = {bm / lm:.2f}x live, "
+        f"replay (rows present) {pm:,.0f} = {pm / lm:.2f}x live"
+    )
+    slowest = min(bm, pm)
+    print(
+        f"10M events at the slower replay rate: {1e7 / slowest / 60:.1f} min "
+        "(targets: < 3 min for 10M, within 2x of live ingest)"
+    )
     return 0

@@ -179,12 +179,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench_ingest(args: argparse.Namespace) -> int:
-    from gatestream.bench import bench_ingest
+def cmd_bench(args: argparse.Namespace) -> int:
+    from gatestream.bench import bench_ingest, bench_replay
 
-    settings = IngestSettings()
-    return bench_ingest(
-        settings, events=args.events, runs=args.runs, batch_rows=args.batch_rows, partitions=args.partitions
+    fn = bench_ingest if args.bench_command == "ingest" else bench_replay
+    return fn(
+        IngestSettings(), events=args.events, runs=args.runs, batch_rows=args.batch_rows, partitions=args.partitions
     )
 
 
@@ -271,12 +271,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
-    bi = bench.add_parser("ingest", help="raw binary COPY vs end-to-end ingest on the same events")
-    bi.add_argument("--events", type=int, default=300_000, help="events per run (default 300000)")
-    bi.add_argument("--runs", type=int, default=3, help="runs; medians are reported (default 3)")
-    bi.add_argument("--batch-rows", type=int, default=10_000, help="rows per batch in both paths")
-    bi.add_argument("--partitions", type=int, default=6, help="partitions of the bench topic")
-    bi.set_defaults(fn=cmd_bench_ingest)
+    for name, text in (
+        ("ingest", "raw binary COPY vs end-to-end ingest on the same events"),
+        ("replay", "live ingest vs replay (rows missing, rows present) on the same events"),
+    ):
+        bi = bench.add_parser(name, help=text, description=text + ". Uses a database of its own (<db>_bench).")
+        bi.add_argument("--events", type=int, default=300_000, help="events per run (default 300000)")
+        bi.add_argument("--runs", type=int, default=3, help="runs; medians are reported (default 3)")
+        bi.add_argument("--batch-rows", type=int, default=10_000, help="rows per batch in every path")
+        bi.add_argument("--partitions", type=int, default=6, help="partitions of the bench topic")
+        bi.set_defaults(fn=cmd_bench)
     return p
 
 
