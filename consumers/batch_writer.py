@@ -47,6 +47,7 @@ class WriteResult:
     inserted: int = 0
     duplicates: int = 0
     inserted_by_table: dict[str, int] = field(default_factory=dict)
+    duplicates_by_table: dict[str, int] = field(default_factory=dict)
     rejected: list[Rejected] = field(default_factory=list)
 
 
@@ -72,9 +73,10 @@ class BatchWriter:
         with self.conn.transaction() as tx:
             for tb in tables:
                 if tb.rows:
-                    before = result.inserted
+                    before, dups = result.inserted, result.duplicates
                     self._write_table(tb, result, upsert)
                     result.inserted_by_table[tb.spec.name] = result.inserted - before
+                    result.duplicates_by_table[tb.spec.name] = result.duplicates - dups
             if moves:
                 advance_offsets(self.conn, self.group, moves)
             if before_commit is not None:

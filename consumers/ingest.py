@@ -20,17 +20,18 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 import psycopg
 import structlog
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from consumers import metrics
-from consumers.batch_writer import BatchWriter, TableBatch, WriteResult
+from consumers.batch import MicroBatch
+from consumers.batch_writer import BatchWriter, WriteResult
 from consumers.deadletter import DeadLetterError, DeadLetters
-from consumers.decoder import DecodeError
+from consumers.observe import IngestObserver
 from consumers.offsets import FencedError, read_offsets
 from consumers.partitions import PartitionRange, Partitions
 from consumers.routes import Route, build_routes
@@ -66,18 +67,9 @@ class IngestSummary:
 
 
 @dataclass
-class _Batch:
-    tables: dict[str, TableBatch] = field(default_factory=dict)
-    ends: dict[TP, int] = field(default_factory=dict)
-    rejects: list[tuple[Message, str, str]] = field(default_factory=list)
-    count: int = 0
-    started: float = 0.0
-
-
-@dataclass
 class _InFlight:
     future: Future[tuple[WriteResult, list[tuple[str, str]]]]
-    batch: _Batch
+    batch: MicroBatch
     moves: Moves
     submitted: float
 
@@ -117,7 +109,9 @@ class Ingestor:
         self._writer = BatchWriter(self._conn, self.group)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-writer")
         self._inflight: _InFlight | None = None
+        self.observer = IngestObserver(self.group, enabled=settings.metrics_enabled)
         conf = consumer_config(settings, self.group)
+        conf["error_cb"] = self.observer.kafka_error
         if assignment is not None:
             conf["enable.partition.eof"] = True
         self._consumer = Consumer(conf, logger=None)
@@ -145,8 +139,10 @@ class Ingestor:
         self._conn = self._connect()
         self._writer = BatchWriter(self._conn, self.group)
 
-    def _new_batch(self) -> _Batch:
-        return _Batch(tables={t: TableBatch(r.spec) for t, r in self.routes.items()})
+    def _new_batch(self) -> MicroBatch:
+        return MicroBatch(
+            self.routes, self.parts, accept=self.accept, on_end=self._at_end, on_decode_error=self.observer.decode_error
+        )
 
     def _read_stored(self, parts: list[TP]) -> dict[TP, int]:
         while True:
@@ -194,73 +190,15 @@ class Ingestor:
         # fenced, so drop what we hold for them without trying.
         parts = [(p.topic, p.partition) for p in partitions]
         self._await()
-        self._drop_from_batch(set(parts))
+        self._batch.drop(set(parts))
         self._forget(parts, "lost")
 
     def _forget(self, parts: list[TP], kind: str) -> None:
         self.parts.drop(parts)
+        self.observer.forget(parts)
         metrics.REBALANCES.labels(kind).inc()
         metrics.ASSIGNED_PARTITIONS.set(len(self.parts.owned))
         log.info(f"partitions {kind}", partitions=_fmt(parts))
-
-    def _drop_from_batch(self, parts: set[TP]) -> None:
-        if not parts:
-            return
-        batch = self._batch
-        for tb in batch.tables.values():
-            keep = [i for i, m in enumerate(tb.origins) if (m.topic(), m.partition()) not in parts]
-            if len(keep) != len(tb.rows):
-                batch.count -= len(tb.rows) - len(keep)
-                tb.rows = [tb.rows[i] for i in keep]
-                tb.origins = [tb.origins[i] for i in keep]
-        batch.rejects = [r for r in batch.rejects if (r[0].topic(), r[0].partition()) not in parts]
-        for tp in parts:
-            batch.ends.pop(tp, None)
-
-    # ------------------------------------------------------------------ reading
-    def _add_many(self, msgs: list[Message]) -> None:
-        batch, routes, accept = self._batch, self.routes, self.accept
-        owned, nxt, limits = self.parts.owned, self.parts.next, self.parts.ends
-        tables, ends, rejects = batch.tables, batch.ends, batch.rejects
-        if not ends:
-            batch.started = time.monotonic()
-        added = read = 0
-        for msg in msgs:
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    self._at_end(cast(str, msg.topic()), cast(int, msg.partition()), cast(int, msg.offset()))
-                else:
-                    log.warning("consumer error", error=str(err))
-                continue
-            topic, partition, offset = cast(str, msg.topic()), cast(int, msg.partition()), cast(int, msg.offset())
-            tp = (topic, partition)
-            if tp not in owned or offset < nxt.get(tp, 0):
-                continue  # from before a revoke or a seek: not ours to write
-            read += 1
-            if limits:
-                end = limits.get(tp)
-                if end is not None and offset >= end:
-                    continue  # past the end of a bounded range
-            nxt[tp] = ends[tp] = offset + 1
-            route = routes[topic]
-            try:
-                record = route.decoder.decode(msg.value())
-                if accept is not None and not accept(msg, record):
-                    continue
-                row = route.spec.row_of(record)
-            except DecodeError as exc:
-                rejects.append((msg, exc.reason, exc.detail))
-                continue
-            except (KeyError, TypeError) as exc:
-                rejects.append((msg, "unmappable", f"{type(exc).__name__}: {exc}"))
-                continue
-            tb = tables[topic]
-            tb.rows.append(row)
-            tb.origins.append(msg)
-            added += 1
-        batch.count += added
-        self.summary.consumed += read
 
     def _at_end(self, topic: str, partition: int, high_watermark: int) -> None:
         """End of partition: everything before ``high_watermark`` has been delivered to us."""
@@ -271,7 +209,7 @@ class Ingestor:
                 self.parts.next[tp] = high_watermark
 
     # ------------------------------------------------------------------ writing
-    def _write(self, batch: _Batch, moves: Moves) -> tuple[WriteResult, list[tuple[str, str]]]:
+    def _write(self, batch: MicroBatch, moves: Moves) -> tuple[WriteResult, list[tuple[str, str]]]:
         """Runs in the writer thread: rows, dead letters, offsets, one transaction."""
         sent: list[tuple[str, str]] = []
 
@@ -333,6 +271,7 @@ class Ingestor:
             return
         except psycopg.OperationalError as exc:
             log.error("database error; batch rolled back, will be retried", error=str(exc).strip())
+            self.observer.database(False, str(exc).strip()[:200])
             self._reconnect_writer()
             self._resync(list(moves))
             return
@@ -346,15 +285,9 @@ class Ingestor:
         s.inserted += result.inserted
         s.duplicates += result.duplicates
         s.dead_lettered += len(sent_dlq)
+        self.observer.database(True)
         metrics.BATCH_COMMIT_SECONDS.observe(now - inflight.submitted)
-        metrics.BATCH_ROWS.observe(result.inserted)
-        for topic, tb in inflight.batch.tables.items():
-            if tb.rows:
-                metrics.EVENTS_CONSUMED.labels(topic).inc(len(tb.rows))
-        for name, n in result.inserted_by_table.items():
-            metrics.ROWS_INSERTED.labels(name).inc(n)
-        for topic, reason in sent_dlq:
-            metrics.DEAD_LETTERED.labels(topic, reason).inc()
+        self.observer.committed(inflight.batch.tables, result, sent_dlq, moves)
         if result.duplicates:
             log.info("duplicate events skipped", duplicates=result.duplicates)
         log.debug(
@@ -381,7 +314,7 @@ class Ingestor:
     def _resync(self, parts: list[TP]) -> None:
         """After a rolled-back batch: read those partitions again from the stored offsets."""
         owned = [tp for tp in parts if tp in self.parts.owned]
-        self._drop_from_batch(set(owned))
+        self._batch.drop(set(owned))
         stored = self._read_stored(owned)
         for tp in owned:
             off = stored.get(tp)
@@ -391,6 +324,17 @@ class Ingestor:
                 self._consumer.seek(TopicPartition(tp[0], tp[1], off if off is not None else OFFSET_BEGINNING))
             except KafkaException as exc:
                 log.warning("seek failed; partition re-read after the next rebalance", tp=_k(tp), error=str(exc))
+
+    def _ping_db(self) -> None:
+        try:
+            self._meta.execute("SELECT 1")
+        except psycopg.OperationalError:
+            self._meta.close()
+            self._meta = psycopg.connect(self.settings.database_url, autocommit=True, connect_timeout=2)
+
+    def ready(self) -> tuple[bool, str]:
+        """For /readyz: connected to broker and database, partitions assigned."""
+        return self.observer.ready(self.parts)
 
     # ------------------------------------------------------------------ main loop
     def request_stop(self, *_: Any) -> None:
@@ -422,12 +366,13 @@ class Ingestor:
                     if self.summary.first_event_at is None:
                         self.summary.first_event_at = now
                     self._last_event = now
-                    self._add_many(msgs)
+                    self.summary.consumed += self._batch.add_many(msgs)
                 batch = self._batch
                 if batch.ends and (batch.count >= max_rows or now - batch.started >= max_age):
                     self._submit()
                 elif self._inflight is not None and self._inflight.future.done():
                     self._await()
+                self.observer.tick(self._consumer, self.parts, self._batch.pending_timestamps, self._ping_db)
                 if self.on_turn is not None:
                     self.on_turn(self.summary)
                 if self.stop_when is not None and self.stop_when(self.summary):

@@ -29,3 +29,34 @@ FENCED_BATCHES = Counter(
 )
 REBALANCES = Counter("gatestream_ingest_rebalances_total", "Partition assignment changes.", ["kind"])
 ASSIGNED_PARTITIONS = Gauge("gatestream_ingest_assigned_partitions", "Partitions this process owns now.")
+DECODE_ERRORS = Counter(
+    "gatestream_ingest_decode_errors_total",
+    "Events that could not be decoded or mapped, by reason.",
+    ["topic", "reason"],
+)
+LAG_MESSAGES = Gauge(
+    "gatestream_ingest_lag_messages",
+    "High watermark minus the offset stored in the database (the source of truth).",
+    ["group", "topic", "partition"],
+)
+LAG_SECONDS = Gauge(
+    "gatestream_ingest_lag_seconds",
+    "Age of the oldest event not yet committed (0 when caught up).",
+    ["group", "topic", "partition"],
+)
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 86400)
+EVENT_TO_COMMIT_SECONDS = Histogram(
+    "gatestream_ingest_event_to_commit_seconds",
+    "Event time (on the device) to row committed; sampled, one event in 16.",
+    ["topic"],
+    buckets=LATENCY_BUCKETS,
+)
+BROKER_TO_COMMIT_SECONDS = Histogram(
+    "gatestream_ingest_broker_to_commit_seconds",
+    "Broker timestamp to row committed; sampled, one event in 16.",
+    ["topic"],
+    buckets=LATENCY_BUCKETS,
+)
+LAST_COMMIT_TIMESTAMP = Gauge(
+    "gatestream_ingest_last_commit_timestamp_seconds", "Unix time of the last committed batch.", ["group"]
+)

@@ -56,6 +56,7 @@ class ProducerSettings(KafkaClientSettings):
     linger_ms: int = Field(20)
     compression: str = Field("lz4")
     partitions: int = Field(6, description="Partitions per event topic when gatestream creates topics.")
+    metrics_port: int | None = Field(None, description="Serve /metrics, /healthz and /readyz on this port.")
 
 
 class IngestSettings(KafkaClientSettings):
@@ -69,4 +70,5 @@ class IngestSettings(KafkaClientSettings):
         None,
         description="Exit 0 after this many seconds with no new events (demo, tests); unset = run forever.",
     )
-    metrics_port: int | None = Field(None, description="Serve Prometheus metrics on this port.")
+    metrics_port: int | None = Field(None, description="Serve /metrics, /healthz and /readyz on this port.")
+    metrics_enabled: bool = Field(True, description="Record metrics (off only to measure their cost).")

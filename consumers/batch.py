@@ -1,0 +1,120 @@
+"""A micro-batch in the making: messages read, decoded and mapped to rows per table.
+
+Messages from before a revoke or a seek, and past the end of a bounded range, are left
+out; undecodable ones are kept as rejects for the dead-letter topic; the batch records,
+per partition, the offset it moves to (the end of what it read, filtered events included).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+import structlog
+from confluent_kafka import KafkaError, Message
+
+from consumers.batch_writer import TableBatch
+from consumers.decoder import DecodeError
+from consumers.partitions import Partitions
+from consumers.routes import Route
+
+log = structlog.get_logger("gatestream.ingest")
+
+TP = tuple[str, int]
+
+
+class MicroBatch:
+    def __init__(
+        self,
+        routes: dict[str, Route],
+        parts: Partitions,
+        *,
+        accept: Callable[[Message, dict[str, Any]], bool] | None = None,
+        on_end: Callable[[str, int, int], None] | None = None,
+        on_decode_error: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.routes = routes
+        self.parts = parts
+        self.accept = accept
+        self.on_end = on_end
+        self.on_decode_error = on_decode_error
+        self.tables = {t: TableBatch(r.spec) for t, r in routes.items()}
+        self.ends: dict[TP, int] = {}
+        self.rejects: list[tuple[Message, str, str]] = []
+        self.count = 0
+        self.started = 0.0
+
+    def add_many(self, msgs: list[Message]) -> int:
+        """Add what is ours of ``msgs``; return how many events were read (errors and stale excluded)."""
+        routes, accept = self.routes, self.accept
+        owned, nxt, limits = self.parts.owned, self.parts.next, self.parts.ends
+        tables, ends, rejects = self.tables, self.ends, self.rejects
+        if not ends:
+            self.started = time.monotonic()
+        added = read = 0
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    if self.on_end is not None:
+                        self.on_end(cast(str, msg.topic()), cast(int, msg.partition()), cast(int, msg.offset()))
+                else:
+                    log.warning("consumer error", error=str(err))
+                continue
+            topic, partition, offset = cast(str, msg.topic()), cast(int, msg.partition()), cast(int, msg.offset())
+            tp = (topic, partition)
+            if tp not in owned or offset < nxt.get(tp, 0):
+                continue  # from before a revoke or a seek: not ours to write
+            read += 1
+            if limits:
+                end = limits.get(tp)
+                if end is not None and offset >= end:
+                    continue  # past the end of a bounded range
+            nxt[tp] = ends[tp] = offset + 1
+            route = routes[topic]
+            try:
+                record = route.decoder.decode(msg.value())
+                if accept is not None and not accept(msg, record):
+                    continue
+                row = route.spec.row_of(record)
+            except DecodeError as exc:
+                rejects.append((msg, exc.reason, exc.detail))
+                if self.on_decode_error is not None:
+                    self.on_decode_error(topic, exc.reason)
+                continue
+            except (KeyError, TypeError) as exc:
+                rejects.append((msg, "unmappable", f"{type(exc).__name__}: {exc}"))
+                continue
+            tb = tables[topic]
+            tb.rows.append(row)
+            tb.origins.append(msg)
+            added += 1
+        self.count += added
+        return read
+
+    def drop(self, parts: set[TP]) -> None:
+        """Forget what the batch holds for ``parts`` (revoked, lost, or to be re-read)."""
+        if not parts:
+            return
+        for tb in self.tables.values():
+            keep = [i for i, m in enumerate(tb.origins) if (m.topic(), m.partition()) not in parts]
+            if len(keep) != len(tb.rows):
+                self.count -= len(tb.rows) - len(keep)
+                tb.rows = [tb.rows[i] for i in keep]
+                tb.origins = [tb.origins[i] for i in keep]
+        self.rejects = [r for r in self.rejects if (r[0].topic(), r[0].partition()) not in parts]
+        for tp in parts:
+            self.ends.pop(tp, None)
+
+    def pending_timestamps(self) -> dict[TP, float]:
+        """Broker timestamp (s) of the oldest event held per partition."""
+        out: dict[TP, float] = {}
+        for tb in self.tables.values():
+            for m in tb.origins:
+                tp = (cast(str, m.topic()), cast(int, m.partition()))
+                if tp not in out:
+                    ts_type, ts = m.timestamp()
+                    if ts_type:
+                        out[tp] = ts / 1000
+        return out

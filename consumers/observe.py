@@ -1,0 +1,154 @@
+"""What an ingest consumer tells the outside: metrics after each batch, lag and readiness.
+
+Kept out of the hot path: per-event figures (end-to-end latency) are sampled at commit
+time, one event in ``SAMPLE``; lag and health are refreshed every few seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+from consumers import metrics
+from consumers.batch_writer import TableBatch, WriteResult
+
+if TYPE_CHECKING:
+    from consumers.partitions import Partitions
+
+SAMPLE = 16
+TP = tuple[str, int]
+
+
+class IngestObserver:
+    def __init__(self, group: str, *, enabled: bool = True, every_s: float = 2.0) -> None:
+        self.group = group
+        self.enabled = enabled
+        self.every_s = every_s
+        self.broker_ok = True
+        self.broker_error = ""
+        self.db_ok = True
+        self.db_error = ""
+        self._next_tick = 0.0
+        self._lagging_since: dict[TP, float] = {}
+        self._time_index: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ health
+    def kafka_error(self, err: KafkaError) -> None:
+        """librdkafka's error_cb: all brokers down makes the process unready."""
+        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE):
+            self.broker_ok = False
+            self.broker_error = str(err)
+
+    def database(self, ok: bool, error: str = "") -> None:
+        self.db_ok, self.db_error = ok, error
+
+    def ready(self, parts: Partitions) -> tuple[bool, str]:
+        if not self.db_ok:
+            return False, f"database unreachable: {self.db_error}"
+        if not self.broker_ok:
+            return False, f"broker unreachable: {self.broker_error}"
+        if not parts.owned:
+            return False, "no partitions assigned"
+        return True, f"ok: {len(parts.owned)} partitions"
+
+    # ------------------------------------------------------------------ per batch
+    def committed(
+        self, tables: dict[str, TableBatch], result: WriteResult, dead: list[tuple[str, str]],
+        moves: dict[TP, tuple[int | None, int]],
+    ) -> None:  # fmt: skip
+        if not self.enabled:
+            return
+        now = time.time()
+        metrics.LAST_COMMIT_TIMESTAMP.labels(self.group).set(now)
+        metrics.BATCH_ROWS.observe(result.inserted + result.duplicates)
+        for name, n in result.inserted_by_table.items():
+            metrics.ROWS_INSERTED.labels(name).inc(n)
+        for name, n in result.duplicates_by_table.items():
+            if n:
+                metrics.DUPLICATES.labels(name).inc(n)
+        for topic, reason in dead:
+            metrics.DEAD_LETTERED.labels(topic, reason).inc()
+        for topic, tb in tables.items():
+            if not tb.rows:
+                continue
+            metrics.EVENTS_CONSUMED.labels(topic).inc(len(tb.rows))
+            ti = self._time_col(tb)
+            ev_hist = metrics.EVENT_TO_COMMIT_SECONDS.labels(topic)
+            br_hist = metrics.BROKER_TO_COMMIT_SECONDS.labels(topic)
+            for i in range(0, len(tb.rows), SAMPLE):
+                msg = tb.origins[i]
+                ts_type, ts = msg.timestamp()
+                if ts_type:
+                    br_hist.observe(max(0.0, now - ts / 1000))
+                t = tb.rows[i][ti] if ti >= 0 else None
+                if isinstance(t, int):
+                    ev_hist.observe(max(0.0, now - t / 1000))
+
+    def _time_col(self, tb: TableBatch) -> int:
+        name = tb.spec.name
+        idx = self._time_index.get(name)
+        if idx is None:
+            cols = tb.spec.columns
+            idx = next((i for i, c in enumerate(cols) if c in ("datetime", "timestamp")), -1)
+            self._time_index[name] = idx
+        return idx
+
+    def decode_error(self, topic: str, reason: str) -> None:
+        if self.enabled:
+            metrics.DECODE_ERRORS.labels(topic, reason).inc()
+
+    # ------------------------------------------------------------------ every few seconds
+    def tick(
+        self, consumer: Any, parts: Partitions, pending_fn: Callable[[], dict[TP, float]], db_ping: Callable[[], Any]
+    ) -> None:
+        """Refresh lag gauges and health, every ``every_s``. ``pending_fn``: broker timestamp of
+        the oldest uncommitted event per partition in hand."""
+        now = time.monotonic()
+        if now < self._next_tick:
+            return
+        self._next_tick = now + self.every_s
+        try:
+            db_ping()
+            self.database(True)
+        except Exception as exc:  # psycopg errors: the database is down or the link broke
+            self.database(False, str(exc).strip()[:200])
+        try:
+            consumer.list_topics(timeout=1.0)
+            self.broker_ok, self.broker_error = True, ""
+        except KafkaException as exc:
+            self.broker_ok, self.broker_error = False, str(exc)[:200]
+        if not self.enabled:
+            return
+        wall = time.time()
+        pending = pending_fn()
+        for tp in list(parts.owned):
+            topic, partition = tp
+            try:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+            except KafkaException:
+                continue
+            if high < 0:
+                continue
+            stored = parts.stored.get(tp)
+            lag = max(0, high - (stored if stored is not None else max(low, 0)))
+            metrics.LAG_MESSAGES.labels(self.group, topic, str(partition)).set(lag)
+            if lag == 0:
+                self._lagging_since.pop(tp, None)
+                secs = 0.0
+            elif tp in pending:  # the oldest uncommitted event is in hand: its age is known
+                secs = max(0.0, wall - pending[tp])
+            else:  # not fetched yet: at least as old as the lag we have been seeing
+                secs = max(0.0, wall - self._lagging_since.setdefault(tp, wall))
+            metrics.LAG_SECONDS.labels(self.group, topic, str(partition)).set(secs)
+
+    def forget(self, parts: list[TP]) -> None:
+        for topic, partition in parts:
+            for g in (metrics.LAG_MESSAGES, metrics.LAG_SECONDS):
+                try:
+                    g.remove(self.group, topic, str(partition))
+                except KeyError:
+                    pass
+            self._lagging_since.pop((topic, partition), None)
