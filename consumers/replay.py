@@ -35,6 +35,7 @@ import structlog
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from consumers.ingest import Ingestor, IngestSummary, PartitionRange, Route, build_routes
+from consumers.watermarks import end_offsets, reported_end
 from gatestream.kafka import consumer_config
 from gatestream.ratelimit import RateLimiter
 from gatestream.settings import IngestSettings
@@ -152,7 +153,7 @@ def plan(settings: IngestSettings, selection: ReplaySelection) -> list[Partition
                 for tp in found:
                     # -1: nothing at or after that time. (Some brokers answer 0 for a time in the
                     # future; the guard above keeps such times out.)
-                    starts[tp.partition] = tp.offset if tp.offset >= 0 else _high_watermark(c, topic, tp.partition)
+                    starts[tp.partition] = tp.offset if tp.offset >= 0 else reported_end(c, topic, tp.partition)
             for p in wanted:
                 ranges.append(PartitionRange(topic, p, starts[p], selection.to_offset))
         return ranges
@@ -160,43 +161,9 @@ def plan(settings: IngestSettings, selection: ReplaySelection) -> list[Partition
         c.close()
 
 
-def _high_watermark(c: Consumer, topic: str, partition: int) -> int:
-    _, high = c.get_watermark_offsets(TopicPartition(topic, partition), timeout=10, cached=False)
-    return int(high)
-
-
-def _ends_now(
-    settings: IngestSettings, parts: list[tuple[str, int]], timeout: float = 10.0
-) -> dict[tuple[str, int], int]:
-    """The end offset of each partition now, as a fetch reports it.
-
-    Some brokers (Tansu) answer the latest-offset request with the start of the last
-    batch + 1, too low; a fetch from just before that answer carries the true high
-    watermark, which the client then caches.
-    """
-    conf = consumer_config(settings, f"gatestream-replay-plan-{time.monotonic_ns()}")
-    conf["enable.partition.eof"] = True
-    c = Consumer(conf, logger=None)
-    try:
-        reported = {tp: _high_watermark(c, *tp) for tp in parts}
-        c.assign([TopicPartition(t, p, max(reported[(t, p)] - 1, 0)) for t, p in parts])
-        waiting = {tp for tp in parts if reported[tp] > 0}
-        deadline = time.monotonic() + timeout
-        while waiting and time.monotonic() < deadline:
-            for m in c.consume(500, 0.2):
-                waiting.discard((m.topic() or "", m.partition() or 0))
-        out = {}
-        for tp in parts:
-            _, high = c.get_watermark_offsets(TopicPartition(*tp), cached=True)
-            out[tp] = max(int(high), reported[tp])
-        return out
-    finally:
-        c.close()
-
-
 def estimate_total(settings: IngestSettings, ranges: list[PartitionRange]) -> dict[tuple[str, int], int]:
     """Messages per range, up to the end of each partition now (for plans and progress)."""
-    ends = _ends_now(settings, [(r.topic, r.partition) for r in ranges])
+    ends = end_offsets(settings, [(r.topic, r.partition) for r in ranges])
     out = {}
     for r in ranges:
         end = ends[(r.topic, r.partition)]

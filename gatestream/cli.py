@@ -34,6 +34,15 @@ def _types(value: str) -> list[EventType]:
 
 
 # ---------------------------------------------------------------------- commands
+def _serve(port: int | None, ready: Any = None) -> Any:
+    """Start /metrics, /healthz, /readyz on ``port`` (None: do not serve)."""
+    if port is None:
+        return None
+    from gatestream.httpserver import OpsServer
+
+    return OpsServer(port, ready).start()
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from gatestream.migrate import migrate
 
@@ -58,9 +67,10 @@ def cmd_produce(args: argparse.Namespace) -> int:
     from producers.loadgen import Fleet, generate
     from producers.publisher import Publisher
 
-    settings = ProducerSettings(**_overrides(args, ["spool_path"]))
+    settings = ProducerSettings(**_overrides(args, ["spool_path", "metrics_port"]))
     fleet = Fleet(orgs=args.orgs, devices_per_org=args.devices, gateways_per_org=args.gateways, seed=args.seed)
     pub = Publisher(settings)
+    server = _serve(settings.metrics_port)
     limiter = RateLimiter(args.rate)
     started = time.monotonic()
     chunk: list[Any] = []
@@ -75,6 +85,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
     if chunk:
         pub.publish_many(chunk)
     left = pub.close(timeout=args.flush_timeout)
+    if server is not None:
+        server.stop()
     secs = time.monotonic() - started
     summary = {
         "produced": args.count,
@@ -102,6 +114,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         **_overrides(
             args,
             [
+                "metrics_port",
                 "group_id",
                 "batch_max_rows",
                 "batch_max_ms",
@@ -116,7 +129,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         topics = {t: et for t, et in topics.items() if et in args.types}
     with psycopg.connect(settings.database_url) as conn:
         routes = build_routes(conn, settings, topics)
-    summary = Ingestor(settings, routes).run()
+    ingestor = Ingestor(settings, routes)
+    server = _serve(settings.metrics_port, ingestor.ready)
+    try:
+        summary = ingestor.run()
+    finally:
+        if server is not None:
+            server.stop()
     print(json.dumps(summary.report()))
     return 0
 
@@ -132,7 +151,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from consumers.replay import ReplayError, ReplaySelection, estimate_total, parse_time, plan, print_plan, replay
     from gatestream.progress import Progress
 
-    settings = IngestSettings()
+    settings = IngestSettings(**_overrides(args, ["metrics_port"]))
+    server = _serve(settings.metrics_port)
     sel: dict[str, Any] = {"event_types": tuple(args.types or EventType)}
     if args.partitions is not None:
         sel["partitions"] = args.partitions
@@ -165,10 +185,49 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except ReplayError as exc:
         print(f"gatestream replay: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if server is not None:
+            server.stop()
     print(json.dumps(summary.report()))
     if not summary.complete and not args.dry_run:
         print("replay interrupted; run the same command again to continue where it stopped", file=sys.stderr)
         return 130
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from gatestream.status import group_status, print_status
+
+    settings = IngestSettings(**_overrides(args, ["group_id"]))
+    if args.json:
+        print(json.dumps(group_status(settings, settings.group_id)))
+        return 0
+    return print_status(settings, settings.group_id)
+
+
+def cmd_db_exporter(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from prometheus_client import REGISTRY
+
+    from gatestream.dbmetrics import DatabaseCollector
+
+    settings = CommonSettings()
+    collector = DatabaseCollector(settings.database_url, min_interval_s=args.min_interval)
+    REGISTRY.register(collector)
+
+    def ready() -> tuple[bool, str]:
+        up = next(iter(collector.collect()))
+        ok = bool(up.samples and up.samples[0].value == 1)
+        return ok, "ok" if ok else "database unreachable"
+
+    server = _serve(args.port, ready)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    server.stop()
     return 0
 
 
@@ -200,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser("db", help="database tasks").add_subparsers(dest="db_command", required=True)
     db.add_parser("migrate", help="apply the SQL migrations in sql/ (idempotent)").set_defaults(fn=cmd_migrate)
+    dx = db.add_parser("exporter", help="serve database metrics (hypertables, chunks, compression, jobs, disk)")
+    dx.add_argument("--port", type=int, default=9108, help="HTTP port for /metrics, /healthz, /readyz (9108)")
+    dx.add_argument("--min-interval", type=float, default=10.0, help="seconds between database queries (10)")
+    dx.set_defaults(fn=cmd_db_exporter)
 
     tp = sub.add_parser("topics", help="Kafka topic tasks").add_subparsers(dest="topics_command", required=True)
     te = tp.add_parser("ensure", help="create the event topics and the dead-letter topic if missing")
@@ -217,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, default=1, help="random seed (same seed, same events)")
     pr.add_argument("--spool-path", dest="spool_path", help="SQLite spool file (default gatestream-spool.sqlite3)")
     pr.add_argument("--flush-timeout", type=float, default=60, help="seconds to wait for delivery at the end")
+    pr.add_argument("--metrics-port", dest="metrics_port", type=int, help="serve /metrics (spool depth, ...)")
     pr.set_defaults(fn=cmd_produce)
 
     ing = sub.add_parser("ingest", help="run an ingest consumer-group member (start more to scale)")
@@ -229,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
         dest="stop_after_idle_s",
         type=float,
         help="exit 0 after this many seconds without new events (default: run until SIGTERM)",
+    )
+    ing.add_argument(
+        "--metrics-port", dest="metrics_port", type=int, help="serve /metrics, /healthz, /readyz on this port"
     )
     ing.add_argument("--session-timeout-ms", dest="session_timeout_ms", type=int)
     ing.add_argument("--heartbeat-interval-ms", dest="heartbeat_interval_ms", type=int)
@@ -264,7 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--restart", action="store_true", help="forget this replay's progress and start over")
     rp.add_argument("--name", help="name the replay (default: derived from the selection)")
     rp.add_argument("--no-progress", action="store_true", help="no progress bar or progress log lines")
+    rp.add_argument("--metrics-port", dest="metrics_port", type=int, help="serve /metrics while replaying")
     rp.set_defaults(fn=cmd_replay)
+
+    st = sub.add_parser("status", help="per partition: stored offset, end, lag in messages and seconds")
+    st.add_argument("--group", dest="group_id", help="consumer group (default gatestream-ingest)")
+    st.add_argument("--json", action="store_true", help="print JSON")
+    st.set_defaults(fn=cmd_status)
 
     sub.add_parser("show", help="print what landed: rows per hypertable and organization, offsets").set_defaults(
         fn=cmd_show

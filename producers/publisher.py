@@ -15,6 +15,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from gatestream.kafka import producer_config
 from gatestream.settings import ProducerSettings
+from producers import metrics
 from producers.events import Event
 from producers.spool import Spool
 from schemas import EventType, SchemaCatalog
@@ -45,6 +46,7 @@ class Publisher:
         self.catalog = SchemaCatalog(settings.schema_dir)
         self.registry = registry or make_registry(settings.schema_registry_url, self.catalog)
         self.spool = Spool(settings.spool_path, settings.spool_synchronous)
+        metrics.SPOOL_DEPTH.set_function(lambda: self.spool.depth)
         self._producer = Producer(producer_config(settings), logger=None)
         self._serializers: dict[tuple[EventType, int], tuple[AvroSerializer, SerializationContext]] = {}
         first = self.spool.min_seq()
@@ -99,13 +101,20 @@ class Publisher:
     def publish_encoded(self, encoded: list[tuple[str, bytes, bytes]]) -> None:
         """Spool already-encoded (topic, key, value) triples, then send what the window allows."""
         self.spool.append(encoded)
+        counts: dict[str, int] = {}
+        for topic, _, _ in encoded:
+            counts[topic] = counts.get(topic, 0) + 1
+        for topic, n in counts.items():
+            metrics.EVENTS_ACCEPTED.labels(topic).inc(n)
         self.poll(0)
 
     # ------------------------------------------------------------------ delivering
     def _on_delivery(self, seq: int, err: KafkaError | None, msg: Message) -> None:
         self._in_flight -= 1
+        topic = msg.topic() or ""
+        (metrics.EVENTS_DELIVERED if err is None else metrics.DELIVERY_FAILURES).labels(topic).inc()
         if self.on_delivery is not None:
-            self.on_delivery(msg.topic() or "", msg.key() or b"", err)
+            self.on_delivery(topic, msg.key() or b"", err)
         if err is None:
             self._acked.append(seq)
             self.delivered += 1
