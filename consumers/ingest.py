@@ -259,6 +259,7 @@ class Ingestor:
         except FencedError as exc:
             self.summary.fenced += 1
             metrics.FENCED_BATCHES.inc()
+            metrics.BATCH_FAILURES.labels("fenced").inc()
             log.warning(
                 "batch fenced: another member moved these offsets; rolled back", partitions=_fmt(exc.partitions)
             )
@@ -266,12 +267,14 @@ class Ingestor:
             return
         except DeadLetterError as exc:
             log.error("dead-letter topic unavailable; batch rolled back, will be retried", error=str(exc))
+            metrics.BATCH_FAILURES.labels("dead-letter").inc()
             self._resync(list(moves))
             time.sleep(1)
             return
         except psycopg.OperationalError as exc:
             log.error("database error; batch rolled back, will be retried", error=str(exc).strip())
             self.observer.database(False, str(exc).strip()[:200])
+            metrics.BATCH_FAILURES.labels("database").inc()
             self._reconnect_writer()
             self._resync(list(moves))
             return

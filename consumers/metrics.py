@@ -60,3 +60,8 @@ BROKER_TO_COMMIT_SECONDS = Histogram(
 LAST_COMMIT_TIMESTAMP = Gauge(
     "gatestream_ingest_last_commit_timestamp_seconds", "Unix time of the last committed batch.", ["group"]
 )
+BATCH_FAILURES = Counter(
+    "gatestream_ingest_batch_failures_total",
+    "Batches rolled back (and retried): fenced, database or dead-letter topic errors.",
+    ["reason"],
+)

@@ -164,9 +164,12 @@ class DatabaseCollector(Collector):
             "gatestream_db_job_failures", "Failed runs of the job.", labels=["job_id", "proc"]
         )
         for job_id, proc, status, fails in conn.execute(
+            # ids below 1000 are TimescaleDB's own jobs (telemetry, job-history retention, which
+            # fails by design on the Apache edition): not ours to alert on
             """SELECT j.job_id, j.proc_name, s.last_run_status, s.total_failures
                  FROM timescaledb_information.jobs j
-                 LEFT JOIN timescaledb_information.job_stats s USING (job_id)"""
+                 LEFT JOIN timescaledb_information.job_stats s USING (job_id)
+                WHERE j.job_id >= 1000"""
         ).fetchall():
             labels = [str(job_id), str(proc)]
             if status is not None:

@@ -1,0 +1,245 @@
+"""Metrics, health and alerting against the real services."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+import yaml
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+import consumers.metrics  # noqa: F401 - registers the ingest metrics
+import producers.metrics  # noqa: F401 - registers the producer metrics
+from gatestream.dbmetrics import DatabaseCollector
+from gatestream.topics import ensure_topics
+from producers.loadgen import Fleet, generate
+from schemas import EventType
+from tests.conftest import Env, PrivateBroker, free_port, gatestream_cmd
+from tests.helpers import publish, wait_for
+from tests.services import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError as e:
+        return 0, str(e)
+
+
+def _samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, body = _get(f"http://127.0.0.1:{port}/metrics")
+    if status != 200:
+        return {}
+    out = {}
+    for fam in text_string_to_metric_families(body):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def _sum(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> float:
+    return sum(v for (n, _), v in samples.items() if n == name)
+
+
+def _ingest(env: Env, port: int, log: Path, **over: object) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        gatestream_cmd("ingest", "--metrics-port", str(port)),
+        env=env.environ(**over),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+    )
+
+
+def test_metrics_endpoint_counts_what_was_produced_and_lag_falls_to_zero(env: Env, tmp_path: Path) -> None:
+    per_type = 400
+    n = per_type * len(EventType)
+    publish(env, tmp_path / "spool.sqlite3", list(generate(n, Fleet(), list(EventType), seed=5)))
+    port = free_port()
+    proc = _ingest(env, port, tmp_path / "ingest.log")
+    try:
+        assert wait_for(lambda: _sum(_samples(port), "gatestream_ingest_rows_inserted_total") == n, 60)
+        s = _samples(port)
+        for et in EventType:
+            assert s[("gatestream_ingest_events_consumed_total", (("topic", env.topic(et)),))] == per_type
+            assert s[("gatestream_ingest_rows_inserted_total", (("hypertable", f"monitoring.{et.value}"),))] == per_type
+        assert _sum(s, "gatestream_ingest_dead_lettered_total") == 0
+        assert _sum(s, "gatestream_ingest_event_to_commit_seconds_count") > 0
+        # lag is computed from the offsets stored in the database; it falls to 0
+        assert wait_for(
+            lambda: (
+                lambda t: (
+                    _sum(t, "gatestream_ingest_lag_messages") == 0
+                    and any(n_ == "gatestream_ingest_lag_messages" for n_, _ in t)
+                )
+            )(_samples(port)),
+            20,
+        )
+        assert _get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+        status, body = _get(f"http://127.0.0.1:{port}/readyz")
+        assert status == 200 and "partitions" in body
+        assert _get(f"http://127.0.0.1:{port}/nope")[0] == 404
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+    # JSON logs when not on a terminal; batch lines carry topic, partition and offset range
+    lines = [json.loads(line) for line in (tmp_path / "ingest.log").read_text().splitlines() if line.startswith("{")]
+    assert any(line["event"] == "ingest stopped" for line in lines)
+
+
+def test_readyz_goes_unready_when_the_broker_stops_and_recovers(
+    env: Env, private_broker: PrivateBroker, tmp_path: Path
+) -> None:
+    settings = env.producer(tmp_path / "unused", bootstrap_servers=private_broker.bootstrap)
+    names = [*settings.event_topics()]
+    ensure_topics(settings, names, partitions=2)
+    port = free_port()
+    proc = _ingest(env, port, tmp_path / "ingest.log", bootstrap_servers=private_broker.bootstrap)
+    ready = lambda: _get(f"http://127.0.0.1:{port}/readyz")[0] == 200  # noqa: E731
+    try:
+        assert wait_for(ready, 40), _get(f"http://127.0.0.1:{port}/readyz")
+        private_broker.stop()
+        assert wait_for(lambda: _get(f"http://127.0.0.1:{port}/readyz")[0] == 503, 30)
+        assert "broker" in _get(f"http://127.0.0.1:{port}/readyz")[1]
+        assert _get(f"http://127.0.0.1:{port}/healthz")[0] == 200, "alive while unready"
+        private_broker.start()
+        ensure_topics(settings, names, partitions=2)  # memory storage: the broker came back empty
+        assert wait_for(ready, 60), _get(f"http://127.0.0.1:{port}/readyz")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def _old_rows(db_url: str, days_ago: int, n: int) -> None:
+    start = datetime.now(UTC) - timedelta(days=days_ago)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO monitoring.visited_sites (event_id, organization_id, users_on_computers_id, datetime, url) "
+            "SELECT gen_random_uuid(), 1 + i %% 4, i %% 30, %s + i * interval '1 minute', "
+            "'https://example.com/' || i FROM generate_series(1, %s) i",
+            (start, n),
+        )
+        conn.execute("ANALYZE monitoring.visited_sites")
+
+
+def _collect(db_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for fam in DatabaseCollector(db_url, min_interval_s=0).collect():
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_database_collector_reports_chunks_rows_and_retention_lag(env: Env) -> None:
+    _old_rows(env.database_url, days_ago=400, n=3000)  # ~2 days of rows, a year and a month ago
+    m = _collect(env.database_url)
+    vs = (("hypertable", "monitoring.visited_sites"),)
+    assert m[("gatestream_db_up", ())] == 1
+    assert m[("gatestream_db_hypertable_chunks", vs)] == 3
+    assert m[("gatestream_db_hypertable_rows_estimate", vs)] == pytest.approx(3000, rel=0.2)
+    # default retention is 365 days: the oldest chunk ended ~34 days past it
+    lag_days = m[("gatestream_db_hypertable_retention_lag_seconds", vs)] / 86400
+    assert 33 <= lag_days <= 36
+    assert (
+        m[("gatestream_db_hypertable_retention_lag_seconds", (("hypertable", "monitoring.active_windows"),))]
+        if ("gatestream_db_hypertable_retention_lag_seconds", (("hypertable", "monitoring.active_windows"),)) in m
+        else 0 == 0
+    )
+    assert m[("gatestream_db_size_bytes", ())] > 0
+    assert 0 < m[("gatestream_db_disk_used_ratio", ())] < 1
+
+
+def test_database_collector_reports_the_compression_ratio(env: Env) -> None:
+    with psycopg.connect(env.database_url, autocommit=True) as conn:
+        edition = conn.execute("SELECT current_setting('timescaledb.license')").fetchone()
+    if edition != ("timescale",):
+        pytest.skip(
+            f"compression needs the TimescaleDB Community (TSL) edition; this server is {edition[0]!r}"
+            if edition
+            else "no TimescaleDB edition reported"
+        )
+    _old_rows(env.database_url, days_ago=100, n=20000)
+    with psycopg.connect(env.database_url, autocommit=True) as conn:
+        conn.execute(
+            "ALTER TABLE monitoring.visited_sites SET (timescaledb.compress, "
+            "timescaledb.compress_segmentby = 'organization_id')"
+        )
+        conn.execute("SELECT compress_chunk(c) FROM show_chunks('monitoring.visited_sites') c")
+    m = _collect(env.database_url)
+    vs = (("hypertable", "monitoring.visited_sites"),)
+    assert m[("gatestream_db_hypertable_compressed_chunks", vs)] >= 1
+    assert m[("gatestream_db_hypertable_compression_ratio", vs)] > 1.5
+
+
+# ---------------------------------------------------------------------- alert rules and dashboard
+OPS = ROOT / "ops"
+REQUIRED_ALERTS = {
+    "GatestreamIngestLagHigh",
+    "GatestreamDeadLetters",
+    "GatestreamJobFailures",
+    "GatestreamRetentionLag",
+    "GatestreamDiskUsageHigh",
+    "GatestreamNoIngest",
+}
+
+
+def _known_metric_names(db_url: str) -> set[str]:
+    """Every series name our processes can expose (families without samples yet included)."""
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"], "gauge": [""]}
+    names = set()
+    families = list(REGISTRY.collect()) + list(DatabaseCollector(db_url, min_interval_s=0).collect())
+    for fam in families:
+        names.update(s.name for s in fam.samples)
+        names.update(fam.name + suffix for suffix in suffixes.get(fam.type, [""]))
+    return names
+
+
+def _metric_names_in(expr: str) -> set[str]:
+    return set(re.findall(r"\bgatestream_[a-z_]+", expr))
+
+
+def test_alert_rules_are_valid_and_use_metrics_that_exist(db_url: str) -> None:
+    rules_file = OPS / "prometheus" / "alerts.yml"
+    promtool = shutil.which("promtool") or str(ROOT / ".venv" / "bin" / "promtool")
+    if Path(promtool).exists():
+        out = subprocess.run([promtool, "check", "rules", str(rules_file)], capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr
+    doc = yaml.safe_load(rules_file.read_text())
+    rules = [r for g in doc["groups"] for r in g["rules"]]
+    assert REQUIRED_ALERTS <= {r["alert"] for r in rules}
+    lag = next(r for r in rules if r["alert"] == "GatestreamIngestLagHigh")
+    assert "> 300" in lag["expr"], "ingest lag alert fires above 5 minutes"
+    assert "> 0.8" in next(r for r in rules if r["alert"] == "GatestreamDiskUsageHigh")["expr"]
+    assert "600" in next(r for r in rules if r["alert"] == "GatestreamNoIngest")["expr"]
+    known = _known_metric_names(db_url)
+    for r in rules:
+        assert {"summary", "description"} <= set(r["annotations"]), r["alert"]
+        assert r["labels"]["severity"] in {"page", "ticket"}
+        missing = _metric_names_in(r["expr"]) - known
+        assert not missing, f"{r['alert']} uses metrics nobody exports: {missing}"
+
+
+def test_dashboard_panels_query_metrics_that_exist(db_url: str) -> None:
+    dash = json.loads((OPS / "grafana" / "dashboards" / "timescaledb-performance.json").read_text())
+    assert dash["title"] == "TimescaleDB Performance"
+    known = _known_metric_names(db_url)
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    assert len(exprs) >= 12
+    for e in exprs:
+        assert not (_metric_names_in(e) - known), e
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    assert {"kafka", "timescaledb", "prometheus", "grafana"} <= set(compose["services"])
