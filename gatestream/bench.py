@@ -182,6 +182,30 @@ def bench_ingest(settings: IngestSettings, *, events: int, runs: int, batch_rows
     return 0
 
 
+def bench_metrics(settings: IngestSettings, *, events: int, runs: int, batch_rows: int, partitions: int) -> int:
+    """End-to-end ingest with metrics recorded vs not, alternating, on the same events."""
+    print(f"bench: {events} {EVENT_TYPE.value} events, batches of {batch_rows}, {partitions} partitions, {runs} runs")
+    on: list[float] = []
+    off: list[float] = []
+    with bench_data(settings, events, batch_rows, partitions, with_rows=False) as d:
+        for i in range(runs):
+            first_on = i % 2 == 0  # alternate the order so drift does not favour one side
+            for enabled in (first_on, not first_on):
+                s = d.settings.model_copy(update={"metrics_enabled": enabled})
+                (on if enabled else off).append(_ingest(s, d.url, d.topic, d.route, events))
+            print(
+                f"  run {i + 1}: metrics on {on[-1]:>9,.0f} events/s   off {off[-1]:>9,.0f} events/s   "
+                f"overhead {1 - on[-1] / off[-1]:+.1%}"
+            )
+    m_on, m_off = statistics.median(on), statistics.median(off)
+    per_run = statistics.median(1 - a / b for a, b in zip(on, off, strict=True))
+    print(
+        f"median: metrics on {m_on:,.0f} events/s, off {m_off:,.0f} events/s; overhead (median of per-run ratios) "
+        f"{per_run:+.1%} (target < 5%)"
+    )
+    return 0
+
+
 def _replay_rate(d: BenchData, events: int) -> float:
     from consumers.replay import ReplaySelection, replay
 

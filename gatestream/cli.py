@@ -239,9 +239,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from gatestream.bench import bench_ingest, bench_replay
+    from gatestream.bench import bench_ingest, bench_metrics, bench_replay
 
-    fn = bench_ingest if args.bench_command == "ingest" else bench_replay
+    fn = {"ingest": bench_ingest, "replay": bench_replay, "metrics": bench_metrics}[args.bench_command]
     return fn(
         IngestSettings(), events=args.events, runs=args.runs, batch_rows=args.batch_rows, partitions=args.partitions
     )
@@ -347,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (
         ("ingest", "raw binary COPY vs end-to-end ingest on the same events"),
         ("replay", "live ingest vs replay (rows missing, rows present) on the same events"),
+        ("metrics", "end-to-end ingest with metrics on vs off, alternating, on the same events"),
     ):
         bi = bench.add_parser(name, help=text, description=text + ". Uses a database of its own (<db>_bench).")
         bi.add_argument("--events", type=int, default=300_000, help="events per run (default 300000)")
