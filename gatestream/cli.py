@@ -334,6 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--metrics-port", dest="metrics_port", type=int, help="serve /metrics while replaying")
     rp.set_defaults(fn=cmd_replay)
 
+    from gatestream import cli_policy
+
+    cli_policy.add_parsers(sub)
+
     st = sub.add_parser("status", help="per partition: stored offset, end, lag in messages and seconds")
     st.add_argument("--group", dest="group_id", help="consumer group (default gatestream-ingest)")
     st.add_argument("--json", action="store_true", help="print JSON")

@@ -72,3 +72,23 @@ class IngestSettings(KafkaClientSettings):
     )
     metrics_port: int | None = Field(None, description="Serve /metrics, /healthz and /readyz on this port.")
     metrics_enabled: bool = Field(True, description="Record metrics (off only to measure their cost).")
+
+
+class PolicySettings(KafkaClientSettings):
+    """The policy consumer and the ``gatestream policy`` commands."""
+
+    policy_topic: str = Field("gatestream.policy-changes", description="Change events of retention_policies.")
+    policy_group_id: str = Field("gatestream-policy", description="Consumer group of the policy consumer.")
+    default_retention_days: int = Field(365, ge=1, description="Retention where the table has no default row.")
+    compress_after_days: int = Field(60, ge=1, description="Compress chunks older than this (Community edition).")
+    cagg_retention_days: int = Field(400, ge=1, description="Retention of monitoring.active_windows_daily.")
+    cagg_refresh_window_days: int = Field(3, ge=1, description="How far back each refresh of the aggregate looks.")
+    chunk_retention_interval_s: int = Field(86400, ge=60, description="How often whole expired chunks are dropped.")
+    row_retention_interval_s: int = Field(
+        3600, ge=60, description="How often each organization's expired rows are deleted (its maximum delay)."
+    )
+    compression_interval_s: int = Field(43200, ge=60)
+    full_reconcile_interval_s: float = Field(300, gt=0, description="Full reconcile (drift repair) period.")
+    session_timeout_ms: int = Field(10000)
+    heartbeat_interval_ms: int = Field(3000)
+    metrics_port: int | None = Field(None, description="Serve /metrics, /healthz and /readyz on this port.")

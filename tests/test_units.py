@@ -179,3 +179,36 @@ def test_cli_help_lists_the_commands_and_bad_flags_get_a_clear_error() -> None:
     )
     assert bad.returncode == 2
     assert "known types" in bad.stderr and "active_windows" in bad.stderr
+
+
+def test_policy_events_are_validated() -> None:
+    from consumers.policy.consumer import parse_event
+
+    known = {"active_windows", "visited_sites"}
+    assert parse_event(b'{"resource_type": "active_windows", "organization_id": 3}', known) == {
+        "resource_type": "active_windows",
+        "organization_id": 3,
+        "op": "set",
+    }
+    for bad, why in [
+        (b"nope", "not JSON"),
+        (b"[1]", "not a JSON object"),
+        (b'{"resource_type": "x; drop"}', "unknown resource_type"),
+        (b'{"resource_type": "active_windows", "organization_id": "1 or 1=1"}', "positive integer"),
+        (b'{"resource_type": "active_windows", "organization_id": -2}', "positive integer"),
+        (b'{"resource_type": "active_windows", "op": "truncate"}', "op must be"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            parse_event(bad, known)
+
+
+def test_cron_lines_spread_jobs_and_keep_the_interval() -> None:
+    from consumers.policy.engines import _days, cron_line
+
+    assert cron_line("a", 300) == "*/5 * * * *"
+    hourly = cron_line("row-retention:monitoring.active_windows", 3600)
+    assert hourly.endswith(" * * * *") and 0 <= int(hourly.split()[0]) < 60
+    daily = cron_line("retention:monitoring.active_windows", 86400).split()
+    assert daily[2:] == ["*", "*", "*"] and 0 <= int(daily[1]) < 24
+    assert cron_line("x", 86400) == cron_line("x", 86400), "stable for a key"
+    assert _days("365 days") == 365 and _days("1 day") == 1 and _days("1 year") is None and _days(None) is None

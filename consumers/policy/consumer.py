@@ -1,0 +1,213 @@
+"""The long-running policy consumer: reconcile on change events and periodically.
+
+Change events (JSON on the policy topic, from ``gatestream policy set/delete`` or any
+other writer: ``{"resource_type": "...", "organization_id": 12 | null, "op": "set" |
+"delete"}``) only say that something changed; the table is the truth, so every
+reconcile is a full, idempotent one. A periodic reconcile repairs drift (jobs deleted,
+altered or added by hand). The consumer's offsets are stored in the database in the
+same transaction as the job changes (when pg_cron lives in the same database, or on
+the Community edition), following the ingest consumers' exactly-once rule.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from typing import Any
+
+import psycopg
+import structlog
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+
+from consumers.offsets import FencedError, advance_offsets, read_offsets
+from consumers.policy import metrics
+from consumers.policy.model import PolicyError
+from consumers.policy.reconcile import Plan, make_engine, reconcile
+from gatestream.kafka import base_config
+from gatestream.settings import PolicySettings
+from gatestream.topics import ensure_topics
+
+log = structlog.get_logger("gatestream.policy")
+
+TP = tuple[str, int]
+KNOWN_OPS = {"set", "delete"}
+
+
+def parse_event(value: bytes | None, known: set[str]) -> dict[str, Any]:
+    """A policy change event, or ValueError saying what is wrong with it."""
+    if value is None:
+        raise ValueError("empty message")
+    try:
+        ev = json.loads(value)
+    except ValueError as exc:
+        raise ValueError(f"not JSON: {exc}") from exc
+    if not isinstance(ev, dict):
+        raise ValueError("not a JSON object")
+    rt, org, op = ev.get("resource_type"), ev.get("organization_id"), ev.get("op", "set")
+    if rt not in known:
+        raise ValueError(f"unknown resource_type {str(rt)[:80]!r}; known: {sorted(known)}")
+    if org is not None and (not isinstance(org, int) or isinstance(org, bool) or org < 1):
+        raise ValueError(f"organization_id must be a positive integer or null, got {str(org)[:40]!r}")
+    if op not in KNOWN_OPS:
+        raise ValueError(f"op must be one of {sorted(KNOWN_OPS)}, got {str(op)[:40]!r}")
+    return {"resource_type": rt, "organization_id": org, "op": op}
+
+
+class PolicyConsumer:
+    def __init__(self, settings: PolicySettings) -> None:
+        self.settings = settings
+        self.stop_event = threading.Event()
+        self.conn = psycopg.connect(settings.database_url, autocommit=True)
+        self.engine = make_engine(self.conn, settings)
+        self.engine.prepare()
+        self.known = {r[0] for r in self.conn.execute("SELECT resource_type FROM gatestream.retention_resources")}
+        conf = {
+            **base_config(settings),
+            "group.id": settings.policy_group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "session.timeout.ms": settings.session_timeout_ms,
+            "heartbeat.interval.ms": settings.heartbeat_interval_ms,
+            "fetch.wait.max.ms": 50,
+        }
+        self.consumer = Consumer(conf, logger=None)
+        self.stored: dict[TP, int | None] = {}
+        self.last_plan: Plan | None = None
+        self.runs = 0
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        stored = read_offsets(self.conn, self.settings.policy_group_id, [(p.topic, p.partition) for p in partitions])
+        for p in partitions:
+            off = stored.get((p.topic, p.partition))
+            self.stored[(p.topic, p.partition)] = off
+            p.offset = off if off is not None else OFFSET_BEGINNING
+        consumer.incremental_assign(partitions)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for p in partitions:
+            self.stored.pop((p.topic, p.partition), None)
+
+    def reconcile_now(self, trigger: str, moves: dict[TP, tuple[int | None, int]] | None = None) -> Plan:
+        t0 = time.perf_counter()
+        group = self.settings.policy_group_id
+
+        def store_offsets() -> None:
+            if moves:
+                advance_offsets(self.conn, group, moves)
+
+        try:
+            plan = reconcile(self.conn, self.settings, self.engine, also=store_offsets)
+        except PolicyError as exc:
+            # The table holds something we refuse; nothing was executed. The events carry no
+            # state of their own, so move past them: the fixed table is reconciled on the
+            # next event or periodic run.
+            metrics.RECONCILE_RUNS.labels(trigger, "refused").inc()
+            log.error("reconcile refused", error=str(exc))
+            if moves:
+                with self.conn.transaction():
+                    store_offsets()
+                for tp, (_, end) in moves.items():
+                    self.stored[tp] = end
+            raise
+        except Exception:
+            metrics.RECONCILE_RUNS.labels(trigger, "error").inc()
+            raise
+        metrics.RECONCILE_RUNS.labels(trigger, "ok").inc()
+        metrics.RECONCILE_SECONDS.observe(time.perf_counter() - t0)
+        metrics.JOBS.set(len(plan.state.jobs))
+        for c in plan.changes:
+            metrics.JOBS_CHANGED.labels(c.action).inc()
+        if trigger == "periodic" and plan.changes:
+            metrics.DRIFT_FOUND.inc(len(plan.changes))
+            log.warning("drift repaired", changes=[c.describe() for c in plan.changes])
+        if moves:
+            for tp, (_, end) in moves.items():
+                self.stored[tp] = end
+        self.last_plan = plan
+        self.runs += 1
+        log.info(
+            "reconciled",
+            trigger=trigger,
+            engine=plan.engine,
+            changes=len(plan.changes),
+            unchanged=plan.unchanged,
+            jobs=len(plan.state.jobs),
+            seconds=round(time.perf_counter() - t0, 3),
+        )
+        return plan
+
+    def _handle(self, msgs: list[Message]) -> None:
+        moves: dict[TP, tuple[int | None, int]] = {}
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error", error=str(err))
+                continue
+            tp = (m.topic() or "", m.partition() or 0)
+            if tp not in self.stored:
+                continue
+            moves[tp] = (self.stored[tp], (m.offset() or 0) + 1)
+            try:
+                ev = parse_event(m.value(), self.known)
+                metrics.POLICY_EVENTS.labels("ok").inc()
+                log.info("policy change event", **ev, partition=tp[1], offset=m.offset())
+            except ValueError as exc:
+                metrics.POLICY_EVENTS.labels("invalid").inc()
+                log.warning("invalid policy change event skipped", error=str(exc), partition=tp[1], offset=m.offset())
+        if moves:
+            try:
+                self.reconcile_now("event", moves)
+            except FencedError as exc:
+                log.warning("offsets moved by another policy consumer; re-reading", partitions=exc.partitions)
+                stored = read_offsets(self.conn, self.settings.policy_group_id, list(moves))
+                for tp in moves:
+                    self.stored[tp] = stored.get(tp)
+                    self.consumer.seek(TopicPartition(tp[0], tp[1], stored.get(tp, OFFSET_BEGINNING)))
+
+    def _reconnect(self) -> None:
+        try:
+            self.conn.close()
+            self.conn = psycopg.connect(self.settings.database_url, autocommit=True)
+            self.engine = make_engine(self.conn, self.settings)
+        except psycopg.OperationalError:
+            pass  # still down: the loop retries
+
+    def request_stop(self, *_: Any) -> None:
+        self.stop_event.set()
+
+    def run(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.request_stop)
+            signal.signal(signal.SIGINT, self.request_stop)
+        ensure_topics(self.settings, [self.settings.policy_topic], partitions=1)  # events stay in order
+        self.consumer.subscribe([self.settings.policy_topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        log.info("policy consumer started", engine=self.engine.name, topic=self.settings.policy_topic)
+        next_full = 0.0  # a full reconcile at start
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    msgs = self.consumer.consume(num_messages=500, timeout=0.5)
+                    if msgs:
+                        self._handle(msgs)
+                    if time.monotonic() >= next_full:
+                        next_full = time.monotonic() + self.settings.full_reconcile_interval_s
+                        self.reconcile_now("periodic" if self.runs else "startup")
+                except PolicyError:
+                    pass  # logged; retried on the next event or period
+                except psycopg.OperationalError as exc:
+                    log.error("database unreachable; retrying", error=str(exc).strip())
+                    self.stop_event.wait(2)
+                    self._reconnect()
+        finally:
+            self.consumer.close()
+            self.conn.close()
+        log.info("policy consumer stopped", reconciles=self.runs)
+
+    def ready(self) -> tuple[bool, str]:
+        if self.last_plan is None:
+            return False, "no reconcile yet"
+        return True, f"ok: {len(self.last_plan.state.jobs)} jobs ({self.engine.name})"

@@ -1,0 +1,273 @@
+"""Job engines: where retention jobs live, read back and changed.
+
+- ``TimescaleJobs`` (Community/TSL edition): TimescaleDB's own policies and jobs
+  (add_retention_policy, add_compression_policy, add_continuous_aggregate_policy,
+  add_job / alter_job / delete_job), read back from timescaledb_information.jobs.
+- ``CronJobs`` (Apache edition): pg_cron jobs that CALL the project's procedures
+  (sql/006), scheduled from pg_cron's database into this one. pg_cron job names are
+  unique per user across databases and cut at 63 bytes, so a job is named
+  ``gatestream:<hash of database and key>`` and its command starts with a comment
+  carrying the key.
+
+Identifiers and values reach SQL only as psycopg.sql.Identifier/Literal or parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import psycopg
+from psycopg import sql
+
+from consumers.policy.model import DesiredJob
+
+SQL_TSL_DIR = Path(__file__).resolve().parents[2] / "sql" / "tsl"
+CRON_PREFIX = "gatestream:"
+KEY_MARK = "-- gatestream job "
+
+
+@dataclass
+class ActualJob:
+    key: str
+    job_id: int
+    schedule: str  # as the engine states it (an interval or a cron line)
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    name: str
+
+    def prepare(self) -> None: ...
+    def actual(self) -> dict[str, ActualJob]: ...
+    def matches(self, want: DesiredJob, have: ActualJob) -> bool: ...
+    def add(self, want: DesiredJob) -> None: ...
+    def alter(self, have: ActualJob, want: DesiredJob) -> None: ...
+    def delete(self, have: ActualJob) -> None: ...
+    def run_now(self, have: ActualJob) -> None: ...
+
+
+def _regclass(name: str) -> sql.Composable:
+    return sql.SQL("{}::regclass").format(sql.Literal(name))
+
+
+# ---------------------------------------------------------------------- TimescaleDB jobs
+class TimescaleJobs:
+    name = "timescaledb-jobs"
+
+    def __init__(self, conn: psycopg.Connection[Any], caggs: tuple[str, ...] = ("monitoring.active_windows_daily",)):
+        self.conn = conn
+        self.caggs = caggs
+
+    def prepare(self) -> None:
+        """Objects the jobs need that only this edition has (the continuous aggregate)."""
+        for f in sorted(SQL_TSL_DIR.glob("*.sql")):
+            self.conn.execute(f.read_text().encode())
+
+    def actual(self) -> dict[str, ActualJob]:
+        out: dict[str, ActualJob] = {}
+        for job_id, proc_schema, proc, schema, table, every_s, config in self.conn.execute(
+            """SELECT job_id, proc_schema, proc_name, hypertable_schema, hypertable_name,
+                      extract(epoch FROM schedule_interval)::bigint, config
+                 FROM timescaledb_information.jobs WHERE job_id >= 1000 ORDER BY job_id"""
+        ).fetchall():
+            config = config or {}
+            target = f"{schema}.{table}" if schema else None
+            if proc == "policy_retention" and target:
+                kind = "cagg-retention" if target in self.caggs else "retention"
+                params = {"drop_after_days": _days(config.get("drop_after"))}
+            elif proc == "policy_compression" and target:
+                kind, params = "compression", {"compress_after_days": _days(config.get("compress_after"))}
+            elif proc == "policy_refresh_continuous_aggregate" and target:
+                kind, params = "cagg-refresh", {"start_offset_days": _days(config.get("start_offset"))}
+            elif proc_schema == "gatestream" and proc == "delete_expired_rows_job":
+                kind, target = "row-retention", str(config.get("hypertable"))
+                params = {"default_days": int(config.get("default_days", 0))}
+            else:
+                continue  # not ours
+            key = f"{kind}:{target}"
+            if key in out:  # a duplicate made by hand: keep the first, report the rest as extra
+                key = f"{key}#{job_id}"
+            out[key] = ActualJob(key, int(job_id), f"{int(every_s)}s", params)
+        return out
+
+    def matches(self, want: DesiredJob, have: ActualJob) -> bool:
+        mine = {k: v for k, v in want.params.items() if k in have.params}
+        return have.schedule == f"{want.schedule_s}s" and mine == have.params
+
+    def add(self, want: DesiredJob) -> None:
+        every = sql.SQL("make_interval(secs => {})").format(sql.Literal(want.schedule_s))
+        t = _regclass(want.target)
+        p = want.params
+        if want.kind in ("retention", "cagg-retention"):
+            q = sql.SQL(
+                "SELECT add_retention_policy({}, drop_after => make_interval(days => {}), schedule_interval => {})"
+            ).format(t, sql.Literal(p["drop_after_days"]), every)
+        elif want.kind == "row-retention":
+            q = sql.SQL("SELECT add_job('gatestream.delete_expired_rows_job', {}, config => {}::jsonb)").format(
+                every, sql.Literal(json.dumps(self._row_config(want)))
+            )
+        elif want.kind == "compression":
+            self.conn.execute(
+                sql.SQL(
+                    "ALTER TABLE {} SET (timescaledb.compress, timescaledb.compress_segmentby = {}, "
+                    "timescaledb.compress_orderby = {})"
+                ).format(
+                    sql.Identifier(*want.target.split(".")), sql.Literal(p["segmentby"]), sql.Literal(p["orderby"])
+                )
+            )
+            q = sql.SQL(
+                "SELECT add_compression_policy({}, compress_after => make_interval(days => {}), "
+                "schedule_interval => {})"
+            ).format(t, sql.Literal(p["compress_after_days"]), every)
+        elif want.kind == "cagg-refresh":
+            q = sql.SQL(
+                "SELECT add_continuous_aggregate_policy({}, start_offset => make_interval(days => {}), "
+                "end_offset => make_interval(hours => {}), schedule_interval => {})"
+            ).format(t, sql.Literal(p["start_offset_days"]), sql.Literal(p["end_offset_hours"]), every)
+        else:
+            raise ValueError(f"unknown job kind {want.kind}")
+        self.conn.execute(q)
+
+    @staticmethod
+    def _row_config(want: DesiredJob) -> dict[str, Any]:
+        return {"hypertable": want.target, "default_days": want.params["default_days"]}
+
+    def alter(self, have: ActualJob, want: DesiredJob) -> None:
+        config: sql.Composable
+        p = want.params
+        if want.kind in ("retention", "cagg-retention"):
+            config = sql.SQL("jsonb_set(config, '{{drop_after}}', to_jsonb({}::text))").format(
+                sql.Literal(f"{p['drop_after_days']} days")
+            )
+        elif want.kind == "row-retention":
+            config = sql.SQL("{}::jsonb").format(sql.Literal(json.dumps(self._row_config(want))))
+        elif want.kind == "compression":
+            config = sql.SQL("jsonb_set(config, '{{compress_after}}', to_jsonb({}::text))").format(
+                sql.Literal(f"{p['compress_after_days']} days")
+            )
+        else:  # cagg-refresh
+            config = sql.SQL("jsonb_set(config, '{{start_offset}}', to_jsonb({}::text))").format(
+                sql.Literal(f"{p['start_offset_days']} days")
+            )
+        self.conn.execute(
+            sql.SQL(
+                "SELECT alter_job({}, schedule_interval => make_interval(secs => {}), "
+                "config => (SELECT {} FROM timescaledb_information.jobs WHERE job_id = {}))"
+            ).format(sql.Literal(have.job_id), sql.Literal(want.schedule_s), config, sql.Literal(have.job_id))
+        )
+
+    def delete(self, have: ActualJob) -> None:
+        self.conn.execute("SELECT delete_job(%s)", (have.job_id,))
+
+    def run_now(self, have: ActualJob) -> None:
+        self.conn.execute("CALL run_job(%s)", (have.job_id,))
+
+
+def _days(value: Any) -> int | None:
+    """'365 days' / '1 year' style interval text from a job config, in days."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    parts = text.split()
+    if len(parts) == 2 and parts[0].lstrip("-").isdigit() and parts[1].startswith("day"):
+        return int(parts[0])
+    # Other forms ("1 year", "@ 7 days"), written by hand: unequal on purpose, so the job is
+    # rewritten in the form this reconciler writes rather than guessed at.
+    return None
+
+
+# ---------------------------------------------------------------------- pg_cron
+def cron_line(key: str, every_s: int) -> str:
+    """A cron schedule for 'every ``every_s`` seconds', minutes spread by the job's key."""
+    spread = int(hashlib.sha256(key.encode()).hexdigest(), 16)
+    minute = spread % 60
+    if every_s < 3600:
+        step = max(1, round(every_s / 60))
+        return f"*/{step} * * * *"
+    if every_s < 86400:
+        hours = max(1, round(every_s / 3600))
+        return f"{minute} */{hours} * * *" if hours > 1 else f"{minute} * * * *"
+    return f"{minute} {spread // 60 % 24} * * *"
+
+
+class CronJobs:
+    name = "pg_cron"
+
+    def __init__(self, conn: psycopg.Connection[Any], cron_conn: psycopg.Connection[Any], database: str) -> None:
+        self.conn = conn  # the monitored database
+        self.cron = cron_conn  # pg_cron's own database (cron.database_name); may be the same
+        self.database = database
+
+    @classmethod
+    def connect(cls, conn: psycopg.Connection[Any], database_url: str) -> CronJobs:
+        row = conn.execute("SELECT current_setting('cron.database_name', true), current_database()").fetchone()
+        if not row or not row[0]:
+            raise RuntimeError(
+                "pg_cron is not loaded (add pg_cron to shared_preload_libraries and set cron.database_name); "
+                "the Apache edition of TimescaleDB has no job scheduler of its own"
+            )
+        cron_db, here = str(row[0]), str(row[1])
+        cron_conn = conn if cron_db == here else psycopg.connect(
+            psycopg.conninfo.make_conninfo(database_url, dbname=cron_db), autocommit=True)  # fmt: skip
+        return cls(conn, cron_conn, here)
+
+    def prepare(self) -> None:
+        self.cron.execute("CREATE EXTENSION IF NOT EXISTS pg_cron")
+
+    def job_name(self, key: str) -> str:
+        return CRON_PREFIX + hashlib.sha256(f"{self.database}\0{key}".encode()).hexdigest()[:24]
+
+    def command(self, want: DesiredJob) -> str:
+        t = _regclass(want.target)
+        if want.kind == "retention":
+            q = sql.SQL("CALL gatestream.drop_expired_chunks({}, {})").format(
+                t, sql.Literal(want.params["drop_after_days"])
+            )
+        elif want.kind == "row-retention":
+            q = sql.SQL("CALL gatestream.delete_expired_rows({}, {})").format(
+                t, sql.Literal(want.params["default_days"])
+            )
+        else:
+            raise ValueError(f"{want.kind} jobs need the TimescaleDB Community edition")
+        return f"{KEY_MARK}{want.key}\n{q.as_string(self.conn)}"
+
+    def actual(self) -> dict[str, ActualJob]:
+        out = {}
+        for jobid, jobname, schedule, command, active in self.cron.execute(
+            "SELECT jobid, jobname, schedule, command, active FROM cron.job "
+            "WHERE database = %s AND starts_with(jobname, %s) ORDER BY jobid",
+            (self.database, CRON_PREFIX),
+        ).fetchall():
+            first = str(command).split("\n", 1)[0]
+            key = first[len(KEY_MARK) :].strip() if first.startswith(KEY_MARK) else str(jobname)
+            if key in out:
+                key = f"{key}#{jobid}"  # a duplicate made by hand
+            out[key] = ActualJob(key, int(jobid), str(schedule), {"command": command, "active": bool(active)})
+        return out
+
+    def matches(self, want: DesiredJob, have: ActualJob) -> bool:
+        return (have.schedule == cron_line(want.key, want.schedule_s) and have.params.get("active") is True
+                and have.params.get("command") == self.command(want))  # fmt: skip
+
+    def add(self, want: DesiredJob) -> None:
+        self.cron.execute(
+            "SELECT cron.schedule_in_database(%s, %s, %s, %s)",
+            (self.job_name(want.key), cron_line(want.key, want.schedule_s), self.command(want), self.database),
+        )
+
+    def alter(self, have: ActualJob, want: DesiredJob) -> None:
+        self.cron.execute(
+            "SELECT cron.alter_job(%s, schedule => %s, command => %s, active => true)",
+            (have.job_id, cron_line(want.key, want.schedule_s), self.command(want)),
+        )
+
+    def delete(self, have: ActualJob) -> None:
+        self.cron.execute("SELECT cron.unschedule(%s::bigint)", (have.job_id,))
+
+    def run_now(self, have: ActualJob) -> None:
+        """What pg_cron would run, run now in the monitored database."""
+        self.conn.execute(str(have.params["command"]).encode())

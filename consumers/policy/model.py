@@ -1,0 +1,148 @@
+"""Desired state: which jobs should exist, derived from monitoring.retention_policies.
+
+The number of jobs grows with hypertables, never with organizations: per hypertable one
+chunk-dropping job at the longest retention any organization has there, and one
+row-deleting job that enforces every shorter retention (it reads the table when it
+runs); with the Community edition also a compression job, and for the daily continuous
+aggregate a refresh and a retention job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from gatestream.settings import PolicySettings
+
+
+class PolicyError(Exception):
+    """The policy table holds something that cannot be reconciled; nothing was executed."""
+
+
+@dataclass(frozen=True)
+class Resource:
+    resource_type: str
+    hypertable: str  # schema.table, from gatestream.retention_resources
+    time_column: str
+
+
+@dataclass(frozen=True)
+class DesiredJob:
+    key: str  # stable identity, e.g. "retention:monitoring.active_windows"
+    kind: str  # retention | row-retention | compression | cagg-refresh | cagg-retention
+    target: str  # the hypertable or continuous aggregate
+    resource_type: str | None
+    schedule_s: int
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        p = ", ".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        return f"{self.kind} on {self.target} every {self.schedule_s // 60} min ({p})"
+
+
+@dataclass(frozen=True)
+class ResourcePolicy:
+    resource: Resource
+    default_days: int
+    max_days: int
+    overrides: int  # organizations with their own retention
+    shorter: int  # organizations whose retention is shorter than max_days
+
+
+@dataclass
+class DesiredState:
+    jobs: dict[str, DesiredJob]
+    policies: dict[str, ResourcePolicy]
+    unavailable: list[str]
+
+
+def load_resources(conn: psycopg.Connection[Any]) -> dict[str, Resource]:
+    rows = conn.execute(
+        "SELECT r.resource_type, r.hypertable::text, gatestream.time_column(r.hypertable) "
+        "FROM gatestream.retention_resources r ORDER BY 1"
+    ).fetchall()
+    return {rt: Resource(rt, ht, tc) for rt, ht, tc in rows}
+
+
+def _validate(conn: psycopg.Connection[Any], resources: dict[str, Resource]) -> None:
+    """Refuse the whole table if any row names an unknown resource or a nonsense value."""
+    bad = conn.execute(
+        """SELECT id::text, organization_id, resource_type, retention_days, action
+             FROM monitoring.retention_policies
+            WHERE NOT (resource_type = ANY(%s)) OR retention_days IS NULL OR retention_days < 1
+               OR retention_days > 36500 OR (organization_id IS NOT NULL AND organization_id < 1)
+               OR action <> 'delete'
+            LIMIT 10""",
+        (list(resources),),
+    ).fetchall()
+    if bad:
+        raise PolicyError(
+            "retention_policies has rows that cannot be reconciled (nothing was executed): "
+            + "; ".join(f"id={r[0]} org={r[1]!r} resource_type={r[2]!r} days={r[3]!r} action={r[4]!r}" for r in bad)
+        )
+
+
+def desired_state(conn: psycopg.Connection[Any], settings: PolicySettings, edition: str) -> DesiredState:
+    resources = load_resources(conn)
+    _validate(conn, resources)
+    stats = {
+        rt: (default, max_override, n, n_short)
+        for rt, default, max_override, n, n_short in conn.execute(
+            """WITH d AS (SELECT resource_type, retention_days FROM monitoring.retention_policies
+                           WHERE organization_id IS NULL)
+               SELECT r.resource_type, d.retention_days,
+                      max(p.retention_days), count(p.id),
+                      count(p.id) FILTER (WHERE p.retention_days < coalesce(d.retention_days, %s))
+                 FROM gatestream.retention_resources r
+                 LEFT JOIN d USING (resource_type)
+                 LEFT JOIN monitoring.retention_policies p
+                        ON p.resource_type = r.resource_type AND p.organization_id IS NOT NULL
+                GROUP BY r.resource_type, d.retention_days""",
+            (settings.default_retention_days,),
+        ).fetchall()
+    }
+    tsl = edition == "timescale"
+    jobs: dict[str, DesiredJob] = {}
+    policies: dict[str, ResourcePolicy] = {}
+    for rt, res in resources.items():
+        default, max_override, n, n_short = stats.get(rt, (None, None, 0, 0))
+        default_days = int(default or settings.default_retention_days)
+        max_days = max(default_days, int(max_override or 0))
+        shorter = int(n_short) + (0 if default_days == max_days else 1)
+        policies[rt] = ResourcePolicy(res, default_days, max_days, int(n), shorter)
+        ht = res.hypertable
+        jobs[f"retention:{ht}"] = DesiredJob(
+            f"retention:{ht}", "retention", ht, rt, settings.chunk_retention_interval_s, {"drop_after_days": max_days}
+        )
+        jobs[f"row-retention:{ht}"] = DesiredJob(
+            f"row-retention:{ht}", "row-retention", ht, rt, settings.row_retention_interval_s,
+            {"default_days": default_days},
+        )  # fmt: skip
+        if tsl:
+            jobs[f"compression:{ht}"] = DesiredJob(
+                f"compression:{ht}", "compression", ht, rt, settings.compression_interval_s,
+                {"compress_after_days": settings.compress_after_days, "segmentby": "organization_id",
+                 "orderby": f"{res.time_column} DESC"},
+            )  # fmt: skip
+    unavailable = []
+    if tsl:
+        cagg = "monitoring.active_windows_daily"
+        jobs[f"cagg-refresh:{cagg}"] = DesiredJob(
+            f"cagg-refresh:{cagg}", "cagg-refresh", cagg, None, 86400,
+            {"start_offset_days": settings.cagg_refresh_window_days, "end_offset_hours": 1},
+        )  # fmt: skip
+        jobs[f"cagg-retention:{cagg}"] = DesiredJob(
+            f"cagg-retention:{cagg}", "cagg-retention", cagg, None, 86400,
+            {"drop_after_days": settings.cagg_retention_days},
+        )  # fmt: skip
+    else:
+        unavailable = [
+            "compression (compress after "
+            f"{settings.compress_after_days} days, segmentby organization_id): needs the TimescaleDB Community "
+            "edition; this server runs the Apache edition",
+            "continuous aggregate monitoring.active_windows_daily with its refresh and 400-day retention: needs the "
+            "TimescaleDB Community edition; this server runs the Apache edition",
+        ]
+    return DesiredState(jobs, policies, unavailable)

@@ -1,0 +1,284 @@
+"""The policy consumer against the real TimescaleDB (and pg_cron on the Apache edition).
+
+TSL-only parts (compression, the continuous aggregate) skip with the reason when the
+server runs the Apache edition.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import pytest
+
+from consumers.policy.consumer import PolicyConsumer
+from consumers.policy.model import PolicyError
+from consumers.policy.reconcile import make_engine, make_plan, reconcile
+from gatestream.cli_policy import _publish
+from gatestream.settings import PolicySettings
+from tests.conftest import Env
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.integration
+
+A, B, C, D = 1, 2, 3, 4  # A keeps 90 days, B 730, C and D the default 365
+SPAN_DAYS = 800
+
+
+def _settings(env: Env, **over: Any) -> PolicySettings:
+    return PolicySettings(
+        **{
+            **env.common(),
+            "policy_topic": f"{env.prefix}policy-changes",
+            "policy_group_id": f"{env.prefix}policy",
+            "session_timeout_ms": 6000,
+            "heartbeat_interval_ms": 2000,
+            **over,
+        }
+    )
+
+
+@pytest.fixture
+def conn(env: Env) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(env.database_url, autocommit=True) as c:
+        yield c
+        # pg_cron keeps its jobs in its own database: remove the ones made for this test's database
+        row = c.execute("SELECT current_setting('cron.database_name', true), current_database()").fetchone()
+        if row and row[0] and row[0] != row[1]:
+            cron_url = psycopg.conninfo.make_conninfo(env.database_url, dbname=row[0])
+            with psycopg.connect(cron_url, autocommit=True) as cron:
+                cron.execute("SELECT cron.unschedule(jobid) FROM cron.job WHERE database = %s", (row[1],))
+
+
+def _edition(conn: psycopg.Connection[Any]) -> str:
+    row = conn.execute("SELECT current_setting('timescaledb.license')").fetchone()
+    return str(row[0]) if row else "?"
+
+
+def _seed_rows(conn: psycopg.Connection[Any]) -> datetime:
+    """One row per organization every 6 hours over 800 days, 3 h off any whole day (no row
+    sits near a retention cut-off)."""
+    now = datetime.now(UTC)
+    conn.execute(
+        """INSERT INTO monitoring.active_windows (event_id, organization_id, users_on_computers_id, datetime, title)
+           SELECT gen_random_uuid(), o, o * 10, %s - make_interval(hours => 6 * k + 3), 'w'
+             FROM generate_series(0, %s * 4 - 1) k, unnest(%s::int[]) o""",
+        (now, SPAN_DAYS, [A, B, C, D]),
+    )
+    return now
+
+
+def _policies(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(
+        "INSERT INTO monitoring.retention_policies (organization_id, resource_type, retention_days) VALUES "
+        "(NULL, 'active_windows', 365), (%s, 'active_windows', 90), (%s, 'active_windows', 730)",
+        (A, B),
+    )
+
+
+def _expected(days: int) -> int:
+    # rows at 3 h, 9 h, 15 h, ... ago; those younger than `days` remain
+    return sum(1 for k in range(SPAN_DAYS * 4) if 6 * k + 3 < days * 24)
+
+
+def _counts(conn: psycopg.Connection[Any]) -> dict[int, int]:
+    return dict(
+        conn.execute(  # type: ignore[arg-type]
+            "SELECT organization_id, count(*) FROM monitoring.active_windows GROUP BY 1"
+        ).fetchall()
+    )
+
+
+def test_time_travel_every_organization_keeps_exactly_what_its_policy_says(env: Env, conn: Any) -> None:
+    _seed_rows(conn)
+    _policies(conn)
+    settings = _settings(env)
+    engine = make_engine(conn, settings)
+    engine.prepare()
+    plan = reconcile(conn, settings, engine)
+    aw = "monitoring.active_windows"
+    wanted = {c.key: c.want for c in plan.changes if c.want}
+    assert wanted[f"retention:{aw}"].params["drop_after_days"] == 730  # the longest retention, never shorter
+    assert wanted[f"row-retention:{aw}"].params["default_days"] == 365
+    # what the plan says it would delete now, per organization
+    from consumers.policy.reconcile import impact
+
+    aw_impact = next(i for i in impact(conn, plan.state.policies) if i["hypertable"] == aw)
+    assert aw_impact["rows_to_delete"] == {
+        A: SPAN_DAYS * 4 - _expected(90),
+        B: SPAN_DAYS * 4 - _expected(730),
+        C: SPAN_DAYS * 4 - _expected(365),
+        D: SPAN_DAYS * 4 - _expected(365),
+    }
+    assert aw_impact["chunks_to_drop"] > 0
+    chunks_before = conn.execute("SELECT count(*) FROM show_chunks(%s::regclass)", (aw,)).fetchone()[0]
+
+    jobs = engine.actual()
+    engine.run_now(jobs[f"retention:{aw}"])  # whole chunks past 730 days
+    chunks_after = conn.execute("SELECT count(*) FROM show_chunks(%s::regclass)", (aw,)).fetchone()[0]
+    assert chunks_after < chunks_before - 60
+    engine.run_now(jobs[f"row-retention:{aw}"])  # each organization's own retention
+    assert _counts(conn) == {A: _expected(90), B: _expected(730), C: _expected(365), D: _expected(365)}
+    # running the jobs again deletes nothing more
+    engine.run_now(jobs[f"row-retention:{aw}"])
+    assert _counts(conn) == {A: _expected(90), B: _expected(730), C: _expected(365), D: _expected(365)}
+
+    # a second plan after apply changes nothing, twice
+    for _ in range(2):
+        again = make_plan(conn, settings, engine)
+        assert again.changes == [] and again.unchanged == len(again.state.jobs)
+
+
+def _start_consumer(settings: PolicySettings) -> tuple[PolicyConsumer, threading.Thread]:
+    pc = PolicyConsumer(settings)
+    t = threading.Thread(target=pc.run, daemon=True)
+    t.start()
+    return pc, t
+
+
+def test_a_change_through_the_topic_changes_only_that_and_drift_is_repaired(env: Env, conn: Any) -> None:
+    _policies(conn)
+    settings = _settings(env, full_reconcile_interval_s=3600)
+    pc, t = _start_consumer(settings)
+    try:
+        assert wait_for(lambda: pc.runs >= 1, 30), "no startup reconcile"
+        assert pc.last_plan is not None and pc.last_plan.changes  # created the jobs
+        runs = pc.runs
+        # B's longer retention shrinks to 400: only active_windows' chunk job changes
+        conn.execute("UPDATE monitoring.retention_policies SET retention_days = 400 WHERE organization_id = %s", (B,))
+        _publish(settings, {"resource_type": "active_windows", "organization_id": B, "op": "set"})
+        assert wait_for(lambda: pc.runs > runs, 40), "the change event was not reconciled"
+        changes = [(c.action, c.key) for c in pc.last_plan.changes]  # type: ignore[union-attr]
+        assert changes == [("alter", "retention:monitoring.active_windows")]
+        engine = make_engine(conn, settings)
+        assert make_plan(conn, settings, engine).changes == []
+        # an invalid event is skipped, and moves the offsets like any other
+        runs = pc.runs
+        _publish(settings, {"resource_type": "visited_sites", "organization_id": B, "op": "set"})
+        assert wait_for(lambda: pc.runs > runs, 40)
+        assert pc.last_plan is not None and pc.last_plan.changes == []
+    finally:
+        pc.request_stop()
+        t.join(20)
+
+    # drift: a job deleted by hand and another's schedule altered; the periodic reconcile repairs both
+    engine = make_engine(conn, settings)
+    jobs = engine.actual()
+    engine.delete(jobs["row-retention:monitoring.screenshots"])
+    victim = jobs["retention:monitoring.user_sessions"]
+    if _edition(conn) == "timescale":
+        conn.execute("SELECT alter_job(%s, schedule_interval => interval '5 minutes')", (victim.job_id,))
+    else:
+        row = conn.execute("SELECT current_setting('cron.database_name')").fetchone()
+        cron_url = psycopg.conninfo.make_conninfo(env.database_url, dbname=row[0])
+        with psycopg.connect(cron_url, autocommit=True) as cron:
+            cron.execute("SELECT cron.alter_job(%s, schedule => '*/5 * * * *')", (victim.job_id,))
+    drift = make_plan(conn, settings, engine)
+    assert sorted((c.action, c.key) for c in drift.changes) == [
+        ("add", "row-retention:monitoring.screenshots"),
+        ("alter", "retention:monitoring.user_sessions"),
+    ]
+    pc, t = _start_consumer(_settings(env, full_reconcile_interval_s=1))
+    try:
+        assert wait_for(lambda: pc.runs >= 2, 30)
+    finally:
+        pc.request_stop()
+        t.join(20)
+    assert make_plan(conn, settings, engine).changes == []
+
+
+def test_ten_thousand_organizations_reconcile_fast_with_jobs_per_hypertable(env: Env, conn: Any) -> None:
+    conn.execute(
+        """INSERT INTO monitoring.retention_policies (organization_id, resource_type, retention_days)
+           SELECT o, r.resource_type, 30 + (o * 7) % 700
+             FROM generate_series(1, 10000) o
+             CROSS JOIN LATERAL (SELECT resource_type FROM gatestream.retention_resources
+                                  ORDER BY resource_type OFFSET o % 5 LIMIT 1) r"""
+    )
+    settings = _settings(env)
+    engine = make_engine(conn, settings)
+    engine.prepare()
+    t0 = time.perf_counter()
+    plan = reconcile(conn, settings, engine, with_impact=False)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    again = reconcile(conn, settings, engine, with_impact=False)
+    second = time.perf_counter() - t0
+    per_hypertable = 3 if _edition(conn) == "timescale" else 2
+    extra = 2 if _edition(conn) == "timescale" else 0  # the daily aggregate's refresh and retention
+    assert len(plan.state.jobs) == 5 * per_hypertable + extra
+    assert len(engine.actual()) == len(plan.state.jobs)
+    assert again.changes == []
+    assert sum(p.overrides for p in plan.state.policies.values()) == 10000
+    assert first < 10 and second < 10, (first, second)
+    print(f"\n10,000 organizations: first reconcile {first:.3f} s, second {second:.3f} s, {len(plan.state.jobs)} jobs")
+
+
+def test_hostile_values_are_rejected_without_executing_anything(env: Env, conn: Any) -> None:
+    hostile = "active_windows'); DROP TABLE monitoring.screenshots; --"
+    with pytest.raises(psycopg.errors.ForeignKeyViolation):
+        conn.execute(
+            "INSERT INTO monitoring.retention_policies (resource_type, retention_days) VALUES (%s, 10)", (hostile,)
+        )
+    with pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute(
+            "INSERT INTO monitoring.retention_policies (organization_id, resource_type, retention_days) "
+            "VALUES (-5, 'active_windows', 10)"
+        )
+    with pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute(
+            "INSERT INTO monitoring.retention_policies (resource_type, retention_days) VALUES ('active_windows', 0)"
+        )
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute(
+            "INSERT INTO monitoring.retention_policies (resource_type, retention_days) "
+            "VALUES ('visited_sites', 10), ('visited_sites', 20)"
+        )
+    settings = _settings(env)
+    engine = make_engine(conn, settings)
+    engine.prepare()
+    reconcile(conn, settings, engine)
+    before = {k: (j.job_id, j.schedule, j.params) for k, j in engine.actual().items()}
+    # someone bypasses the constraints: the reconciler refuses the table and executes nothing
+    conn.execute("ALTER TABLE monitoring.retention_policies DROP CONSTRAINT retention_policies_resource_type_fkey")
+    conn.execute("INSERT INTO monitoring.retention_policies (resource_type, retention_days) VALUES (%s, 1)", (hostile,))
+    conn.execute("UPDATE monitoring.retention_policies SET retention_days = 1")  # would delete almost everything
+    with pytest.raises(PolicyError, match="cannot be reconciled"):
+        reconcile(conn, settings, engine)
+    assert {k: (j.job_id, j.schedule, j.params) for k, j in engine.actual().items()} == before
+    assert conn.execute("SELECT to_regclass('monitoring.screenshots')").fetchone() == ("monitoring.screenshots",)
+
+
+def test_compression_and_the_daily_aggregate_on_the_community_edition(env: Env, conn: Any) -> None:
+    if _edition(conn) != "timescale":
+        pytest.skip(
+            f"compression and continuous aggregates need the TimescaleDB Community (TSL) edition; "
+            f"this server runs the {_edition(conn)!r} edition (the plan reports them as unavailable)"
+        )
+    _seed_rows(conn)
+    settings = _settings(env)
+    engine = make_engine(conn, settings)
+    engine.prepare()
+    reconcile(conn, settings, engine)
+    jobs = engine.actual()
+    engine.run_now(jobs["compression:monitoring.active_windows"])
+    old, young = conn.execute(
+        """SELECT count(*) FILTER (WHERE is_compressed AND range_end < now() - interval '60 days'),
+                  count(*) FILTER (WHERE is_compressed AND range_start > now() - interval '59 days')
+             FROM timescaledb_information.chunks WHERE hypertable_name = 'active_windows'"""
+    ).fetchone()
+    assert old > 600 and young == 0
+    before, after = conn.execute(
+        "SELECT sum(before_compression_total_bytes), sum(after_compression_total_bytes) "
+        "FROM hypertable_compression_stats('monitoring.active_windows')"
+    ).fetchone()
+    print(f"\ncompression ratio {before / after:.1f}:1 ({before} -> {after} bytes)")
+    assert before > after
+    engine.run_now(jobs["cagg-refresh:monitoring.active_windows_daily"])
+    conn.execute("CALL refresh_continuous_aggregate('monitoring.active_windows_daily', NULL, NULL)")
+    total = conn.execute("SELECT sum(total_windows) FROM monitoring.active_windows_daily").fetchone()
+    assert total == (SPAN_DAYS * 4 * 4,)
