@@ -69,6 +69,14 @@ class TimescaleJobs:
 
     def actual(self) -> dict[str, ActualJob]:
         out: dict[str, ActualJob] = {}
+        # jobs on a continuous aggregate name its materialization hypertable: map it back to the view
+        views = {
+            f"{ms}.{mt}": f"{vs}.{vn}"
+            for vs, vn, ms, mt in self.conn.execute(
+                "SELECT view_schema, view_name, materialization_hypertable_schema, materialization_hypertable_name "
+                "FROM timescaledb_information.continuous_aggregates"
+            ).fetchall()
+        }
         for job_id, proc_schema, proc, schema, table, every_s, config in self.conn.execute(
             """SELECT job_id, proc_schema, proc_name, hypertable_schema, hypertable_name,
                       extract(epoch FROM schedule_interval)::bigint, config
@@ -76,6 +84,7 @@ class TimescaleJobs:
         ).fetchall():
             config = config or {}
             target = f"{schema}.{table}" if schema else None
+            target = views.get(target, target) if target else None
             if proc == "policy_retention" and target:
                 kind = "cagg-retention" if target in self.caggs else "retention"
                 params = {"drop_after_days": _days(config.get("drop_after"))}
