@@ -261,18 +261,26 @@ class Ingestor:
             metrics.FENCED_BATCHES.inc()
             metrics.BATCH_FAILURES.labels("fenced").inc()
             log.warning(
-                "batch fenced: another member moved these offsets; rolled back", partitions=_fmt(exc.partitions)
+                "batch fenced: another member moved these offsets; rolled back",
+                partitions=_fmt(exc.partitions),
+                offsets=_ranges(moves),
             )
             self._resync(list(moves))
             return
         except DeadLetterError as exc:
-            log.error("dead-letter topic unavailable; batch rolled back, will be retried", error=str(exc))
+            log.error(
+                "dead-letter topic unavailable; batch rolled back, will be retried",
+                error=str(exc),
+                offsets=_ranges(moves),
+            )
             metrics.BATCH_FAILURES.labels("dead-letter").inc()
             self._resync(list(moves))
             time.sleep(1)
             return
         except psycopg.OperationalError as exc:
-            log.error("database error; batch rolled back, will be retried", error=str(exc).strip())
+            log.error(
+                "database error; batch rolled back, will be retried", error=str(exc).strip(), offsets=_ranges(moves)
+            )
             self.observer.database(False, str(exc).strip()[:200])
             metrics.BATCH_FAILURES.labels("database").inc()
             self._reconnect_writer()
@@ -295,7 +303,7 @@ class Ingestor:
             log.info("duplicate events skipped", duplicates=result.duplicates)
         log.debug(
             "batch committed", rows=result.inserted, duplicates=result.duplicates, dead_lettered=len(sent_dlq),
-            offsets={_k(tp): [start, end] for tp, (start, end) in moves.items()},
+            offsets=_ranges(moves),
             commit_ms=round((now - inflight.submitted) * 1000, 1),
         )  # fmt: skip
         if self.assignment is None and not self.dry_run:
@@ -412,6 +420,11 @@ class Ingestor:
         self._dlq.close()
         self._conn.close()
         self._meta.close()
+
+
+def _ranges(moves: Moves) -> dict[str, list[int | None]]:
+    """topic[partition] -> [first offset, end offset) of a batch, for log lines."""
+    return {_k(tp): [start, end] for tp, (start, end) in moves.items()}
 
 
 def _k(tp: TP) -> str:
