@@ -179,6 +179,7 @@ class Publisher:
         self.poll(0)
         left = self.spool.depth
         self.spool.close()
+        del self._producer  # destroy the client now: it would keep dialling an absent broker
         if left:
             log.warning("closing with events still spooled; they are sent on next start", spooled=left)
         return left
