@@ -26,7 +26,6 @@ class TableSpec:
     table: str
     columns: tuple[str, ...]
     type_oids: tuple[int, ...]
-    conflict_key: tuple[str, ...] = ("event_id",)
     row_of: Callable[[dict[str, Any]], tuple[Any, ...]] = field(compare=False, repr=False, default=tuple)
 
     @property

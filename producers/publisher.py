@@ -48,7 +48,7 @@ class Publisher:
         self.spool = Spool(settings.spool_path, settings.spool_synchronous)
         metrics.SPOOL_DEPTH.set_function(lambda: self.spool.depth)
         self._producer = Producer(producer_config(settings), logger=None)
-        self._serializers: dict[tuple[EventType, int], tuple[AvroSerializer, SerializationContext]] = {}
+        self._serializers: dict[EventType, tuple[AvroSerializer, SerializationContext]] = {}
         first = self.spool.min_seq()
         self._sent_upto = (first - 1) if first is not None else 0
         self._in_flight = 0
@@ -62,19 +62,11 @@ class Publisher:
 
     # ------------------------------------------------------------------ accepting
     def _serializer(self, event: Event) -> tuple[AvroSerializer, SerializationContext]:
-        schema_version = getattr(event, "schema_version", 0)
-        key = (event.event_type, schema_version)
-        found = self._serializers.get(key)
+        """The serializer of the event type's newest schema (a field added with a default
+        is filled from its default for events built by older code)."""
+        found = self._serializers.get(event.event_type)
         if found is None:
-            entry = (
-                self.catalog.latest(event.event_type)
-                if not schema_version
-                else next(
-                    e
-                    for e in self.catalog.entries()
-                    if e.event_type == event.event_type and e.version == schema_version
-                )
-            )
+            entry = self.catalog.latest(event.event_type)
             topic = self.settings.topic_for(event.event_type)
             ser = AvroSerializer(
                 self.registry,
@@ -82,7 +74,7 @@ class Publisher:
                 conf={"auto.register.schemas": True, "subject.name.strategy": topic_subject_name_strategy},
             )
             found = (ser, SerializationContext(topic, MessageField.VALUE))
-            self._serializers[key] = found
+            self._serializers[event.event_type] = found
         return found
 
     def encode(self, event: Event) -> tuple[str, bytes, bytes]:

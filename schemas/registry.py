@@ -10,16 +10,12 @@ body) is identical whether or not a registry runs.
 from __future__ import annotations
 
 import json
-from typing import Any, Protocol
+from typing import Any
 
 from confluent_kafka.schema_registry import RegisteredSchema, Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from schemas.catalog import EventType, SchemaCatalog
-
-
-class RegistryLike(Protocol):
-    def get_schema(self, schema_id: int, subject_name: str | None = None, fmt: str | None = None) -> Schema: ...
 
 
 class CatalogRegistry:
