@@ -93,6 +93,13 @@ def test_metrics_endpoint_counts_what_was_produced_and_lag_falls_to_zero(env: En
         status, body = _get(f"http://127.0.0.1:{port}/readyz")
         assert status == 200 and "partitions" in body
         assert _get(f"http://127.0.0.1:{port}/nope")[0] == 404
+        # gatestream status agrees: stored offsets cover everything, no lag
+        out = subprocess.run(
+            gatestream_cmd("status", "--json"), env=env.environ(), cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+        rows = json.loads(out.stdout)
+        assert sum(r["stored_offset"] or 0 for r in rows) == n
+        assert all(r["lag_messages"] == 0 and r["lag_seconds"] == 0 for r in rows)
     finally:
         proc.terminate()
         assert proc.wait(30) == 0

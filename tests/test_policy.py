@@ -21,7 +21,7 @@ from consumers.policy.model import PolicyError
 from consumers.policy.reconcile import make_engine, make_plan, reconcile
 from gatestream.cli_policy import _publish
 from gatestream.settings import PolicySettings
-from tests.conftest import Env
+from tests.conftest import Env, read_topic
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
@@ -157,11 +157,18 @@ def test_a_change_through_the_topic_changes_only_that_and_drift_is_repaired(env:
         assert changes == [("alter", "retention:monitoring.active_windows")]
         engine = make_engine(conn, settings)
         assert make_plan(conn, settings, engine).changes == []
-        # an invalid event is skipped, and moves the offsets like any other
+        # an invalid event goes to the dead-letter topic with its reason, and the offsets move on
+        from confluent_kafka import Producer
+
         runs = pc.runs
-        _publish(settings, {"resource_type": "visited_sites", "organization_id": B, "op": "set"})
+        p = Producer({"bootstrap.servers": env.services.bootstrap_servers})
+        p.produce(settings.policy_topic, value=b'{"resource_type": "x; DROP TABLE y", "op": "set"}')
+        assert p.flush(10) == 0
         assert wait_for(lambda: pc.runs > runs, 40)
         assert pc.last_plan is not None and pc.last_plan.changes == []
+        dead = read_topic(env.services.bootstrap_servers, env.dlq_topic, expected=1, timeout=15)
+        assert [dict(m.headers())["gatestream.reason"] for m in dead] == [b"invalid-policy-event"]
+        assert b"unknown resource_type" in dict(dead[0].headers())["gatestream.error"]
     finally:
         pc.request_stop()
         t.join(20)

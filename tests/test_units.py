@@ -212,3 +212,20 @@ def test_cron_lines_spread_jobs_and_keep_the_interval() -> None:
     assert daily[2:] == ["*", "*", "*"] and 0 <= int(daily[1]) < 24
     assert cron_line("x", 86400) == cron_line("x", 86400), "stable for a key"
     assert _days("365 days") == 365 and _days("1 day") == 1 and _days("1 year") is None and _days(None) is None
+
+
+def test_replay_times_parse_iso_and_relative_and_refuse_the_rest() -> None:
+    from consumers.replay import ReplayError, ReplaySelection, parse_time
+
+    now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    assert parse_time("-2h", now) == datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+    assert parse_time("-7d", now) == datetime(2026, 11, 16, 12, 0, tzinfo=UTC)
+    assert parse_time("-90s", now) == datetime(2026, 11, 23, 11, 58, 30, tzinfo=UTC)
+    assert parse_time("now", now) == now
+    assert parse_time("2026-11-20T08:30Z") == datetime(2026, 11, 20, 8, 30, tzinfo=UTC)
+    assert parse_time("2026-11-20 08:30") == datetime(2026, 11, 20, 8, 30, tzinfo=UTC), "naive means UTC"
+    with pytest.raises(ReplayError, match="not a time"):
+        parse_time("yesterday")
+    a = ReplaySelection(organizations=frozenset({1, 2}))
+    assert a.run_id() == ReplaySelection(organizations=frozenset({2, 1})).run_id(), "same selection, same replay"
+    assert a.run_id() != ReplaySelection(organizations=frozenset({1})).run_id()

@@ -21,6 +21,7 @@ import psycopg
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
+from consumers.deadletter import DeadLetters
 from consumers.offsets import FencedError, advance_offsets, read_offsets
 from consumers.policy import metrics
 from consumers.policy.model import PolicyError
@@ -74,6 +75,7 @@ class PolicyConsumer:
             "fetch.wait.max.ms": 50,
         }
         self.consumer = Consumer(conf, logger=None)
+        self.dead_letters = DeadLetters(base_config(settings), settings.dlq_topic, settings.policy_group_id)
         self.stored: dict[TP, int | None] = {}
         self.last_plan: Plan | None = None
         self.runs = 0
@@ -157,8 +159,22 @@ class PolicyConsumer:
                 log.info("policy change event", **ev, partition=tp[1], offset=m.offset())
             except ValueError as exc:
                 metrics.POLICY_EVENTS.labels("invalid").inc()
-                log.warning("invalid policy change event skipped", error=str(exc), partition=tp[1], offset=m.offset())
+                log.warning(
+                    "invalid policy change event dead-lettered", error=str(exc), partition=tp[1], offset=m.offset()
+                )
+                ts_type, ts = m.timestamp()
+                self.dead_letters.send(
+                    topic=tp[0],
+                    partition=tp[1],
+                    offset=m.offset() or 0,
+                    timestamp_ms=ts if ts_type else None,
+                    key=m.key(),
+                    value=m.value(),
+                    reason="invalid-policy-event",
+                    detail=str(exc),
+                )
         if moves:
+            self.dead_letters.confirm()  # acknowledged before the offsets move past them
             try:
                 self.reconcile_now("event", moves)
             except FencedError as exc:
@@ -204,6 +220,7 @@ class PolicyConsumer:
                     self._reconnect()
         finally:
             self.consumer.close()
+            self.dead_letters.close()
             self.conn.close()
         log.info("policy consumer stopped", reconciles=self.runs)
 
