@@ -15,7 +15,7 @@ from typing import Any
 from confluent_kafka.schema_registry import RegisteredSchema, Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from schemas.catalog import EventType, SchemaCatalog
+from schemas.catalog import CatalogEntry, EventType, SchemaCatalog
 
 
 class CatalogRegistry:
@@ -25,7 +25,7 @@ class CatalogRegistry:
         self.catalog = catalog
 
     # --- what AvroSerializer calls -------------------------------------------------
-    def _registered(self, subject_name: str, schema: Schema) -> RegisteredSchema:
+    def _entry(self, subject_name: str, schema: Schema) -> CatalogEntry:
         entry = self.catalog.by_content(schema.schema_str or "")
         if entry is None:
             raise SchemaRegistryError(
@@ -34,6 +34,10 @@ class CatalogRegistry:
                 f"schema for subject {subject_name!r} is not in the catalog {self.catalog.directory}; "
                 "add it to catalog.json with a new id",
             )
+        return entry
+
+    def _registered(self, subject_name: str, schema: Schema) -> RegisteredSchema:
+        entry = self._entry(subject_name, schema)
         return RegisteredSchema(
             schema_id=entry.schema_id,
             guid=None,
@@ -48,10 +52,7 @@ class CatalogRegistry:
         return self._registered(subject_name, schema)
 
     def register_schema(self, subject_name: str, schema: Schema, normalize_schemas: bool = False) -> int:
-        entry = self.catalog.by_content(schema.schema_str or "")
-        self._registered(subject_name, schema)  # raises the registry's error when unknown
-        assert entry is not None
-        return entry.schema_id
+        return self._entry(subject_name, schema).schema_id
 
     def lookup_schema(
         self, subject_name: str, schema: Schema, normalize_schemas: bool = False, deleted: bool = False
