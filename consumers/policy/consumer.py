@@ -25,7 +25,7 @@ from consumers.deadletter import DeadLetters
 from consumers.offsets import FencedError, advance_offsets, read_offsets
 from consumers.policy import metrics
 from consumers.policy.model import PolicyError
-from consumers.policy.reconcile import Plan, make_engine, reconcile
+from consumers.policy.reconcile import Plan, impact, make_engine, reconcile
 from gatestream.kafka import base_config
 from gatestream.settings import PolicySettings
 from gatestream.topics import ensure_topics
@@ -141,8 +141,19 @@ class PolicyConsumer:
         )
         return plan
 
+    def _log_deletions(self, plan: Plan, changed: set[str]) -> None:
+        """A policy change may delete data without changing any job (an organization's days
+        shrank below the others'): say what the next runs will delete."""
+        if plan.impact:  # already logged with the job changes
+            return
+        policies = {rt: p for rt, p in plan.state.policies.items() if rt in changed}
+        for item in impact(self.conn, policies):
+            if item["chunks_to_drop"] or item["rows_to_delete"]:
+                log.warning("retention will delete data at the next job run", **item)
+
     def _handle(self, msgs: list[Message]) -> None:
         moves: dict[TP, tuple[int | None, int]] = {}
+        changed: set[str] = set()
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -155,6 +166,7 @@ class PolicyConsumer:
             moves[tp] = (self.stored[tp], (m.offset() or 0) + 1)
             try:
                 ev = parse_event(m.value(), self.known)
+                changed.add(ev["resource_type"])
                 metrics.POLICY_EVENTS.labels("ok").inc()
                 log.info("policy change event", **ev, partition=tp[1], offset=m.offset())
             except ValueError as exc:
@@ -176,7 +188,8 @@ class PolicyConsumer:
         if moves:
             self.dead_letters.confirm()  # acknowledged before the offsets move past them
             try:
-                self.reconcile_now("event", moves)
+                plan = self.reconcile_now("event", moves)
+                self._log_deletions(plan, changed)
             except FencedError as exc:
                 log.warning("offsets moved by another policy consumer; re-reading", partitions=exc.partitions)
                 stored = read_offsets(self.conn, self.settings.policy_group_id, list(moves))
