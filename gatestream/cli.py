@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from datetime import timedelta
@@ -362,8 +363,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_RELATIVE_TIME = re.compile(r"^-\d+(\.\d+)?[smhdw]$")
+
+
+def _join_relative_times(argv: list[str]) -> list[str]:
+    """Let ``--from -2h`` mean ``--from=-2h`` (argparse takes '-2h' for an option)."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in ("--from", "--to") and _RELATIVE_TIME.match(arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_join_relative_times(sys.argv[1:] if argv is None else argv))
     common = CommonSettings()
     logs.configure(common.log_format, common.log_level)
     try:

@@ -229,3 +229,17 @@ def test_replay_times_parse_iso_and_relative_and_refuse_the_rest() -> None:
     a = ReplaySelection(organizations=frozenset({1, 2}))
     assert a.run_id() == ReplaySelection(organizations=frozenset({2, 1})).run_id(), "same selection, same replay"
     assert a.run_id() != ReplaySelection(organizations=frozenset({1})).run_id()
+
+
+def test_relative_times_after_from_and_to_are_values_not_options() -> None:
+    from gatestream.cli import _join_relative_times, build_parser
+
+    args = build_parser().parse_args(_join_relative_times(["replay", "--from", "-2h", "--to", "-30m", "--dry-run"]))
+    assert (args.start, args.end, args.dry_run) == ("-2h", "-30m", True)
+    assert _join_relative_times(["replay", "--from", "120", "--orgs", "3"]) == [
+        "replay",
+        "--from",
+        "120",
+        "--orgs",
+        "3",
+    ]
