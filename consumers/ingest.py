@@ -15,7 +15,6 @@ re-read from the stored offsets, dropping what the next batch held for them.
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from consumers.partitions import PartitionRange, Partitions
 from consumers.routes import Route, build_routes
 from gatestream.kafka import base_config, consumer_config
 from gatestream.settings import IngestSettings
+from gatestream.signals import on_stop_signals
 
 __all__ = ["IngestSummary", "Ingestor", "PartitionRange", "Route", "build_routes"]
 
@@ -109,7 +109,10 @@ class Ingestor:
         self._writer = BatchWriter(self._conn, self.group)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-writer")
         self._inflight: _InFlight | None = None
-        self.observer = IngestObserver(self.group, enabled=settings.metrics_enabled)
+        time_index = {
+            t: r.spec.columns.index(r.time_field) for t, r in routes.items() if r.time_field in r.spec.columns
+        }
+        self.observer = IngestObserver(self.group, time_index, enabled=settings.metrics_enabled)
         conf = consumer_config(settings, self.group)
         conf["error_cb"] = self.observer.kafka_error
         if assignment is not None:
@@ -352,9 +355,7 @@ class Ingestor:
         self.stop_event.set()
 
     def run(self) -> IngestSummary:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self.request_stop)
-            signal.signal(signal.SIGINT, self.request_stop)
+        on_stop_signals(self.request_stop)
         started = time.monotonic()
         if self.assignment is not None:
             self._assign_ranges(self.assignment)

@@ -23,8 +23,10 @@ TP = tuple[str, int]
 
 
 class IngestObserver:
-    def __init__(self, group: str, *, enabled: bool = True, every_s: float = 2.0) -> None:
+    def __init__(self, group: str, time_index: dict[str, int], *, enabled: bool = True, every_s: float = 2.0) -> None:
+        """``time_index``: per topic, where the event time sits in a row."""
         self.group = group
+        self.time_index = time_index
         self.enabled = enabled
         self.every_s = every_s
         self.broker_ok = True
@@ -33,7 +35,6 @@ class IngestObserver:
         self.db_error = ""
         self._next_tick = 0.0
         self._lagging_since: dict[TP, float] = {}
-        self._time_index: dict[str, int] = {}
 
     # ------------------------------------------------------------------ health
     def kafka_error(self, err: KafkaError) -> None:
@@ -75,7 +76,7 @@ class IngestObserver:
             if not tb.rows:
                 continue
             metrics.EVENTS_CONSUMED.labels(topic).inc(len(tb.rows))
-            ti = self._time_col(tb)
+            ti = self.time_index.get(topic, -1)
             ev_hist = metrics.EVENT_TO_COMMIT_SECONDS.labels(topic)
             br_hist = metrics.BROKER_TO_COMMIT_SECONDS.labels(topic)
             for i in range(0, len(tb.rows), SAMPLE):
@@ -86,15 +87,6 @@ class IngestObserver:
                 t = tb.rows[i][ti] if ti >= 0 else None
                 if isinstance(t, int):
                     ev_hist.observe(max(0.0, now - t / 1000))
-
-    def _time_col(self, tb: TableBatch) -> int:
-        name = tb.spec.name
-        idx = self._time_index.get(name)
-        if idx is None:
-            cols = tb.spec.columns
-            idx = next((i for i, c in enumerate(cols) if c in ("datetime", "timestamp")), -1)
-            self._time_index[name] = idx
-        return idx
 
     def decode_error(self, topic: str, reason: str) -> None:
         if self.enabled:

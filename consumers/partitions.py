@@ -36,7 +36,8 @@ class Partitions:
         """Own ``tp``; return the offset to start reading at (-2 = the beginning)."""
         self.owned.add(tp)
         self.stored[tp] = stored
-        begin = max(x for x in (stored, start) if x is not None) if (stored, start) != (None, None) else -2
+        known = [x for x in (stored, start) if x is not None]
+        begin = max(known) if known else -2
         self.next[tp] = begin if begin >= 0 else -1
         self.started_at[tp] = max(begin, 0)
         if start is not None or end is not None:

@@ -183,11 +183,14 @@ def replay(
     name: str | None = None,
     progress: Callable[[IngestSummary], None] | None = None,
     ingestor_hook: Callable[[Ingestor], None] | None = None,
+    ranges: list[PartitionRange] | None = None,
 ) -> ReplaySummary:
-    """Replay ``selection`` into the hypertables; see the module's doc. Resumable."""
+    """Replay ``selection`` into the hypertables; see the module's doc. Resumable.
+    ``ranges``: the selection's plan, when the caller has already made it."""
     run_id = name or selection.run_id()
     group = replay_group(run_id)
-    ranges = plan(settings, selection)
+    if ranges is None:
+        ranges = plan(settings, selection)
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         if restart and not dry_run:
             conn.execute("DELETE FROM gatestream.consumer_offsets WHERE consumer_group = %s", (group,))
@@ -233,10 +236,10 @@ def replay(
     return summary
 
 
-def print_plan(settings: IngestSettings, selection: ReplaySelection, out: Any = sys.stdout) -> None:
-    ranges = plan(settings, selection)
-    totals = estimate_total(settings, ranges)
-    print(f"replay {selection.run_id()}: {len(ranges)} partitions", file=out)
+def print_plan(
+    label: str, ranges: list[PartitionRange], totals: dict[tuple[str, int], int], out: Any = sys.stdout
+) -> None:
+    print(f"{label}: {len(ranges)} partitions", file=out)
     for r in ranges:
         n = totals[(r.topic, r.partition)]
         end = r.end if r.end is not None else "end"

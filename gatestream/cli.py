@@ -169,11 +169,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
             else:
                 sel[key_time] = parse_time(value)
         selection = ReplaySelection(**sel)
-        if args.dry_run:
-            print_plan(settings, selection)
-        total = sum(estimate_total(settings, plan(settings, selection)).values())
+        ranges = plan(settings, selection)
+        totals = estimate_total(settings, ranges)
         label = f"replay {args.name or selection.run_id()}"
-        with Progress(label, total=total, enabled=not args.no_progress) as bar:
+        if args.dry_run:
+            print_plan(label, ranges, totals)
+        with Progress(label, total=sum(totals.values()), enabled=not args.no_progress) as bar:
             summary = replay(
                 settings,
                 selection,
@@ -182,6 +183,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 restart=args.restart,
                 name=args.name,
                 progress=bar.update,
+                ranges=ranges,
             )
     except ReplayError as exc:
         print(f"gatestream replay: {exc}", file=sys.stderr)
@@ -207,12 +209,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_db_exporter(args: argparse.Namespace) -> int:
-    import signal
     import threading
 
     from prometheus_client import REGISTRY
 
     from gatestream.dbmetrics import DatabaseCollector
+    from gatestream.signals import on_stop_signals
 
     settings = CommonSettings()
     collector = DatabaseCollector(settings.database_url, min_interval_s=args.min_interval)
@@ -225,8 +227,7 @@ def cmd_db_exporter(args: argparse.Namespace) -> int:
 
     server = _serve(args.port, ready)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    on_stop_signals(stop.set)
     stop.wait()
     server.stop()
     return 0

@@ -5,9 +5,10 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
+from consumers.routes import event_time_field
 from gatestream.migrate import timescaledb_edition
 from gatestream.settings import CommonSettings
-from schemas import EventType
+from schemas import EventType, SchemaCatalog
 
 
 def print_report(settings: CommonSettings) -> None:
@@ -15,9 +16,10 @@ def print_report(settings: CommonSettings) -> None:
         edition = timescaledb_edition(conn)
         version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
         print(f"TimescaleDB {version[0] if version else '?'} ({edition} edition)\n")
+        catalog = SchemaCatalog(settings.schema_dir)
         print(f"{'hypertable':<36}{'rows':>10}{'orgs':>6}{'chunks':>8}  newest event")
         for et in EventType:
-            time_col = "timestamp" if et is EventType.GATEWAY_STATUS_SNAPSHOTS else "datetime"
+            time_col = event_time_field(catalog.latest(et).schema)
             q = sql.SQL("SELECT count(*), count(DISTINCT organization_id), max({}) FROM monitoring.{}").format(
                 sql.Identifier(time_col), sql.Identifier(et.value)
             )

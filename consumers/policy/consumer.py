@@ -12,7 +12,6 @@ the Community edition), following the ingest consumers' exactly-once rule.
 from __future__ import annotations
 
 import json
-import signal
 import threading
 import time
 from typing import Any
@@ -28,6 +27,7 @@ from consumers.policy.model import PolicyError
 from consumers.policy.reconcile import Plan, impact, make_engine, reconcile
 from gatestream.kafka import base_config
 from gatestream.settings import PolicySettings
+from gatestream.signals import on_stop_signals
 from gatestream.topics import ensure_topics
 
 log = structlog.get_logger("gatestream.policy")
@@ -209,9 +209,7 @@ class PolicyConsumer:
         self.stop_event.set()
 
     def run(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self.request_stop)
-            signal.signal(signal.SIGINT, self.request_stop)
+        on_stop_signals(self.request_stop)
         ensure_topics(self.settings, [self.settings.policy_topic], partitions=1)  # events stay in order
         self.consumer.subscribe([self.settings.policy_topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         log.info("policy consumer started", engine=self.engine.name, topic=self.settings.policy_topic)
