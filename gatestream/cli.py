@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -386,6 +387,9 @@ def main(argv: list[str] | None = None) -> None:
         code = args.fn(args)
     except KeyboardInterrupt:
         code = 130
+    except BrokenPipeError:  # output piped into head & co: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
     except Exception as exc:  # a clear one-line error for operators, the trace in the log
         from pydantic import ValidationError
 
