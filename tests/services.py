@@ -2,8 +2,8 @@
 
 Order: GATESTREAM_DATABASE_URL + GATESTREAM_BOOTSTRAP_SERVERS from the environment
 (``ops/test`` sets them from ``ops/stack``); else the local stack's ``.stack/env``;
-else, where a Docker engine answers, testcontainers (Apache Kafka + the TimescaleDB
-image); else the integration tests skip, saying how to start the services.
+else, where a Docker engine answers, testcontainers (the same Apache Kafka version as
+ops/stack + the TimescaleDB image); else the integration tests skip, saying how to start the services.
 Set GATESTREAM_TEST_SERVICES=docker or =stack to force one.
 """
 
@@ -52,18 +52,47 @@ def _docker_available() -> bool:
         return False
 
 
+KAFKA_IMAGE = "apache/kafka:4.4.0"  # the version ops/kafka/pom.xml pins and docker-compose.yml runs
+
+
 def _start_docker() -> Services:
-    from testcontainers.kafka import KafkaContainer  # type: ignore[import-untyped]
+    """Apache Kafka (the same version as ops/stack) and the TimescaleDB image in containers.
+
+    Kafka must advertise an address the host can reach, so its listener port is the same
+    inside and outside the container (a free host port, bound 1:1)."""
+    import socket
+
+    from testcontainers.core.container import DockerContainer  # type: ignore[import-untyped]
+    from testcontainers.core.waiting_utils import wait_for_logs  # type: ignore[import-untyped]
     from testcontainers.postgres import PostgresContainer  # type: ignore[import-untyped]
 
-    kafka = KafkaContainer("confluentinc/cp-kafka:7.6.1").with_kraft()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    kafka = (
+        DockerContainer(KAFKA_IMAGE)
+        .with_bind_ports(port, port)
+        .with_env("KAFKA_NODE_ID", "1")
+        .with_env("KAFKA_PROCESS_ROLES", "broker,controller")
+        .with_env("KAFKA_LISTENERS", f"PLAINTEXT://:{port},CONTROLLER://:9093")
+        .with_env("KAFKA_ADVERTISED_LISTENERS", f"PLAINTEXT://127.0.0.1:{port}")
+        .with_env("KAFKA_CONTROLLER_LISTENER_NAMES", "CONTROLLER")
+        .with_env("KAFKA_LISTENER_SECURITY_PROTOCOL_MAP", "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT")
+        .with_env("KAFKA_CONTROLLER_QUORUM_VOTERS", "1@localhost:9093")
+        .with_env("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "1")
+        .with_env("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1")
+        .with_env("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1")
+        .with_env("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
+        .with_env("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false")
+    )
     kafka.start()
+    wait_for_logs(kafka, "Kafka Server started", timeout=90)
     pg = PostgresContainer(
         "timescale/timescaledb:2.19.3-pg15", username="postgres", password="postgres", dbname="gatestream"
     )
     pg.start()
     url = pg.get_connection_url().replace("postgresql+psycopg2://", "postgresql://")
-    return Services(url, kafka.get_bootstrap_server(), "testcontainers", (kafka, pg))
+    return Services(url, f"127.0.0.1:{port}", "testcontainers", (kafka, pg))
 
 
 def find_services() -> Services | str:
