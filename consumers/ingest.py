@@ -325,6 +325,18 @@ class Ingestor:
         except KafkaException:
             pass
 
+    def _mirror_final_offsets(self) -> None:
+        """On the way out, mirror the stored offsets to Kafka synchronously: the last
+        asynchronous commit may still be in flight when the client closes, and tools
+        would then show a lag that is not there."""
+        final = [TopicPartition(t, p, o) for (t, p), o in self.parts.stored.items() if o is not None]
+        if not final:
+            return
+        try:
+            self._consumer.commit(offsets=final, asynchronous=False)
+        except KafkaException as exc:
+            log.info("could not mirror the final offsets to Kafka (advisory only)", error=str(exc))
+
     def _resync(self, parts: list[TP]) -> None:
         """After a rolled-back batch: read those partitions again from the stored offsets."""
         owned = [tp for tp in parts if tp in self.parts.owned]
@@ -413,6 +425,8 @@ class Ingestor:
             self._await()
         except Exception:  # noqa: BLE001 - closing anyway; offsets were not advanced
             pass
+        if self.assignment is None and not self.dry_run:
+            self._mirror_final_offsets()
         try:
             self._consumer.close()  # leaves the group: partitions move at once
         except (KafkaException, RuntimeError):

@@ -35,7 +35,7 @@ import structlog
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from consumers.ingest import Ingestor, IngestSummary, PartitionRange, Route, build_routes
-from consumers.watermarks import end_offsets, reported_end
+from consumers.watermarks import end_offsets
 from gatestream.kafka import consumer_config
 from gatestream.ratelimit import RateLimiter
 from gatestream.settings import IngestSettings
@@ -66,6 +66,17 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
     except ValueError as exc:
         raise ReplayError(f"not a time: {text!r} (use ISO 8601 like 2026-11-23T10:00Z, or -2h, -30m, -7d)") from exc
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+
+
+def parse_duration(text: str) -> timedelta:
+    """``0s``, ``90s``, ``5m``, ``2h``, ``1d``, ``1w``."""
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise ReplayError(f"not a duration: {text!r} (use e.g. 0s, 90s, 5m, 2h)")
+    return timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
 
 
 @dataclass(frozen=True)
@@ -151,9 +162,9 @@ def plan(settings: IngestSettings, selection: ReplaySelection) -> list[Partition
                 ts = int((selection.since - selection.skew_margin).timestamp() * 1000)
                 found = c.offsets_for_times([TopicPartition(topic, p, ts) for p in wanted], timeout=10)
                 for tp in found:
-                    # -1: nothing at or after that time. (Some brokers answer 0 for a time in the
-                    # future; the guard above keeps such times out.)
-                    starts[tp.partition] = tp.offset if tp.offset >= 0 else reported_end(c, topic, tp.partition)
+                    if tp.offset < 0:  # -1: nothing at or after that time yet: start at the end
+                        _, tp.offset = c.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)
+                    starts[tp.partition] = tp.offset
             for p in wanted:
                 ranges.append(PartitionRange(topic, p, starts[p], selection.to_offset))
         return ranges

@@ -123,6 +123,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 "stop_after_idle_s",
                 "session_timeout_ms",
                 "heartbeat_interval_ms",
+                "group_protocol",
             ],
         )
     )
@@ -150,7 +151,16 @@ def _int_list(value: str) -> tuple[int, ...]:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from consumers.replay import ReplayError, ReplaySelection, estimate_total, parse_time, plan, print_plan, replay
+    from consumers.replay import (
+        ReplayError,
+        ReplaySelection,
+        estimate_total,
+        parse_duration,
+        parse_time,
+        plan,
+        print_plan,
+        replay,
+    )
     from gatestream.progress import Progress
 
     settings = IngestSettings(**_overrides(args, ["metrics_port"]))
@@ -169,6 +179,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 sel[key_off] = int(value)
             else:
                 sel[key_time] = parse_time(value)
+        if args.skew is not None:
+            sel["skew_margin"] = parse_duration(args.skew)
         selection = ReplaySelection(**sel)
         ranges = plan(settings, selection)
         totals = estimate_total(settings, ranges)
@@ -300,8 +312,15 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument(
         "--metrics-port", dest="metrics_port", type=int, help="serve /metrics, /healthz, /readyz on this port"
     )
-    ing.add_argument("--session-timeout-ms", dest="session_timeout_ms", type=int)
-    ing.add_argument("--heartbeat-interval-ms", dest="heartbeat_interval_ms", type=int)
+    ing.add_argument(
+        "--group-protocol", dest="group_protocol", choices=["classic", "consumer"],
+        help="consumer group protocol (default classic; consumer = KIP-848, Kafka >= 4.0)",
+    )  # fmt: skip
+    ing.add_argument(
+        "--session-timeout-ms", dest="session_timeout_ms", type=int,
+        help="classic protocol: a silent member's partitions move after this (default 10000)",
+    )  # fmt: skip
+    ing.add_argument("--heartbeat-interval-ms", dest="heartbeat_interval_ms", type=int, help="classic protocol")
     ing.set_defaults(fn=cmd_ingest)
 
     rp = sub.add_parser(
@@ -327,6 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="end (exclusive): an offset, or an event time; default: the end of each partition now",
     )
     rp.add_argument("--orgs", type=_int_list, help="only these organization ids, e.g. 12,40")
+    rp.add_argument(
+        "--skew",
+        metavar="DURATION",
+        help="with a start time: begin reading at the broker's offset for (start - this), to catch events "
+        "published by a gateway whose clock runs ahead of the event's; e.g. 0s, 90s, 5m (default 5m)",
+    )
     rp.add_argument(
         "--dry-run", action="store_true", help="print the partition ranges and what would be inserted; write nothing"
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gatestream.settings import IngestSettings, KafkaClientSettings, ProducerSettings
+from gatestream.settings import GroupMemberSettings, IngestSettings, KafkaClientSettings, ProducerSettings
 
 
 def base_config(settings: KafkaClientSettings) -> dict[str, Any]:
@@ -27,16 +27,30 @@ def producer_config(settings: ProducerSettings) -> dict[str, Any]:
     return conf
 
 
+def group_config(settings: GroupMemberSettings, group_id: str) -> dict[str, Any]:
+    """How a member takes part in its group, for either group protocol.
+
+    Both protocols hand out partitions incrementally (``on_assign`` calls
+    ``incremental_assign``). Under KIP-848 the broker chooses the assignor and owns the
+    session timeout and heartbeat; librdkafka refuses the classic-only properties there.
+    """
+    conf: dict[str, Any] = {"group.id": group_id, "group.protocol": settings.group_protocol}
+    if settings.group_protocol == "classic":
+        conf.update({
+            "partition.assignment.strategy": "cooperative-sticky",
+            "session.timeout.ms": settings.session_timeout_ms,
+            "heartbeat.interval.ms": settings.heartbeat_interval_ms,
+        })  # fmt: skip
+    return conf
+
+
 def consumer_config(settings: IngestSettings, group_id: str) -> dict[str, Any]:
     conf = {
-        "group.id": group_id,
+        **group_config(settings, group_id),
         # Offsets live in the database, committed with the rows; Kafka never decides where we start.
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
-        "partition.assignment.strategy": "cooperative-sticky",
-        "session.timeout.ms": settings.session_timeout_ms,
-        "heartbeat.interval.ms": settings.heartbeat_interval_ms,
         "fetch.wait.max.ms": settings.fetch_wait_max_ms,
         # Without this librdkafka pauses a second whenever > 100k messages are queued.
         "fetch.queue.backoff.ms": 10,

@@ -7,6 +7,7 @@ the schemas are); each process's model extends it with its own knobs.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -45,6 +46,23 @@ class KafkaClientSettings(CommonSettings):
     )
 
 
+GroupProtocol = Literal["classic", "consumer"]
+
+GROUP_PROTOCOL_HELP = (
+    "Consumer group protocol: 'classic' (cooperative-sticky assignment, client-side session timeout; "
+    "every Kafka >= 2.4 and managed Kafka) or 'consumer' (KIP-848, Kafka >= 4.0: the broker assigns "
+    "partitions and owns session timeout and heartbeat, set by its group.consumer.* settings)."
+)
+
+
+class GroupMemberSettings(KafkaClientSettings):
+    """What a consumer-group member needs besides the broker: how it takes part in its group."""
+
+    group_protocol: GroupProtocol = Field("classic", description=GROUP_PROTOCOL_HELP)
+    session_timeout_ms: int = Field(10000, description="classic protocol only: a silent member's partitions move.")
+    heartbeat_interval_ms: int = Field(3000, description="classic protocol only.")
+
+
 class ProducerSettings(KafkaClientSettings):
     spool_path: Path = Field(Path("gatestream-spool.sqlite3"), description="Durable local spool file.")
     spool_synchronous: str = Field(
@@ -59,12 +77,10 @@ class ProducerSettings(KafkaClientSettings):
     metrics_port: int | None = Field(None, description="Serve /metrics, /healthz and /readyz on this port.")
 
 
-class IngestSettings(KafkaClientSettings):
+class IngestSettings(GroupMemberSettings):
     group_id: str = Field("gatestream-ingest", description="Consumer group; start more processes to scale.")
     batch_max_rows: int = Field(5000, description="A micro-batch commits at this many rows ...")
     batch_max_ms: int = Field(500, description="... or this long after its first row, whichever comes first.")
-    session_timeout_ms: int = Field(10000)
-    heartbeat_interval_ms: int = Field(3000)
     fetch_wait_max_ms: int = Field(20)
     stop_after_idle_s: float | None = Field(
         None,
@@ -74,7 +90,7 @@ class IngestSettings(KafkaClientSettings):
     metrics_enabled: bool = Field(True, description="Record metrics (off only to measure their cost).")
 
 
-class PolicySettings(KafkaClientSettings):
+class PolicySettings(GroupMemberSettings):
     """The policy consumer and the ``gatestream policy`` commands."""
 
     policy_topic: str = Field("gatestream.policy-changes", description="Change events of retention_policies.")
@@ -89,6 +105,4 @@ class PolicySettings(KafkaClientSettings):
     )
     compression_interval_s: int = Field(43200, ge=60)
     full_reconcile_interval_s: float = Field(300, gt=0, description="Full reconcile (drift repair) period.")
-    session_timeout_ms: int = Field(10000)
-    heartbeat_interval_ms: int = Field(3000)
     metrics_port: int | None = Field(None, description="Serve /metrics, /healthz and /readyz on this port.")

@@ -25,7 +25,7 @@ from consumers.offsets import FencedError, advance_offsets, read_offsets
 from consumers.policy import metrics
 from consumers.policy.model import PolicyError
 from consumers.policy.reconcile import Plan, impact, make_engine, reconcile
-from gatestream.kafka import base_config
+from gatestream.kafka import base_config, group_config
 from gatestream.settings import PolicySettings
 from gatestream.signals import on_stop_signals
 from gatestream.topics import ensure_topics
@@ -66,12 +66,9 @@ class PolicyConsumer:
         self.known = {r[0] for r in self.conn.execute("SELECT resource_type FROM gatestream.retention_resources")}
         conf = {
             **base_config(settings),
-            "group.id": settings.policy_group_id,
+            **group_config(settings, settings.policy_group_id),
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
-            "partition.assignment.strategy": "cooperative-sticky",
-            "session.timeout.ms": settings.session_timeout_ms,
-            "heartbeat.interval.ms": settings.heartbeat_interval_ms,
             "fetch.wait.max.ms": 50,
         }
         self.consumer = Consumer(conf, logger=None)
