@@ -64,11 +64,11 @@ def test_a_member_that_lost_the_partition_cannot_commit(db_url: str) -> None:
         assert read_offsets(a, "grp", [tp]) == {tp: 18}
 
 
-def _start_consumer(env: Env, logdir: Path, name: str) -> subprocess.Popen[bytes]:
+def _start_consumer(env: Env, logdir: Path, name: str, protocol: str) -> subprocess.Popen[bytes]:
     log = (logdir / f"{name}.log").open("ab")
     return subprocess.Popen(
         gatestream_cmd("ingest", "--batch-rows", "300", "--batch-ms", "200"),
-        env=env.environ(log_level="debug"),
+        env=env.environ(log_level="debug", group_protocol=protocol),
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -76,7 +76,7 @@ def _start_consumer(env: Env, logdir: Path, name: str) -> subprocess.Popen[bytes
 
 
 @pytest.mark.slow
-def test_kill_9_and_scale_out_mid_stream_gives_exactly_n_rows(env: Env, tmp_path: Path) -> None:
+def test_kill_9_and_scale_out_mid_stream_gives_exactly_n_rows(env: Env, tmp_path: Path, group_protocol: str) -> None:
     per_type = 3000
     total = per_type * len(EventType)
     # Several gateways publish continuously (~7 s) while consumers come and go.
@@ -101,14 +101,17 @@ def test_kill_9_and_scale_out_mid_stream_gives_exactly_n_rows(env: Env, tmp_path
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    consumers = {"a": _start_consumer(env, tmp_path, "a"), "b": _start_consumer(env, tmp_path, "b")}
+    consumers = {
+        "a": _start_consumer(env, tmp_path, "a", group_protocol),
+        "b": _start_consumer(env, tmp_path, "b", group_protocol),
+    }
     try:
         assert wait_for(lambda: sum(count_all(env.database_url).values()) > total // 5, 60), "no progress"
         consumers["a"].send_signal(signal.SIGKILL)  # no goodbye: its partitions move after the session timeout
         consumers["a"].wait(10)
-        consumers["a2"] = _start_consumer(env, tmp_path, "a2")
+        consumers["a2"] = _start_consumer(env, tmp_path, "a2", group_protocol)
         assert wait_for(lambda: sum(count_all(env.database_url).values()) > total // 2, 60), "stalled after kill"
-        consumers["c"] = _start_consumer(env, tmp_path, "c")  # scale out during the run
+        consumers["c"] = _start_consumer(env, tmp_path, "c", group_protocol)  # scale out during the run
         out, err = producer.communicate(timeout=120)
         assert producer.returncode == 0, err.decode()[-2000:]
         assert json.loads(out.decode().strip().splitlines()[-1])["delivered"] == total

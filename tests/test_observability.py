@@ -20,10 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 import consumers.metrics  # noqa: F401 - registers the ingest metrics
 import producers.metrics  # noqa: F401 - registers the producer metrics
 from gatestream.dbmetrics import DatabaseCollector
-from gatestream.topics import ensure_topics
 from producers.loadgen import Fleet, generate
 from schemas import EventType
-from tests.conftest import Env, PrivateBroker, free_port, gatestream_cmd
+from tests.conftest import Env, free_port, gatestream_cmd
 from tests.helpers import publish, wait_for
 from tests.services import ROOT
 
@@ -106,29 +105,6 @@ def test_metrics_endpoint_counts_what_was_produced_and_lag_falls_to_zero(env: En
     # JSON logs when not on a terminal; batch lines carry topic, partition and offset range
     lines = [json.loads(line) for line in (tmp_path / "ingest.log").read_text().splitlines() if line.startswith("{")]
     assert any(line["event"] == "ingest stopped" for line in lines)
-
-
-def test_readyz_goes_unready_when_the_broker_stops_and_recovers(
-    env: Env, private_broker: PrivateBroker, tmp_path: Path
-) -> None:
-    settings = env.producer(tmp_path / "unused", bootstrap_servers=private_broker.bootstrap)
-    names = [*settings.event_topics()]
-    ensure_topics(settings, names, partitions=2)
-    port = free_port()
-    proc = _ingest(env, port, tmp_path / "ingest.log", bootstrap_servers=private_broker.bootstrap)
-    ready = lambda: _get(f"http://127.0.0.1:{port}/readyz")[0] == 200  # noqa: E731
-    try:
-        assert wait_for(ready, 40), _get(f"http://127.0.0.1:{port}/readyz")
-        private_broker.stop()
-        assert wait_for(lambda: _get(f"http://127.0.0.1:{port}/readyz")[0] == 503, 30)
-        assert "broker" in _get(f"http://127.0.0.1:{port}/readyz")[1]
-        assert _get(f"http://127.0.0.1:{port}/healthz")[0] == 200, "alive while unready"
-        private_broker.start()
-        ensure_topics(settings, names, partitions=2)  # memory storage: the broker came back empty
-        assert wait_for(ready, 60), _get(f"http://127.0.0.1:{port}/readyz")
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def _old_rows(db_url: str, days_ago: int, n: int) -> None:

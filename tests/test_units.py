@@ -243,3 +243,30 @@ def test_relative_times_after_from_and_to_are_values_not_options() -> None:
         "--orgs",
         "3",
     ]
+
+
+def test_the_kafka_version_is_the_same_in_ops_stack_compose_and_testcontainers() -> None:
+    import re
+
+    from tests.services import KAFKA_IMAGE, ROOT
+
+    pinned = re.search(r"<kafka.version>(.+?)</kafka.version>", (ROOT / "ops/kafka/pom.xml").read_text())
+    assert pinned is not None
+    compose = re.search(r"image: apache/kafka:(\S+)", (ROOT / "docker-compose.yml").read_text())
+    assert compose is not None
+    assert compose.group(1) == pinned.group(1) == KAFKA_IMAGE.split(":")[1]
+
+
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])
+def test_consumer_config_is_accepted_by_librdkafka_under_both_group_protocols(protocol: str) -> None:
+    from confluent_kafka import Consumer
+
+    from gatestream.kafka import consumer_config
+    from gatestream.settings import IngestSettings
+
+    conf = consumer_config(IngestSettings(group_protocol=protocol), "g")
+    assert conf["group.protocol"] == protocol
+    # librdkafka refuses the classic-only properties under KIP-848: none may be set there
+    classic_only = {"session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy"}
+    assert (classic_only <= conf.keys()) == (protocol == "classic")
+    Consumer(conf).close()  # raises KafkaException on a property librdkafka refuses
