@@ -81,6 +81,12 @@ def reader_schema(registry: Any, catalog: SchemaCatalog, event_type: EventType, 
     """The schema a consumer reads with: the registry's latest for the subject, else the catalog's."""
     if isinstance(registry, CatalogRegistry):
         return catalog.latest(event_type).schema
-    latest = registry.get_latest_version(subject)
+    try:
+        latest = registry.get_latest_version(subject)
+    except SchemaRegistryError as exc:
+        if exc.http_status_code != 404:
+            raise
+        # nothing published to this topic yet: read with the contract this code ships
+        return catalog.latest(event_type).schema
     parsed: dict[str, Any] = json.loads(latest.schema.schema_str)
     return parsed

@@ -80,6 +80,7 @@ class Env:
             "database_url": self.database_url,
             "topic_prefix": self.prefix,
             "dlq_topic": self.dlq_topic,
+            "schema_registry_url": self.services.schema_registry_url,
             **self.extra,
         }
 

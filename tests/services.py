@@ -24,6 +24,7 @@ class Services:
     bootstrap_servers: str
     source: str
     handles: tuple[Any, ...] = ()
+    schema_registry_url: str | None = None  # None: the shipped schema catalog
 
     def close(self) -> None:
         for h in self.handles:
@@ -105,7 +106,12 @@ def find_services() -> Services | str:
             if stack_env.exists():
                 env.update(_from_env_file(stack_env))
         if env.get("GATESTREAM_DATABASE_URL") and env.get("GATESTREAM_BOOTSTRAP_SERVERS"):
-            return Services(env["GATESTREAM_DATABASE_URL"], env["GATESTREAM_BOOTSTRAP_SERVERS"], "ops/stack")
+            return Services(
+                env["GATESTREAM_DATABASE_URL"],
+                env["GATESTREAM_BOOTSTRAP_SERVERS"],
+                "ops/stack",
+                schema_registry_url=env.get("GATESTREAM_SCHEMA_REGISTRY_URL") or None,
+            )
         if forced == "stack":
             return "GATESTREAM_TEST_SERVICES=stack but no stack found: run ops/stack up"
     if _docker_available():

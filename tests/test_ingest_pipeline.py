@@ -83,11 +83,13 @@ def test_poison_events_go_to_dead_letter_and_the_rest_arrive(env: Env, tmp_path:
     publish(env, tmp_path / "spool.sqlite3", good[:100] + [refused] + good[100:])
 
     topic = env.topic(EventType.GATEWAY_STATUS_SNAPSHOTS)
+    # the schema id the good events were written with (the catalog's, or the registry's)
+    schema_id = read_topic(env.services.bootstrap_servers, topic, expected=1, timeout=10)[0].value()[1:5]
     raw = Producer({"bootstrap.servers": env.services.bootstrap_servers})
     key = str(gw).encode()
     raw.produce(topic, key=key, value=b"plain text, not Avro")  # not wire format
-    raw.produce(topic, key=key, value=b"\x00\x00\x00\x27\x0f" + b"\x02\x04")  # unknown schema id 9999
-    raw.produce(topic, key=key, value=b"\x00\x00\x00\x03\xed" + b"\x01")  # truncated Avro body (id 1005)
+    raw.produce(topic, key=key, value=b"\x00\x7f\xff\xff\xf0" + b"\x02\x04")  # unknown schema id
+    raw.produce(topic, key=key, value=b"\x00" + schema_id + b"\x01")  # truncated Avro body
     raw.produce(topic, key=key, value=None)  # tombstone
     assert raw.flush(10) == 0
 
@@ -129,6 +131,7 @@ def _catalog_with_v2(tmp_path: Path) -> tuple[Path, dict[str, object]]:
 def test_backward_compatible_schema_change_flows_without_restarting_consumers(env: Env, tmp_path: Path) -> None:
     cat_dir, v2 = _catalog_with_v2(tmp_path)
     env.extra["schema_dir"] = cat_dir
+    env.extra["schema_registry_url"] = None  # the catalog's way; test_schema_registry does the registry's
     now = datetime.now(UTC).replace(microsecond=0)
     v1_events = [
         ActiveWindow(organization_id=2, users_on_computers_id=7, datetime=now - timedelta(seconds=i), title="v1")
