@@ -34,8 +34,8 @@ import psycopg
 import structlog
 from confluent_kafka import Consumer, Message, TopicPartition
 
+from consumers import replay_runs as runs
 from consumers.ingest import Ingestor, IngestSummary, PartitionRange, Route, build_routes
-from consumers.watermarks import end_offsets
 from gatestream.kafka import consumer_config
 from gatestream.ratelimit import RateLimiter
 from gatestream.settings import IngestSettings
@@ -90,17 +90,29 @@ class ReplaySelection:
     organizations: frozenset[int] | None = None
     skew_margin: timedelta = timedelta(minutes=5)
 
-    def run_id(self) -> str:
-        """Stable id of this selection: the same command resumes the same replay."""
-        key = {
+    def describe(self) -> dict[str, Any]:
+        """The selection as JSON: stored with a run, and its default name's source."""
+        return {
             "types": sorted(e.value for e in self.event_types),
             "partitions": sorted(self.partitions) if self.partitions is not None else None,
             "from_offset": self.from_offset, "to_offset": self.to_offset,
             "since": self.since.isoformat() if self.since else None,
             "until": self.until.isoformat() if self.until else None,
             "orgs": sorted(self.organizations) if self.organizations is not None else None,
+            "skew_s": self.skew_margin.total_seconds(),
         }  # fmt: skip
-        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+
+    @classmethod
+    def from_description(cls, d: dict[str, Any]) -> ReplaySelection:
+        return cls(
+            event_types=tuple(EventType(t) for t in d["types"]),
+            partitions=tuple(d["partitions"]) if d.get("partitions") is not None else None,
+            from_offset=d.get("from_offset"), to_offset=d.get("to_offset"),
+            since=datetime.fromisoformat(d["since"]) if d.get("since") else None,
+            until=datetime.fromisoformat(d["until"]) if d.get("until") else None,
+            organizations=frozenset(d["orgs"]) if d.get("orgs") is not None else None,
+            skew_margin=timedelta(seconds=d.get("skew_s", 300)),
+        )  # fmt: skip
 
     def accepts(self, route: Route) -> Callable[[Message, dict[str, Any]], bool] | None:
         """The event filter for a route's records, or None when every event is wanted."""
@@ -122,7 +134,9 @@ class ReplaySelection:
 
 @dataclass
 class ReplaySummary:
-    run_id: str
+    name: str
+    run: int | None  # the run's id; None for a dry run of a new run
+    resumed: bool = False
     read: int = 0
     inserted: int = 0
     already_present: int = 0
@@ -136,8 +150,9 @@ class ReplaySummary:
         return asdict(self)
 
 
-def replay_group(run_id: str) -> str:
-    return f"gatestream-replay-{run_id}"
+def default_name(spec: dict[str, Any]) -> str:
+    """The name of a selection's runs when none is given: the same command, the same name."""
+    return "sel-" + hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def plan(settings: IngestSettings, selection: ReplaySelection) -> list[PartitionRange]:
@@ -157,31 +172,91 @@ def plan(settings: IngestSettings, selection: ReplaySelection) -> list[Partition
             missing = sorted(set(wanted) - set(available))
             if missing:
                 raise ReplayError(f"topic {topic} has no partition {missing} (it has {available})")
+            marks = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in wanted}
             starts = {p: selection.from_offset or 0 for p in wanted}
             if selection.since is not None and selection.from_offset is None:
                 ts = int((selection.since - selection.skew_margin).timestamp() * 1000)
                 found = c.offsets_for_times([TopicPartition(topic, p, ts) for p in wanted], timeout=10)
                 for tp in found:
-                    if tp.offset < 0:  # -1: nothing at or after that time yet: start at the end
-                        _, tp.offset = c.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=10)
-                    starts[tp.partition] = tp.offset
+                    # -1: no message at or after that time yet: nothing to read there
+                    starts[tp.partition] = tp.offset if tp.offset >= 0 else marks[tp.partition][1]
             for p in wanted:
-                ranges.append(PartitionRange(topic, p, starts[p], selection.to_offset))
+                # Clamped to what the partition holds as the run starts: the range is finite
+                # (every run ends), and a start below the log's beginning (retention) reads
+                # from the first message there is.
+                low, high = marks[p]
+                end = high if selection.to_offset is None else min(selection.to_offset, high)
+                ranges.append(PartitionRange(topic, p, min(max(starts[p], low), end), end))
         return ranges
     finally:
         c.close()
 
 
-def estimate_total(settings: IngestSettings, ranges: list[PartitionRange]) -> dict[tuple[str, int], int]:
-    """Messages per range, up to the end of each partition now (for plans and progress)."""
-    ends = end_offsets(settings, [(r.topic, r.partition) for r in ranges])
-    out = {}
-    for r in ranges:
-        end = ends[(r.topic, r.partition)]
-        if r.end is not None:
-            end = min(end, r.end)
-        out[(r.topic, r.partition)] = max(0, end - r.start)
-    return out
+def estimate_total(ranges: list[PartitionRange]) -> dict[tuple[str, int], int]:
+    """Messages per planned range."""
+    return {(r.topic, r.partition): max(0, (r.end if r.end is not None else r.start) - r.start) for r in ranges}
+
+
+class NameConflict(ReplayError):
+    """A name given to another selection than its earlier runs had."""
+
+
+@dataclass
+class PreparedRun:
+    """What a replay command will do: resume the unfinished run of its name, or start a new one."""
+
+    name: str
+    spec: dict[str, Any]
+    selection: ReplaySelection  # as resolved (a resumed run's stored one)
+    ranges: list[PartitionRange]
+    run: runs.ReplayRun | None  # the unfinished run to resume; None: a new run
+    previous: runs.ReplayRun | None  # the newest earlier run of this name
+
+    @property
+    def note(self) -> str:
+        """One line for the operator: what this command does, and why."""
+        if self.run is not None:
+            started = f"{self.run.started_at:%Y-%m-%d %H:%M:%S%z}"
+            return f"{self.name}: resuming unfinished run #{self.run.run_id} (started {started})"
+        if self.previous is not None:
+            ended = f" {self.previous.finished_at:%Y-%m-%d %H:%M:%S%z}" if self.previous.finished_at else ""
+            return f"{self.name}: run #{self.previous.run_id} ended {self.previous.state}{ended}; starting a new run"
+        return f"{self.name}: starting a new run"
+
+
+def prepare(
+    settings: IngestSettings,
+    selection: ReplaySelection,
+    *,
+    spec: dict[str, Any] | None = None,
+    name: str | None = None,
+    restart: bool = False,
+    dry_run: bool = False,
+) -> PreparedRun:
+    """Decide what to run. ``spec`` is the selection as the operator typed it (relative
+    times unresolved; default: the resolved selection). An unfinished run with that name
+    and spec resumes with the selection it resolved when it started; otherwise a new run
+    starts with ``selection``. A name reused for another spec raises NameConflict."""
+    spec = spec if spec is not None else selection.describe()
+    name = name or default_name(spec)
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        prev = runs.latest(conn, name)
+        if prev is not None and not runs.same_spec(prev.spec, spec):
+            raise NameConflict(
+                f"the name {name!r} belongs to another selection (run #{prev.run_id}, {prev.state}):\n"
+                f"  its selection: {json.dumps(prev.spec, sort_keys=True)}\n"
+                f"  this command:  {json.dumps(spec, sort_keys=True)}\n"
+                "choose another --name"
+            )
+        if prev is not None and prev.unfinished:
+            if not restart:
+                resolved = prev.resolved
+                ranges = [PartitionRange(r["topic"], r["partition"], r["start"], r["end"]) for r in resolved["ranges"]]
+                return PreparedRun(name, spec, ReplaySelection.from_description(resolved), ranges, prev, prev)
+            if not dry_run:
+                runs.abandon(conn, prev)
+                log.info("unfinished run abandoned (--restart)", run=prev.run_id, name=name)
+    return PreparedRun(name, spec, selection, plan(settings, selection), None, prev)
 
 
 def replay(
@@ -192,19 +267,23 @@ def replay(
     max_rate: float = 0,
     restart: bool = False,
     name: str | None = None,
+    spec: dict[str, Any] | None = None,
     progress: Callable[[IngestSummary], None] | None = None,
     ingestor_hook: Callable[[Ingestor], None] | None = None,
-    ranges: list[PartitionRange] | None = None,
+    prepared: PreparedRun | None = None,
 ) -> ReplaySummary:
-    """Replay ``selection`` into the hypertables; see the module's doc. Resumable.
-    ``ranges``: the selection's plan, when the caller has already made it."""
-    run_id = name or selection.run_id()
-    group = replay_group(run_id)
-    if ranges is None:
-        ranges = plan(settings, selection)
+    """Replay ``selection`` into the hypertables; see the module's doc and ``prepare``
+    (``prepared``: its result, when the caller made one already)."""
+    if prepared is None:
+        prepared = prepare(settings, selection, spec=spec, name=name, restart=restart, dry_run=dry_run)
+    selection, ranges = prepared.selection, prepared.ranges
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
-        if restart and not dry_run:
-            conn.execute("DELETE FROM gatestream.consumer_offsets WHERE consumer_group = %s", (group,))
+        run = prepared.run
+        if run is None and not dry_run:
+            resolved = {**selection.describe(), "ranges": [asdict(r) for r in ranges]}
+            run = runs.start(conn, prepared.name, prepared.spec, resolved)
+        # a dry run of a new run has no progress yet: a group nothing was ever stored under
+        group = run.group if run is not None else f"gatestream-replay-dry-{time.monotonic_ns()}"
         topics = {settings.topic_for(et): et for et in selection.event_types}
         routes = build_routes(conn, settings, topics)
     filters = {t: selection.accepts(r) for t, r in routes.items()}
@@ -231,10 +310,17 @@ def replay(
     )  # fmt: skip
     if ingestor_hook is not None:
         ingestor_hook(ing)
-    log.info("replay started", run_id=run_id, group=group, dry_run=dry_run, ranges=len(ranges))
-    s = ing.run()
+    log.info("replay started", name=prepared.name, run=run and run.run_id, group=group, dry_run=dry_run)
+    try:
+        s = ing.run()
+    except BaseException:
+        if run is not None:
+            with psycopg.connect(settings.database_url, autocommit=True) as conn:
+                runs.finish(conn, run, "failed", {"error": "see the log"})
+        raise
     summary = ReplaySummary(
-        run_id=run_id, read=s.consumed, inserted=s.inserted, already_present=s.duplicates,
+        name=prepared.name, run=run.run_id if run is not None else None, resumed=prepared.run is not None,
+        read=s.consumed, inserted=s.inserted, already_present=s.duplicates,
         dead_lettered=s.dead_lettered, seconds=round(s.seconds, 2), dry_run=dry_run,
         complete=ing.parts.all_finished() and not ing.stop_event.is_set(),
         partitions=[
@@ -243,6 +329,9 @@ def replay(
             for r in ranges
         ],
     )  # fmt: skip
+    if run is not None and summary.complete:
+        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+            runs.finish(conn, run, "complete", summary.report())
     log.info("replay finished", **{k: v for k, v in summary.report().items() if k != "partitions"})
     return summary
 

@@ -157,7 +157,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         estimate_total,
         parse_duration,
         parse_time,
-        plan,
+        prepare,
         print_plan,
         replay,
     )
@@ -170,6 +170,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
         sel["partitions"] = args.partitions
     if args.orgs is not None:
         sel["organizations"] = frozenset(args.orgs)
+    # The selection as typed: a rerun of the same command line finds its unfinished run
+    # even when its times are relative ("-30h" resolves once, when the run starts).
+    spec = {
+        "types": sorted(e.value for e in sel["event_types"]),
+        "partitions": sorted(args.partitions) if args.partitions is not None else None,
+        "from": args.start, "to": args.end,
+        "orgs": sorted(args.orgs) if args.orgs is not None else None,
+        "skew": args.skew,
+    }  # fmt: skip
     try:
         for bound, key_off, key_time in (("start", "from_offset", "since"), ("end", "to_offset", "until")):
             value = getattr(args, bound)
@@ -181,23 +190,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 sel[key_time] = parse_time(value)
         if args.skew is not None:
             sel["skew_margin"] = parse_duration(args.skew)
-        selection = ReplaySelection(**sel)
-        ranges = plan(settings, selection)
-        totals = estimate_total(settings, ranges)
-        label = f"replay {args.name or selection.run_id()}"
+        prepared = prepare(
+            settings, ReplaySelection(**sel), spec=spec, name=args.name, restart=args.restart, dry_run=args.dry_run
+        )
+        print(("dry run: " if args.dry_run else "") + prepared.note, file=sys.stderr)
+        totals = estimate_total(prepared.ranges)
+        label = f"replay {prepared.name}"
         if args.dry_run:
-            print_plan(label, ranges, totals)
+            print_plan(label, prepared.ranges, totals)
         with Progress(label, total=sum(totals.values()), enabled=not args.no_progress) as bar:
             summary = replay(
-                settings,
-                selection,
-                dry_run=args.dry_run,
-                max_rate=args.max_rate,
-                restart=args.restart,
-                name=args.name,
-                progress=bar.update,
-                ranges=ranges,
-            )
+                settings, prepared.selection, dry_run=args.dry_run, max_rate=args.max_rate,
+                progress=bar.update, prepared=prepared,
+            )  # fmt: skip
     except ReplayError as exc:
         print(f"gatestream replay: {exc}", file=sys.stderr)
         return 2
@@ -208,6 +213,45 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if not summary.complete and not args.dry_run:
         print("replay interrupted; run the same command again to continue where it stopped", file=sys.stderr)
         return 130
+    return 0
+
+
+def cmd_replays_list(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from consumers.replay_runs import list_runs
+
+    settings = CommonSettings()
+    with psycopg.connect(settings.database_url) as conn:
+        rows = list_runs(conn, args.limit)
+    if args.json:
+        print(json.dumps(rows, default=str))
+        return 0
+    print(f"{'run':>6}  {'name':<28}{'state':<11}{'started':<21}{'finished':<21}{'progress':>22}")
+    for r in rows:
+        pct = f"{100 * r['done'] / r['planned']:.0f}%" if r["planned"] else "-"
+        fin = f"{r['finished_at']:%Y-%m-%d %H:%M:%S}" if r["finished_at"] else "-"
+        print(
+            f"{r['run_id']:>6}  {r['name'][:27]:<28}{r['state']:<11}{r['started_at']:%Y-%m-%d %H:%M:%S}  "
+            f"{fin:<21}{r['done']:>10}/{r['planned']:<8}{pct:>4}"
+        )
+    return 0
+
+
+def cmd_replays_forget(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from consumers.replay import ReplayError, parse_duration
+    from consumers.replay_runs import forget
+
+    try:
+        older = parse_duration(args.older_than)
+    except ReplayError as exc:
+        print(f"gatestream replays forget: {exc}", file=sys.stderr)
+        return 2
+    with psycopg.connect(CommonSettings().database_url, autocommit=True) as conn:
+        n = forget(conn, older)
+    print(f"forgot {n} finished replay runs that ended more than {args.older_than} ago")
     return 0
 
 
@@ -327,8 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
         "replay",
         help="read topics again into the hypertables (backfill); never duplicates rows; resumable",
         description="Replay event topics into the hypertables through the ingest path. Events already stored "
-        "are left alone and counted as already present. Progress is stored with the rows under a group of the "
-        "replay's own (never the live ingest group's), so the same command continues after Ctrl-C or a crash. "
+        "are left alone and counted as already present. Each run is recorded (gatestream replays list); its "
+        "progress is stored with the rows under a group of the run's own (never the live ingest group's), so the "
+        "same command continues an unfinished run after Ctrl-C or a crash, and starts a new run once the last "
+        "one completed (a rerun after a restore restores again). "
         "Exit status: 0 done, 2 bad selection, 130 interrupted (run again to continue), 1 error.",
     )
     rp.add_argument("--types", type=_types, help="event types to replay (default: all)")
@@ -356,11 +402,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="print the partition ranges and what would be inserted; write nothing"
     )
     rp.add_argument("--max-rate", type=float, default=0, help="events per second at most (0 = no limit)")
-    rp.add_argument("--restart", action="store_true", help="forget this replay's progress and start over")
-    rp.add_argument("--name", help="name the replay (default: derived from the selection)")
+    rp.add_argument(
+        "--restart", action="store_true", help="abandon this selection's unfinished run and start a new one"
+    )
+    rp.add_argument(
+        "--name",
+        help="name the replay's runs (default: derived from the selection as typed); a name keeps its selection",
+    )
     rp.add_argument("--no-progress", action="store_true", help="no progress bar or progress log lines")
     rp.add_argument("--metrics-port", dest="metrics_port", type=int, help="serve /metrics while replaying")
     rp.set_defaults(fn=cmd_replay)
+
+    rr = sub.add_parser("replays", help="replay runs: list them with state and progress, forget old ones")
+    rrs = rr.add_subparsers(dest="replays_command", required=True, metavar="{list,forget}")
+    rl = rrs.add_parser("list", help="runs, newest first: name, state, started, finished, progress")
+    rl.add_argument("--limit", type=int, default=50, help="at most this many runs (default 50)")
+    rl.add_argument("--json", action="store_true", help="print JSON")
+    rl.set_defaults(fn=cmd_replays_list)
+    rf = rrs.add_parser("forget", help="delete finished runs (and their progress) that ended long enough ago")
+    rf.add_argument("--older-than", required=True, metavar="DURATION", help="e.g. 30d, 12h, 0s (every finished run)")
+    rf.set_defaults(fn=cmd_replays_forget)
 
     from gatestream import cli_policy
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from consumers.replay import ReplaySelection, replay, replay_group
+from consumers.replay import ReplaySelection, replay
 from producers.events import ActiveWindow
 from producers.publisher import Publisher
 from schemas import EventType
@@ -66,9 +66,13 @@ def test_a_deleted_slice_comes_back_exactly_and_whole_replays_add_nothing(env: E
 
     sel = ReplaySelection(event_types=(AW,), since=hour, until=hour + timedelta(hours=1), organizations=frozenset({2}))
     dry = replay(settings, sel, dry_run=True)
-    assert (dry.inserted, dry.dry_run) == (deleted, True)
+    assert (dry.inserted, dry.dry_run, dry.run) == (deleted, True, None)
     assert count_rows(env.database_url, AW) == n - deleted, "a dry run writes nothing"
-    assert stored_offsets(env.database_url, replay_group(sel.run_id())) == {}
+    with psycopg.connect(env.database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM gatestream.replay_runs").fetchone() == (0,), "nor records a run"
+        assert conn.execute(
+            "SELECT count(*) FROM gatestream.consumer_offsets WHERE consumer_group LIKE 'gatestream-replay%%'"
+        ).fetchone() == (0,)
 
     s = replay(settings, sel)
     assert s.complete and s.inserted == deleted and s.already_present == 0
@@ -95,7 +99,9 @@ def test_a_killed_replay_continues_when_run_again(env: Env, tmp_path: Path) -> N
     _ingest_all(env, tmp_path, _events(n))
     with psycopg.connect(env.database_url, autocommit=True) as conn:
         conn.execute("TRUNCATE monitoring.active_windows")
-    args = ["replay", "--types", "active_windows", "--name", "after-restore", "--max-rate", "1500", "--no-progress"]
+    # a relative start is resolved once, when the run starts: the same command line resumes it
+    args = ["replay", "--types", "active_windows", "--from", "-30h", "--name", "after-restore", "--max-rate", "1500",
+            "--no-progress"]  # fmt: skip
     proc = subprocess.Popen(
         gatestream_cmd(*args),
         env=env.environ(batch_max_rows=200, batch_max_ms=200),
@@ -119,7 +125,7 @@ def test_a_killed_replay_continues_when_run_again(env: Env, tmp_path: Path) -> N
     )
     assert again.returncode == 0, again.stderr[-2000:]
     summary = json.loads(again.stdout.strip().splitlines()[-1])
-    assert summary["complete"] is True
+    assert summary["complete"] is True and summary["resumed"] is True
     assert summary["read"] < n, "the second run resumed instead of starting over"
     assert summary["inserted"] + halfway == n and summary["already_present"] == 0
     assert count_rows(env.database_url, AW) == n
@@ -157,3 +163,51 @@ def test_replay_while_live_ingest_runs_on_fresh_events(env: Env, tmp_path: Path)
     # first, live ingest found present (and the other way round) - never a second row
     assert s.inserted - deleted == live.summary.duplicates
     assert sum(stored_offsets(env.database_url, f"{env.prefix}ingest").values()) == total
+
+
+def _replay_cli(env: Env, *args: str) -> tuple[int, dict[str, object] | None, str]:
+    done = subprocess.run(
+        gatestream_cmd("replay", "--no-progress", *args), env=env.environ(), cwd=ROOT,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    lines = done.stdout.strip().splitlines()
+    return done.returncode, (json.loads(lines[-1]) if lines and lines[-1].startswith("{") else None), done.stderr
+
+
+def test_a_rerun_after_a_restore_restores_again_and_a_name_keeps_its_selection(env: Env, tmp_path: Path) -> None:
+    n = 2000
+    _ingest_all(env, tmp_path, _events(n))
+    rc, first, _ = _replay_cli(env, "--types", "active_windows")
+    assert rc == 0 and first is not None and (first["complete"], first["inserted"], first["already_present"]) == (
+        True, 0, n,
+    )  # fmt: skip
+    with psycopg.connect(env.database_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE monitoring.active_windows")
+    rc, again, err = _replay_cli(env, "--types", "active_windows")
+    assert rc == 0 and again is not None, err
+    assert "ended complete" in err and "starting a new run" in err, "says in one line what it does"
+    assert (again["complete"], again["inserted"], again["run"]) == (True, n, first["run"] + 1)  # type: ignore[operator]
+    assert count_rows(env.database_url, AW) == n
+
+    rc, one, _ = _replay_cli(env, "--types", "active_windows", "--name", "x", "--orgs", "1")
+    assert rc == 0 and one is not None and one["complete"]
+    rc, none, err = _replay_cli(env, "--types", "active_windows", "--name", "x", "--orgs", "2")
+    assert rc == 2 and none is None
+    assert "belongs to another selection" in err and '"orgs": [1]' in err and '"orgs": [2]' in err
+
+    listed = subprocess.run(
+        gatestream_cmd("replays", "list", "--json"), env=env.environ(), cwd=ROOT, capture_output=True, text=True
+    )
+    runs = json.loads(listed.stdout)
+    assert [r["state"] for r in runs] == ["complete"] * 3
+    assert all(r["done"] == r["planned"] for r in runs)
+    forgot = subprocess.run(
+        gatestream_cmd("replays", "forget", "--older-than", "0s"), env=env.environ(), cwd=ROOT,
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert forgot.returncode == 0 and "forgot 3" in forgot.stdout
+    with psycopg.connect(env.database_url) as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM gatestream.consumer_offsets WHERE consumer_group LIKE 'gatestream-replay%%'"
+        ).fetchone()
+    assert left == (0,), "their progress rows went with them"

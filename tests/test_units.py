@@ -226,9 +226,13 @@ def test_replay_times_parse_iso_and_relative_and_refuse_the_rest() -> None:
     assert parse_time("2026-11-20 08:30") == datetime(2026, 11, 20, 8, 30, tzinfo=UTC), "naive means UTC"
     with pytest.raises(ReplayError, match="not a time"):
         parse_time("yesterday")
-    a = ReplaySelection(organizations=frozenset({1, 2}))
-    assert a.run_id() == ReplaySelection(organizations=frozenset({2, 1})).run_id(), "same selection, same replay"
-    assert a.run_id() != ReplaySelection(organizations=frozenset({1})).run_id()
+    from consumers.replay import default_name
+
+    a = ReplaySelection(organizations=frozenset({1, 2}), since=now)
+    name = default_name(a.describe())
+    assert name == default_name(ReplaySelection(organizations=frozenset({2, 1}), since=now).describe())
+    assert name != default_name(ReplaySelection(organizations=frozenset({1}), since=now).describe())
+    assert ReplaySelection.from_description(a.describe()).describe() == a.describe(), "stored = what it ran"
 
 
 def test_relative_times_after_from_and_to_are_values_not_options() -> None:
