@@ -83,7 +83,7 @@ class MicroBatch:
                 if self.on_decode_error is not None:
                     self.on_decode_error(topic, exc.reason)
                 continue
-            except (KeyError, TypeError) as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure of one event is that event's, never the batch's
                 rejects.append((msg, "unmappable", f"{type(exc).__name__}: {exc}"))
                 continue
             tb = tables[topic]

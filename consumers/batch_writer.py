@@ -7,7 +7,11 @@ COPY, the table's rows take a slower path inside the same transaction:
 - a row the database rejects (a CHECK, a NUL byte in text, ...): the rows are split in
   halves under savepoints until each rejected row stands alone (a few statements per
   bad row, not one per row); rejected rows are handed back with the database's reason,
-  for the dead-letter topic, and the rest of the batch commits.
+  for the dead-letter topic, and the rest of the batch commits;
+- a row that fails for any other reason on its way into the COPY (a value a dumper
+  cannot encode, a bug nobody foresaw): isolated the same way, handed back as
+  ``internal-error`` with the exception's class. Only infrastructure failures (the
+  connection is gone) end the write, so no single event can stop a partition.
 The caller's ``before_commit`` runs last (it publishes dead letters and waits for the
 broker's acknowledgement); if it raises, nothing of the batch commits.
 """
@@ -49,6 +53,17 @@ class WriteResult:
     inserted_by_table: dict[str, int] = field(default_factory=dict)
     duplicates_by_table: dict[str, int] = field(default_factory=dict)
     rejected: list[Rejected] = field(default_factory=list)
+
+
+def _infrastructure(exc: BaseException) -> bool:
+    """Failures of the connection, not of a row: the batch is retried, never dead-lettered."""
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) or not isinstance(exc, Exception)
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, psycopg.errors.DataError | psycopg.errors.IntegrityError):
+        return "rejected-by-database"
+    return "internal-error"
 
 
 class BatchWriter:
@@ -104,9 +119,10 @@ class BatchWriter:
                 result.inserted += len(tb.rows)
                 return
             except psycopg.errors.UniqueViolation:
-                pass
-            except (psycopg.errors.DataError, psycopg.errors.IntegrityError):
-                pass
+                pass  # a resent event: the duplicate-tolerant path below
+            except Exception as exc:  # a refused or unencodable row: isolate it below
+                if _infrastructure(exc):
+                    raise
         self._isolate(tb, result)
 
     def _staging_table(self, spec: TableSpec) -> sql.Identifier:
@@ -141,17 +157,21 @@ class BatchWriter:
                     inserted = self._staged_insert(tb.spec, tb.rows[lo:hi])
                 result.inserted += inserted
                 result.duplicates += (hi - lo) - inserted
-            except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
+            except Exception as exc:
+                if _infrastructure(exc):
+                    raise
                 if hi - lo > 1:
                     mid = (lo + hi) // 2
                     spans += [(mid, hi), (lo, mid)]
                     continue
-                result.rejected.append(Rejected(tb.origins[lo], "rejected-by-database", _describe(tb.spec, exc)))
+                result.rejected.append(Rejected(tb.origins[lo], _reason(exc), _describe(tb.spec, exc)))
 
 
 def _describe(spec: TableSpec, exc: Exception) -> str:
     diag = getattr(exc, "diag", None)
     if diag is None or diag.sqlstate is None:
-        return f"{spec.name}: {exc}"
+        cls = type(exc)
+        name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+        return f"{spec.name}: {name}: {exc}"
     text = f"{spec.name}: {diag.sqlstate} {diag.message_primary}"
     return text + (f" ({diag.constraint_name})" if diag.constraint_name else "")

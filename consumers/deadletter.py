@@ -6,14 +6,16 @@ them. Headers (all strings): ``gatestream.reason`` (a short code), ``gatestream.
 ``.timestamp_ms``, and ``gatestream.consumer_group``.
 A dead letter is published and acknowledged before the offsets that skip its event
 commit, so an event is never dropped silently; after a crash in between, the same dead
-letter may be published twice (same source coordinates).
+letter may be published twice (same source coordinates). An event too large to be
+published again with the headers (the broker's size limit) is dead-lettered without its
+value, with ``gatestream.value_omitted`` = its size: its coordinates still lead to it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 
 class DeadLetterError(Exception):
@@ -36,7 +38,7 @@ class DeadLetters:
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         self._pending -= 1
         if err is not None:
-            self._errors.append(str(err))
+            self._errors.append(str(err))  # (a too-large record is refused in produce(), not here)
         else:
             self.sent += 1
 
@@ -70,6 +72,11 @@ class DeadLetters:
                 break
             except BufferError:
                 self._producer.poll(0.1)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE or value is None:
+                    raise DeadLetterError(f"dead-letter topic {self.topic}: {exc}") from exc
+                headers.append(("gatestream.value_omitted", str(len(value)).encode()))
+                value = None
         self._pending += 1
 
     def confirm(self, timeout: float = 30.0) -> None:

@@ -123,6 +123,7 @@ class Ingestor:
         self._batch = self._new_batch()
         self._last_event = time.monotonic()
         self._assigned_once = False
+        self._retry_pause = 0.0  # grows while batches fail for reasons nobody foresaw
 
     # ------------------------------------------------------------------ plumbing
     def _connect(self) -> psycopg.Connection[Any]:
@@ -280,7 +281,7 @@ class Ingestor:
             self._resync(list(moves))
             time.sleep(1)
             return
-        except psycopg.OperationalError as exc:
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             log.error(
                 "database error; batch rolled back, will be retried", error=str(exc).strip(), offsets=_ranges(moves)
             )
@@ -289,6 +290,14 @@ class Ingestor:
             self._reconnect_writer()
             self._resync(list(moves))
             return
+        except Exception:  # noqa: BLE001 - last resort: rows are isolated in the writer; keep running
+            log.exception("batch failed unexpectedly; rolled back, will be retried", offsets=_ranges(moves))
+            metrics.BATCH_FAILURES.labels("internal").inc()
+            self._resync(list(moves))
+            self._retry_pause = min(max(self._retry_pause * 2, 0.5), 30.0)
+            time.sleep(self._retry_pause)
+            return
+        self._retry_pause = 0.0
         now = time.monotonic()
         if not self.dry_run:
             for tp, (_, end) in moves.items():

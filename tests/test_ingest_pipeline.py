@@ -175,3 +175,62 @@ def test_backward_compatible_schema_change_flows_without_restarting_consumers(en
     with psycopg.connect(env.database_url) as conn:
         titles = dict(conn.execute("SELECT title, count(*) FROM monitoring.active_windows GROUP BY 1").fetchall())
     assert titles == {"v1": 100, "v2": 50}
+
+
+def test_valid_avro_that_cannot_be_stored_is_dead_lettered_and_ingest_keeps_going(env: Env, tmp_path: Path) -> None:
+    """Events fastavro writes and reads without complaint, but that cannot reach the table:
+    a timestamp-millis at the ends of the long range (it overflows PostgreSQL's timestamp
+    encoding on the way into the binary COPY), and an event too large to be dead-lettered
+    with its headers. Each used to end the process and stall its partition for good."""
+    import io
+
+    from fastavro import parse_schema, schemaless_writer
+
+    from consumers.pgtypes import strip_logical_types
+    from producers.events import VisitedSite
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    topic = env.topic(EventType.VISITED_SITES)
+    good = [
+        VisitedSite(organization_id=1, users_on_computers_id=4, datetime=now, url=f"https://e/{i}") for i in range(60)
+    ]
+    publish(env, tmp_path / "spool.sqlite3", good[:30])
+    header = read_topic(env.services.bootstrap_servers, topic, expected=1, timeout=10)[0].value()[:5]
+    # the same bytes as with the logical types; without them, any long can be written
+    schema = parse_schema(strip_logical_types(SchemaCatalog().latest(EventType.VISITED_SITES).schema))
+
+    def framed(**over: object) -> bytes:
+        rec = {
+            "event_id": str(uuid.uuid4()), "organization_id": 1, "users_on_computers_id": 4,
+            "datetime": int(now.timestamp() * 1000), "url": "https://e/x", "title": None, "browser": None,
+            "duration": None, **over,
+        }  # fmt: skip
+        buf = io.BytesIO()
+        schemaless_writer(buf, schema, rec)
+        return header + buf.getvalue()
+
+    raw = Producer({"bootstrap.servers": env.services.bootstrap_servers, "partitioner": "murmur2_random"})
+    poison = [
+        framed(datetime=2**63 - 1),
+        framed(datetime=-(2**63)),
+        framed(url="\x00" + "x" * 999_800),  # refused by the database, and too large to dead-letter whole
+    ]
+    for value in poison:
+        raw.produce(topic, key=b"4", value=value)
+    assert raw.flush(10) == 0
+    publish(env, tmp_path / "spool2.sqlite3", good[30:])
+
+    settings = env.ingest(stop_after_idle_s=2.0, batch_max_rows=20)
+    ing, t = start_ingest_thread(settings)
+    t.join(90)
+    assert not t.is_alive()
+    assert count_rows(env.database_url, EventType.VISITED_SITES) == 60, "the good events around them all landed"
+    dead = read_topic(env.services.bootstrap_servers, env.dlq_topic, expected=3, timeout=20)
+    by_reason = sorted(dict(m.headers())["gatestream.reason"].decode() for m in dead)
+    assert by_reason == ["internal-error", "internal-error", "rejected-by-database"]
+    errors = [dict(m.headers())["gatestream.error"].decode() for m in dead]
+    assert sum("struct.error: " in e for e in errors) == 2, "the exception's class is named"
+    big = next(m for m in dead if dict(m.headers())["gatestream.reason"] == b"rejected-by-database")
+    assert big.value() is None and int(dict(big.headers())["gatestream.value_omitted"]) > 999_800
+    assert sum(stored_offsets(env.database_url, settings.group_id).values()) == 63
+    assert ing.summary.dead_lettered == 3
