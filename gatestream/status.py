@@ -1,7 +1,7 @@
 """``gatestream status``: per partition, where a group stands against the topic's end.
 
-The stored offset is the database's (the source of truth), the end is the broker's (as
-a fetch reports it), lag in seconds is the age of the first event not yet ingested.
+The stored offset is the database's (the source of truth), the end is the broker's high
+watermark, lag in seconds is the age of the first event not yet ingested.
 """
 
 from __future__ import annotations
