@@ -106,7 +106,7 @@ class Ingestor:
         self.summary = IngestSummary()
         self._conn = self._connect()  # the writer thread's
         self._meta = self._connect()  # offset reads on assignment and resync
-        self._writer = BatchWriter(self._conn, self.group)
+        self._writer = BatchWriter(self._conn, self.group, async_commit=settings.async_commit)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-writer")
         self._inflight: _InFlight | None = None
         time_index = {
@@ -141,7 +141,7 @@ class Ingestor:
     def _reconnect_writer(self) -> None:
         self._conn.close()
         self._conn = self._connect()
-        self._writer = BatchWriter(self._conn, self.group)
+        self._writer = BatchWriter(self._conn, self.group, async_commit=self.settings.async_commit)
 
     def _new_batch(self) -> MicroBatch:
         return MicroBatch(

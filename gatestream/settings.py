@@ -81,6 +81,12 @@ class IngestSettings(GroupMemberSettings):
     group_id: str = Field("gatestream-ingest", description="Consumer group; start more processes to scale.")
     batch_max_rows: int = Field(5000, description="A micro-batch commits at this many rows ...")
     batch_max_ms: int = Field(500, description="... or this long after its first row, whichever comes first.")
+    async_commit: bool = Field(
+        True,
+        description="Commit each batch with SET LOCAL synchronous_commit = off: rows and offsets commit together, "
+        "so a server crash can only rewind both (exactly-once holds) and commits are cheaper. Off: every batch "
+        "waits for its WAL flush. The server's own default is left alone.",
+    )
     fetch_wait_max_ms: int = Field(20)
     stop_after_idle_s: float | None = Field(
         None,

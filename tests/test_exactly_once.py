@@ -149,3 +149,20 @@ def test_migrations_apply_once_and_each_file_is_idempotent(db_url: str) -> None:
         ).fetchall()
     assert {d[0] for d in dims} == {et.value for et in EventType}
     assert all(str(d[2]) == "1 day, 0:00:00" for d in dims)
+
+
+def test_batches_commit_asynchronously_and_leave_the_server_default_alone(db_url: str) -> None:
+    fields = [f["name"] for f in SchemaCatalog().latest(EventType.ACTIVE_WINDOWS).schema["fields"]]
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        spec = describe_table(conn, "monitoring", "active_windows", fields)
+        assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",), "the server default is durable"
+        seen: list[object] = []
+        for async_commit in (True, False):
+            writer = BatchWriter(conn, "grp", async_commit=async_commit)
+            writer.write(
+                [TableBatch(spec, _aw_rows(2), [None] * 2)],
+                {("t", 0): (None, 2)} if async_commit else {("t", 0): (2, 4)},
+                lambda _r: seen.append(conn.execute("SHOW synchronous_commit").fetchone()),
+            )
+        assert seen == [("off",), ("on",)]
+        assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",), "SET LOCAL ends with the batch"
