@@ -70,10 +70,10 @@ def test_spool_keeps_events_through_a_broker_outage_and_a_restart(
     got = read_topic(private_broker.bootstrap, topic, 170, timeout=15)
     from consumers.decoder import Decoder
     from schemas import SchemaCatalog
-    from schemas.registry import CatalogRegistry
+    from schemas.registry import make_registry
 
     cat = SchemaCatalog()
-    dec = Decoder(CatalogRegistry(cat), cat.latest(EventType.ACTIVE_WINDOWS).schema)
+    dec = Decoder(make_registry(settings.schema_registry_url, cat), cat.latest(EventType.ACTIVE_WINDOWS).schema)
     ids = [dec.decode(m.value())["event_id"] for m in got]
     # each event once: the ones acknowledged before the outage were not sent again
     assert sorted(map(str, ids)) == sorted(str(e.event_id) for e in before + during)
