@@ -66,11 +66,11 @@ class MicroBatch:
             tp = (topic, partition)
             if tp not in owned or offset < nxt.get(tp, 0):
                 continue  # from before a revoke or a seek: not ours to write
-            read += 1
             if limits:
                 end = limits.get(tp)
                 if end is not None and offset >= end:
-                    continue  # past the end of a bounded range
+                    continue  # past the end of a bounded range: not read, as far as anyone counts
+            read += 1
             nxt[tp] = ends[tp] = offset + 1
             route = routes[topic]
             try:

@@ -89,7 +89,7 @@ class BatchWriter:
         duplicate-tolerant path, reporting inserted vs already present; ``dry_run`` does
         all of it and rolls back, so the counts say what a real run would do."""
         result = WriteResult()
-        with self.conn.transaction() as tx:
+        with self.conn.transaction() as tx:  # (a savepoint, inside a dry run's transaction)
             if self.async_commit:
                 self.conn.execute("SET LOCAL synchronous_commit = off")
             for tb in tables:

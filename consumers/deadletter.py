@@ -13,13 +13,34 @@ value, with ``gatestream.value_omitted`` = its size: its coordinates still lead 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
+import psycopg
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+Reject = tuple[Message, str, str]  # the source message, reason, detail
 
 
 class DeadLetterError(Exception):
     pass
+
+
+def first_time(conn: psycopg.Connection[Any], group: str, rejects: list[Reject]) -> list[Reject]:
+    """Record ``rejects`` in gatestream.dead_letters (within the caller's transaction) and
+    return those not dead-lettered before: an offset read again (a replay, a redelivery
+    after a rollback that kept the record) is not published to the dead-letter topic twice."""
+    if not rejects:
+        return []
+    coords = [(cast(str, m.topic()), cast(int, m.partition()), cast(int, m.offset())) for m, _, _ in rejects]
+    cur = conn.execute(
+        """INSERT INTO gatestream.dead_letters (source_topic, source_partition, source_offset, reason, consumer_group)
+           SELECT t, p, o, r, %s FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::text[]) AS v(t, p, o, r)
+           ON CONFLICT DO NOTHING
+           RETURNING source_topic, source_partition, source_offset""",
+        (group, [c[0] for c in coords], [c[1] for c in coords], [c[2] for c in coords], [r[1] for r in rejects]),
+    )
+    new = set(cur.fetchall())
+    return [r for r, c in zip(rejects, coords, strict=True) if c in new]
 
 
 class DeadLetters:

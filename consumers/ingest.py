@@ -15,6 +15,7 @@ re-read from the stored offsets, dropping what the next batch held for them.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message,
 from consumers import metrics
 from consumers.batch import MicroBatch
 from consumers.batch_writer import BatchWriter, WriteResult
-from consumers.deadletter import DeadLetterError, DeadLetters
+from consumers.deadletter import DeadLetterError, DeadLetters, first_time
 from consumers.observe import IngestObserver
 from consumers.offsets import FencedError, read_offsets
 from consumers.partitions import PartitionRange, Partitions
@@ -87,17 +88,22 @@ class Ingestor:
         assignment: list[PartitionRange] | None = None,
         on_turn: Callable[[IngestSummary], None] | None = None,
         dry_run: bool = False,
+        poll_max: int = 10000,
     ) -> None:
         """``accept`` filters decoded events (skipped ones still move the offsets);
         ``stop_when`` ends the run once it returns true (checked after each loop turn);
         ``assignment`` reads these partition ranges without joining a group, and ends
         when all are read (replays); ``on_turn`` is called after each loop turn
-        (progress, rate limits); ``dry_run`` rolls every batch back and sends no dead letters."""
+        (progress, rate limits); ``dry_run`` writes every batch inside one transaction
+        that is rolled back when the run ends, and sends no dead letters: later batches see
+        what earlier ones would have written (a re-published event counts as present once
+        its first copy would have been inserted), so its counts are the real run's."""
         self.settings = settings
         self.stop_when = stop_when
         self.assignment = assignment
         self.on_turn = on_turn
         self.dry_run = dry_run
+        self.poll_max = poll_max  # messages per poll at most (a rate-limited replay polls in small steps)
         self.routes = routes
         self.group = group_id or settings.group_id
         self.upsert = upsert
@@ -107,6 +113,8 @@ class Ingestor:
         self._conn = self._connect()  # the writer thread's
         self._meta = self._connect()  # offset reads on assignment and resync
         self._writer = BatchWriter(self._conn, self.group, async_commit=settings.async_commit)
+        self._dry_tx: contextlib.AbstractContextManager[psycopg.Transaction] | None = None
+        self._begin_dry_run()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-writer")
         self._inflight: _InFlight | None = None
         time_index = {
@@ -138,10 +146,20 @@ class Ingestor:
                 time.sleep(delay)
                 delay = min(delay * 2, 10)
 
+    def _begin_dry_run(self) -> None:
+        """A dry run's batches all write inside one transaction, rolled back at the end."""
+        if self.dry_run:
+            tx = self._conn.transaction(force_rollback=True)
+            tx.__enter__()
+            self._dry_tx = tx
+
     def _reconnect_writer(self) -> None:
         self._conn.close()
         self._conn = self._connect()
         self._writer = BatchWriter(self._conn, self.group, async_commit=self.settings.async_commit)
+        if self.dry_run:
+            log.warning("dry run: the database connection was lost; what it had written is gone, counts may be off")
+            self._begin_dry_run()
 
     def _new_batch(self) -> MicroBatch:
         return MicroBatch(
@@ -219,7 +237,8 @@ class Ingestor:
 
         def before_commit(result: WriteResult) -> None:
             sent.clear()
-            for msg, reason, detail in batch.rejects + [(r.origin, r.reason, r.detail) for r in result.rejected]:
+            rejects = batch.rejects + [(r.origin, r.reason, r.detail) for r in result.rejected]
+            for msg, reason, detail in first_time(self._conn, self.group, rejects):
                 ts_type, ts = msg.timestamp()
                 topic = cast(str, msg.topic())
                 self._dlq.send(
@@ -230,14 +249,14 @@ class Ingestor:
                 sent.append((topic, reason))
             self._dlq.confirm()
 
-        def count_only(result: WriteResult) -> None:
-            for msg, reason, _ in batch.rejects + [(r.origin, r.reason, r.detail) for r in result.rejected]:
+        def count_only(result: WriteResult) -> None:  # dry run: what would be published (rolled back)
+            rejects = batch.rejects + [(r.origin, r.reason, r.detail) for r in result.rejected]
+            for msg, reason, _ in first_time(self._conn, self.group, rejects):
                 sent.append((cast(str, msg.topic()), reason))
 
         result = self._writer.write(
-            list(batch.tables.values()), moves, count_only if self.dry_run else before_commit,
-            upsert=self.upsert, dry_run=self.dry_run,
-        )  # fmt: skip
+            list(batch.tables.values()), moves, count_only if self.dry_run else before_commit, upsert=self.upsert
+        )
         return result, sent
 
     def _submit(self) -> None:
@@ -299,9 +318,8 @@ class Ingestor:
             return
         self._retry_pause = 0.0
         now = time.monotonic()
-        if not self.dry_run:
-            for tp, (_, end) in moves.items():
-                self.parts.stored[tp] = end
+        for tp, (_, end) in moves.items():  # (a dry run's too: inside its open transaction they moved)
+            self.parts.stored[tp] = end
         s = self.summary
         s.last_commit_at = now
         s.batches += 1
@@ -393,7 +411,9 @@ class Ingestor:
                 timeout = 0.1
                 if batch.ends:
                     timeout = max(0.0, min(timeout, batch.started + max_age - time.monotonic()))
-                msgs = self._consumer.consume(num_messages=max(1, min(10000, max_rows - batch.count)), timeout=timeout)
+                msgs = self._consumer.consume(
+                    num_messages=max(1, min(self.poll_max, max_rows - batch.count)), timeout=timeout
+                )
                 now = time.monotonic()
                 if msgs:
                     if self.summary.first_event_at is None:
@@ -442,6 +462,11 @@ class Ingestor:
             pass
         self._pool.shutdown(wait=True)
         self._dlq.close()
+        if self._dry_tx is not None:
+            try:
+                self._dry_tx.__exit__(None, None, None)  # force_rollback: nothing of the dry run stays
+            except psycopg.Error:
+                pass
         self._conn.close()
         self._meta.close()
 

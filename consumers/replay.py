@@ -48,27 +48,39 @@ class ReplayError(Exception):
     """The selection cannot be replayed (unknown topic or partition, a start in the future, ...)."""
 
 
-_RELATIVE = re.compile(r"^-(\d+(?:\.\d+)?)([smhdw])$")
+_NUMBER = r"[0-9]{1,9}(?:\.[0-9]{1,6})?"  # ASCII digits only, bounded: no overflow further down
+_RELATIVE = re.compile(rf"^-({_NUMBER})([smhdw])$")
+_DURATION = re.compile(rf"^({_NUMBER})([smhdw])$")
+_EPOCH = re.compile(r"^@(-?[0-9]{1,12}(?:\.[0-9]{1,6})?)$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+TIME_HELP = "ISO 8601 (2026-11-23T10:00Z; naive = UTC), 'now', relative (-90s, -15m, -2h, -7d, -1w) or @EPOCH_SECONDS"
 
 
 def parse_time(text: str, now: datetime | None = None) -> datetime:
-    """ISO 8601 (naive = UTC), ``now``, or relative to now: ``-90s``, ``-15m``, ``-2h``, ``-7d``, ``-1w``."""
+    """An event time: ISO 8601 (naive = UTC), ``now``, relative to now (``-90s``, ``-15m``,
+    ``-2h``, ``-7d``, ``-1w``) or ``@<epoch seconds>``. A bare number is refused: it reads
+    as an offset to some and as epoch seconds to others."""
     now = now or datetime.now(UTC)
     text = text.strip()
-    if text == "now":
-        return now
-    m = _RELATIVE.match(text)
-    if m:
-        return now - timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
     try:
+        if text == "now":
+            return now
+        if m := _RELATIVE.match(text):
+            return now - timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
+        if m := _EPOCH.match(text):
+            return datetime.fromtimestamp(float(m.group(1)), UTC)
+        if text.isascii() and text.isdigit():
+            raise ReplayError(
+                f"{text!r} is a bare number: for an offset use --from-offset/--to-offset, for epoch seconds @{text}"
+            )
+        if not text.isascii():
+            raise ValueError("non-ASCII characters")
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise ReplayError(f"not a time: {text!r} (use ISO 8601 like 2026-11-23T10:00Z, or -2h, -30m, -7d)") from exc
-    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
-
-
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+        dt = dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+        dt.astimezone(UTC).timestamp()  # representable as an instant
+        return dt
+    except (ValueError, OverflowError, OSError) as exc:
+        raise ReplayError(f"not a usable time: {text!r} ({exc}); use {TIME_HELP}") from exc
 
 
 def parse_duration(text: str) -> timedelta:
@@ -76,7 +88,10 @@ def parse_duration(text: str) -> timedelta:
     m = _DURATION.match(text.strip())
     if not m:
         raise ReplayError(f"not a duration: {text!r} (use e.g. 0s, 90s, 5m, 2h)")
-    return timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
+    try:
+        return timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
+    except OverflowError as exc:
+        raise ReplayError(f"duration out of range: {text!r}") from exc
 
 
 @dataclass(frozen=True)
@@ -89,6 +104,24 @@ class ReplaySelection:
     until: datetime | None = None  # event time, exclusive
     organizations: frozenset[int] | None = None
     skew_margin: timedelta = timedelta(minutes=5)
+
+    def validate(self) -> None:
+        """Refuse a selection that cannot select anything, before any work starts."""
+        if not self.event_types:
+            raise ReplayError("the selection names no event type")
+        if self.partitions is not None and not self.partitions:
+            raise ReplayError("--partitions selects no partition")
+        if self.organizations is not None and not self.organizations:
+            raise ReplayError("--orgs selects no organization")
+        for name, v in (("--from-offset", self.from_offset), ("--to-offset", self.to_offset)):
+            if v is not None and not 0 <= v < 2**63:
+                raise ReplayError(f"{name} must be an offset from 0 to 2^63-1, got {v}")
+        if self.from_offset is not None and self.to_offset is not None and self.from_offset >= self.to_offset:
+            raise ReplayError(f"--from-offset {self.from_offset} is not before --to-offset {self.to_offset}")
+        if self.since is not None and self.until is not None and self.since >= self.until:
+            raise ReplayError(f"--from {self.since.isoformat()} is not before --to {self.until.isoformat()}")
+        if self.skew_margin < timedelta(0):
+            raise ReplayError("--skew must not be negative")
 
     def describe(self) -> dict[str, Any]:
         """The selection as JSON: stored with a run, and its default name's source."""
@@ -175,7 +208,10 @@ def plan(settings: IngestSettings, selection: ReplaySelection) -> list[Partition
             marks = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in wanted}
             starts = {p: selection.from_offset or 0 for p in wanted}
             if selection.since is not None and selection.from_offset is None:
-                ts = int((selection.since - selection.skew_margin).timestamp() * 1000)
+                try:
+                    ts = max(0, int((selection.since - selection.skew_margin).timestamp() * 1000))
+                except OverflowError:  # a start near year 1: everything is after it
+                    ts = 0  # (negative values mean "latest"/"earliest" to the broker: never send one)
                 found = c.offsets_for_times([TopicPartition(topic, p, ts) for p in wanted], timeout=10)
                 for tp in found:
                     # -1: no message at or after that time yet: nothing to read there
@@ -224,6 +260,18 @@ class PreparedRun:
         return f"{self.name}: starting a new run"
 
 
+def connect(url: str) -> psycopg.Connection[Any]:
+    """A connection, retried with backoff while the database is unreachable (Ctrl-C stops)."""
+    delay = 0.5
+    while True:
+        try:
+            return psycopg.connect(url, autocommit=True, connect_timeout=5)
+        except psycopg.OperationalError as exc:
+            log.warning("database unreachable; retrying", error=str(exc).strip()[:300], retry_in_s=delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10)
+
+
 def prepare(
     settings: IngestSettings,
     selection: ReplaySelection,
@@ -237,9 +285,10 @@ def prepare(
     times unresolved; default: the resolved selection). An unfinished run with that name
     and spec resumes with the selection it resolved when it started; otherwise a new run
     starts with ``selection``. A name reused for another spec raises NameConflict."""
+    selection.validate()
     spec = spec if spec is not None else selection.describe()
     name = name or default_name(spec)
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+    with connect(settings.database_url) as conn:
         prev = runs.latest(conn, name)
         if prev is not None and not runs.same_spec(prev.spec, spec):
             raise NameConflict(
@@ -268,7 +317,7 @@ def replay(
     restart: bool = False,
     name: str | None = None,
     spec: dict[str, Any] | None = None,
-    progress: Callable[[IngestSummary], None] | None = None,
+    progress: Callable[[IngestSummary, dict[str, int]], None] | None = None,
     ingestor_hook: Callable[[Ingestor], None] | None = None,
     prepared: PreparedRun | None = None,
 ) -> ReplaySummary:
@@ -277,7 +326,7 @@ def replay(
     if prepared is None:
         prepared = prepare(settings, selection, spec=spec, name=name, restart=restart, dry_run=dry_run)
     selection, ranges = prepared.selection, prepared.ranges
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+    with connect(settings.database_url) as conn:
         run = prepared.run
         if run is None and not dry_run:
             resolved = {**selection.describe(), "ranges": [asdict(r) for r in ranges]}
@@ -293,6 +342,17 @@ def replay(
         return f is None or f(msg, rec)
 
     limiter = RateLimiter(max_rate) if max_rate > 0 else None
+    poll_max = 10000
+    if max_rate > 0:
+        # A smooth rate: poll about a fifth of a second of events at a time, and commit at
+        # least every second (a batch holds at most a second of events).
+        poll_max = max(1, int(max_rate / 5))
+        settings = settings.model_copy(
+            update={
+                "batch_max_rows": min(settings.batch_max_rows, max(1, int(max_rate))),
+                "batch_max_ms": min(settings.batch_max_ms, 1000),
+            }
+        )
     seen = 0
 
     def on_turn(s: IngestSummary) -> None:
@@ -301,12 +361,12 @@ def replay(
             limiter.wait(s.consumed - seen)
         seen = s.consumed
         if progress is not None:
-            progress(s)
+            progress(s, remaining(ing))
 
     needs_filter = any(f is not None for f in filters.values())
     ing = Ingestor(
         settings, routes, group_id=group, assignment=ranges, on_turn=on_turn, dry_run=dry_run,
-        accept=accept if needs_filter else None,
+        accept=accept if needs_filter else None, poll_max=poll_max,
     )  # fmt: skip
     if ingestor_hook is not None:
         ingestor_hook(ing)
@@ -314,8 +374,8 @@ def replay(
     try:
         s = ing.run()
     except BaseException:
-        if run is not None:
-            with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        if run is not None and not dry_run:
+            with connect(settings.database_url) as conn:
                 runs.finish(conn, run, "failed", {"error": "see the log"})
         raise
     summary = ReplaySummary(
@@ -329,11 +389,20 @@ def replay(
             for r in ranges
         ],
     )  # fmt: skip
-    if run is not None and summary.complete:
-        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+    if run is not None and summary.complete and not dry_run:  # a dry run leaves the record as it found it
+        with connect(settings.database_url) as conn:
             runs.finish(conn, run, "complete", summary.report())
     log.info("replay finished", **{k: v for k, v in summary.report().items() if k != "partitions"})
     return summary
+
+
+def remaining(ing: Ingestor) -> dict[str, int]:
+    """Messages left to read per partition range ("topic[p]" -> count), for progress."""
+    out = {}
+    for tp, end in ing.parts.ends.items():
+        if end is not None:
+            out[f"{tp[0]}[{tp[1]}]"] = max(0, end - max(ing.parts.next.get(tp, 0), ing.parts.started_at.get(tp, 0)))
+    return out
 
 
 def print_plan(

@@ -144,10 +144,27 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _int_list(value: str) -> tuple[int, ...]:
+    parts = [v.strip() for v in value.split(",") if v.strip()]
+    if not all(p.isascii() and p.isdigit() and len(p) <= 18 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected comma-separated non-negative integers, got {value!r}")
+    return tuple(int(p) for p in parts)
+
+
+def _offset(value: str) -> int:
+    v = value.strip()
+    if not (v.isascii() and v.isdigit()) or int(v) >= 2**63:
+        raise argparse.ArgumentTypeError(f"expected an offset (0 to 2^63-1), got {value!r}")
+    return int(v)
+
+
+def _rate(value: str) -> float:
     try:
-        return tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from exc
+        rate = float(value)
+    except ValueError:
+        rate = -1.0
+    if not value.isascii() or not 0 <= rate < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected events per second >= 0 (0 = no limit), got {value!r}")
+    return rate
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -175,19 +192,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
     spec = {
         "types": sorted(e.value for e in sel["event_types"]),
         "partitions": sorted(args.partitions) if args.partitions is not None else None,
-        "from": args.start, "to": args.end,
+        "from": args.start, "to": args.end, "from_offset": args.from_offset, "to_offset": args.to_offset,
         "orgs": sorted(args.orgs) if args.orgs is not None else None,
         "skew": args.skew,
     }  # fmt: skip
     try:
-        for bound, key_off, key_time in (("start", "from_offset", "since"), ("end", "to_offset", "until")):
-            value = getattr(args, bound)
-            if value is None:
-                continue
-            if value.isdigit():
-                sel[key_off] = int(value)
-            else:
-                sel[key_time] = parse_time(value)
+        if args.start is not None:
+            sel["since"] = parse_time(args.start)
+        if args.end is not None:
+            sel["until"] = parse_time(args.end)
+        if args.from_offset is not None:
+            sel["from_offset"] = args.from_offset
+        if args.to_offset is not None:
+            sel["to_offset"] = args.to_offset
         if args.skew is not None:
             sel["skew_margin"] = parse_duration(args.skew)
         prepared = prepare(
@@ -204,7 +221,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 progress=bar.update, prepared=prepared,
             )  # fmt: skip
     except ReplayError as exc:
-        print(f"gatestream replay: {exc}", file=sys.stderr)
+        print(f"gatestream replay: error: {exc}", file=sys.stderr)
         return 2
     finally:
         if server is not None:
@@ -380,17 +397,17 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--types", type=_types, help="event types to replay (default: all)")
     rp.add_argument("--partitions", type=_int_list, help="only these partitions, e.g. 0,3 (default: all)")
     rp.add_argument(
-        "--from",
-        dest="start",
-        metavar="OFFSET|TIME",
-        help="start: an offset (every selected partition) or an event time: ISO 8601, 'now', -2h, -7d",
-    )
+        "--from", dest="start", metavar="TIME",
+        help="event time to start at (inclusive): ISO 8601 (2026-11-23T10:00Z; naive = UTC), 'now', relative "
+        "(-90s, -15m, -2h, -7d, -1w) or @EPOCH_SECONDS; a bare number is refused (offsets: --from-offset). "
+        "Reading starts at the broker's offset for that time minus --skew",
+    )  # fmt: skip
+    rp.add_argument("--to", dest="end", metavar="TIME", help="event time to stop at (exclusive), same forms as --from")
+    rp.add_argument("--from-offset", type=_offset, metavar="N", help="start at this offset in every selected partition")
     rp.add_argument(
-        "--to",
-        dest="end",
-        metavar="OFFSET|TIME",
-        help="end (exclusive): an offset, or an event time; default: the end of each partition now",
-    )
+        "--to-offset", type=_offset, metavar="N",
+        help="stop before this offset (default: each partition's end when the run starts)",
+    )  # fmt: skip
     rp.add_argument("--orgs", type=_int_list, help="only these organization ids, e.g. 12,40")
     rp.add_argument(
         "--skew",
@@ -401,7 +418,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument(
         "--dry-run", action="store_true", help="print the partition ranges and what would be inserted; write nothing"
     )
-    rp.add_argument("--max-rate", type=float, default=0, help="events per second at most (0 = no limit)")
+    rp.add_argument(
+        "--max-rate", type=_rate, default=0,
+        help="events per second at most, smoothly (batches of at most a second, a commit at least every second); "
+        "0 = no limit",
+    )  # fmt: skip
     rp.add_argument(
         "--restart", action="store_true", help="abandon this selection's unfinished run and start a new one"
     )

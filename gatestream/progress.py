@@ -28,19 +28,32 @@ class Progress:
 
             self._bar = tqdm(total=total, desc=label, unit="ev", unit_scale=True, dynamic_ncols=True)
 
-    def update(self, summary: Any) -> None:
+    def update(self, summary: Any, remaining: dict[str, int] | None = None) -> None:
+        """``remaining``: messages left per partition ("topic[p]" -> n), when the run knows."""
         if not self.enabled:
             return
         consumed = int(summary.consumed)
+        now = time.monotonic()
+        rate = consumed / max(now - self._start, 1e-9)
         if self._bar is not None:
             self._bar.update(consumed - self._shown)
             self._shown = consumed
+            if remaining and now - self._last_log >= 1.0:
+                self._last_log = now
+                done = sum(1 for n in remaining.values() if n == 0)
+                self._bar.set_postfix_str(f"partitions done {done}/{len(remaining)}", refresh=False)
             return
-        now = time.monotonic()
         if now - self._last_log >= self.every_s:
             self._last_log = now
-            rate = consumed / max(now - self._start, 1e-9)
-            log.info(self.label, read=consumed, inserted=summary.inserted, events_per_s=round(rate))
+            fields: dict[str, Any] = {"read": consumed, "inserted": summary.inserted, "events_per_s": round(rate)}
+            if remaining:
+                left = sum(remaining.values())
+                fields["left"] = left
+                fields["eta_s"] = round(left / rate) if rate > 0 else None
+                fields["partitions_left"] = dict(
+                    sorted(((k, n) for k, n in remaining.items() if n), key=lambda x: -x[1])[:10]
+                )
+            log.info(self.label, **fields)
 
     def __enter__(self) -> Progress:
         return self

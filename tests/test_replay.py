@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -211,3 +212,141 @@ def test_a_rerun_after_a_restore_restores_again_and_a_name_keeps_its_selection(e
             "SELECT count(*) FROM gatestream.consumer_offsets WHERE consumer_group LIKE 'gatestream-replay%%'"
         ).fetchone()
     assert left == (0,), "their progress rows went with them"
+
+
+def test_every_run_ends_and_bad_arguments_get_rc_2_with_a_clear_line(env: Env, tmp_path: Path) -> None:
+    _ingest_all(env, tmp_path, _events(500))
+    aw = ("--types", "active_windows")
+    # a start past every partition's end: an honest, immediate, complete summary
+    rc, s, err = _replay_cli(env, *aw, "--from-offset", "99999")
+    assert rc == 0 and s is not None and (s["complete"], s["read"], s["inserted"]) == (True, 0, 0), err
+    # epoch seconds only as an explicit time; a range in the past ends too
+    rc, s, err = _replay_cli(env, *aw, "--from", "@1000000000", "--to", "@1000003600")
+    assert rc == 0 and s is not None and s["complete"] and s["inserted"] == 0, err
+    refused = {
+        "bare number": ["--from", "1795000000"],
+        "huge bare number": ["--to", "99999999999999999999"],
+        "from after to": ["--from", "-1h", "--to", "-2h"],
+        "offsets reversed": ["--from-offset", "50", "--to-offset", "10"],
+        "duration overflow": ["--from", "-99999999999d"],
+        "not ASCII digits": ["--from", "²"],
+        "no partition": ["--partitions", ","],
+        "no organization": ["--orgs", ""],
+        "negative rate": ["--max-rate", "-5"],
+        "negative skew": ["--skew", "-5m", "--from", "-1h"],
+    }
+    for case, args in refused.items():
+        rc, s, err = _replay_cli(env, *aw, *args)
+        assert rc == 2 and s is None, f"{case}: rc {rc}, {err}"
+        assert "Traceback" not in err and err.strip(), f"{case}: {err}"
+        assert len([line for line in err.splitlines() if "error" in line.lower()]) == 1, f"{case}: {err}"
+    # a year-1 start is a valid (if wide) selection, not a crash
+    rc, s, err = _replay_cli(env, *aw, "--from", "0001-01-01T00:00Z", "--dry-run")
+    assert rc == 0 and s is not None and s["read"] == 500, err
+
+
+def test_a_replay_started_while_the_database_is_down_waits_for_it(env: Env, tmp_path: Path) -> None:
+    from tests.conftest import free_port
+
+    environ = env.environ(database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/nothing")
+    proc = subprocess.Popen(
+        gatestream_cmd("replay", "--types", "active_windows", "--no-progress"), env=environ, cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(4)
+        assert proc.poll() is None, "it retried instead of exiting"
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert "database unreachable; retrying" in err and "Traceback" not in err
+
+
+def test_dry_run_says_what_the_real_run_does(env: Env, tmp_path: Path) -> None:
+    """Fresh, half done, after completion, with --restart, with duplicates on the topic."""
+    n = 3000
+    events = _events(n)
+    _ingest_all(env, tmp_path, events)
+    publish(env, tmp_path / "again.sqlite3", events[:400])  # a gateway resent 400 events
+    with psycopg.connect(env.database_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE monitoring.active_windows")
+    args = ("--types", "active_windows", "--name", "dry")
+
+    def dry(*extra: str) -> dict[str, object]:
+        rc, s, err = _replay_cli(env, *args, "--dry-run", *extra)
+        assert rc == 0 and s is not None, err
+        return s
+
+    fresh = dry()
+    assert (fresh["inserted"], fresh["already_present"], fresh["read"]) == (n, 400, n + 400)
+    assert count_rows(env.database_url, AW) == 0
+    # half done: a real run killed midway, then the dry run of its resumption
+    proc = subprocess.Popen(
+        gatestream_cmd("replay", *args, "--no-progress", "--max-rate", "800"),
+        env=env.environ(batch_max_rows=200), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert wait_for(lambda: count_rows(env.database_url, AW) >= n // 3, 60)
+    proc.kill()
+    proc.wait(10)
+    half = dry()
+    rc, real, _ = _replay_cli(env, *args)
+    assert rc == 0 and real is not None and real["resumed"] is True
+    assert (half["inserted"], half["already_present"]) == (real["inserted"], real["already_present"])
+    assert count_rows(env.database_url, AW) == n
+    # after completion: a new run, which finds everything present
+    after = dry()
+    rc, real, _ = _replay_cli(env, *args)
+    assert real is not None and (after["inserted"], real["inserted"], real["already_present"]) == (0, 0, n + 400)
+    # --restart after a truncate
+    with psycopg.connect(env.database_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE monitoring.active_windows")
+    restart = dry("--restart")
+    rc, real, _ = _replay_cli(env, *args, "--restart")
+    assert real is not None and restart["inserted"] == real["inserted"] == n
+
+
+def test_max_rate_is_smooth_with_a_commit_at_least_every_two_seconds(env: Env, tmp_path: Path) -> None:
+    _ingest_all(env, tmp_path, _events(2400))
+    with psycopg.connect(env.database_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE monitoring.active_windows")
+    proc = subprocess.Popen(
+        gatestream_cmd("replay", "--types", "active_windows", "--max-rate", "200", "--no-progress"),
+        env=env.environ(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    samples: list[tuple[float, int]] = []
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        samples.append((time.monotonic(), count_rows(env.database_url, AW)))
+        time.sleep(0.1)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err[-2000:]
+    assert samples[-1][1] == 2400 or count_rows(env.database_url, AW) == 2400
+    moving = [(t, c) for t, c in samples if 0 < c < 2400]
+    changes = [t for (t, c), (_, prev) in zip(moving[1:], moving, strict=False) if c != prev]
+    gaps = [b - a for a, b in zip(changes, changes[1:], strict=False)]
+    assert gaps and max(gaps) <= 2.0, f"longest time without a commit: {max(gaps):.1f} s"
+    # the rate over every 5 s window of the steady part is within 20 % of the limit
+    t0 = moving[0][0]
+    for start in [t0 + i for i in range(0, int(moving[-1][0] - t0) - 5)]:
+        inside = [c for t, c in moving if start <= t <= start + 5]
+        rate = (max(inside) - min(inside)) / 5
+        assert 160 <= rate <= 240, f"{rate:.0f} events/s in the window starting {start - t0:.0f} s in"
+
+
+def test_a_replay_does_not_dead_letter_an_event_again(env: Env, tmp_path: Path) -> None:
+    from confluent_kafka import Producer
+
+    from tests.conftest import read_topic
+
+    _ingest_all(env, tmp_path, _events(300))
+    raw = Producer({"bootstrap.servers": env.services.bootstrap_servers})
+    raw.produce(env.topic(AW), key=b"1", value=b"not Avro at all")
+    assert raw.flush(10) == 0
+    ing, t = start_ingest_thread(env.ingest(stop_after_idle_s=2.0))
+    t.join(60)
+    assert ing.summary.dead_lettered == 1
+    for _ in range(2):
+        rc, s, err = _replay_cli(env, "--types", "active_windows")
+        assert rc == 0 and s is not None and s["dead_lettered"] == 0, err
+    dead = read_topic(env.services.bootstrap_servers, env.dlq_topic, expected=2, timeout=5)
+    assert len(dead) == 1, "the poison event is in the dead-letter topic once"

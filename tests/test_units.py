@@ -224,8 +224,15 @@ def test_replay_times_parse_iso_and_relative_and_refuse_the_rest() -> None:
     assert parse_time("now", now) == now
     assert parse_time("2026-11-20T08:30Z") == datetime(2026, 11, 20, 8, 30, tzinfo=UTC)
     assert parse_time("2026-11-20 08:30") == datetime(2026, 11, 20, 8, 30, tzinfo=UTC), "naive means UTC"
-    with pytest.raises(ReplayError, match="not a time"):
+    with pytest.raises(ReplayError, match="not a usable time"):
         parse_time("yesterday")
+    assert parse_time("@1795000000") == datetime(2026, 11, 18, 11, 6, 40, tzinfo=UTC)
+    for ambiguous in ("1795000000", "0"):
+        with pytest.raises(ReplayError, match="bare number"):
+            parse_time(ambiguous)
+    for hostile in ("²", "-99999999999d", "٣h", "-1e9d", "9999-12-31T23:59:59-01:00"):
+        with pytest.raises(ReplayError):
+            parse_time(hostile)
     from consumers.replay import default_name
 
     a = ReplaySelection(organizations=frozenset({1, 2}), since=now)
