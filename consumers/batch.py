@@ -14,10 +14,10 @@ from typing import Any, cast
 import structlog
 from confluent_kafka import KafkaError, Message
 
-from consumers.batch_writer import TableBatch
-from consumers.decoder import DecodeError
-from consumers.partitions import Partitions
-from consumers.routes import Route
+from gatestream.consumers.batch_writer import TableBatch
+from gatestream.consumers.decoder import DecodeError
+from gatestream.consumers.partitions import Partitions
+from gatestream.consumers.routes import Route
 
 log = structlog.get_logger("gatestream.ingest")
 

@@ -25,9 +25,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from consumers.offsets import TopicPartition, advance_offsets
-from consumers.pgtypes import register_wire_dumpers
-from consumers.tables import TableSpec
+from gatestream.consumers.offsets import TopicPartition, advance_offsets
+from gatestream.consumers.pgtypes import register_wire_dumpers
+from gatestream.consumers.tables import TableSpec
 
 Origin = Any  # the source confluent_kafka.Message (topic, partition, offset, key, value)
 

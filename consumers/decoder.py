@@ -22,8 +22,8 @@ from typing import Any, cast
 
 from fastavro import parse_schema, schemaless_reader
 
-from consumers.pgtypes import strip_logical_types
-from schemas.catalog import normalized
+from gatestream.consumers.pgtypes import strip_logical_types
+from gatestream.schemas.catalog import normalized
 
 MAGIC = 0
 _HEADER = struct.Struct(">bI")

@@ -27,14 +27,14 @@ import psycopg
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
-from consumers import metrics
-from consumers.batch import MicroBatch
-from consumers.batch_writer import BatchWriter, WriteResult
-from consumers.deadletter import DeadLetterError, DeadLetters, first_time
-from consumers.observe import IngestObserver
-from consumers.offsets import FencedError, read_offsets
-from consumers.partitions import PartitionRange, Partitions
-from consumers.routes import Route, build_routes
+from gatestream.consumers import metrics
+from gatestream.consumers.batch import MicroBatch
+from gatestream.consumers.batch_writer import BatchWriter, WriteResult
+from gatestream.consumers.deadletter import DeadLetterError, DeadLetters, first_time
+from gatestream.consumers.observe import IngestObserver
+from gatestream.consumers.offsets import FencedError, read_offsets
+from gatestream.consumers.partitions import PartitionRange, Partitions
+from gatestream.consumers.routes import Route, build_routes
 from gatestream.kafka import base_config, consumer_config
 from gatestream.settings import IngestSettings
 from gatestream.signals import on_stop_signals

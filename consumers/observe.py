@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from consumers import metrics
-from consumers.batch_writer import TableBatch, WriteResult
+from gatestream.consumers import metrics
+from gatestream.consumers.batch_writer import TableBatch, WriteResult
 
 if TYPE_CHECKING:
-    from consumers.partitions import Partitions
+    from gatestream.consumers.partitions import Partitions
 
 SAMPLE = 16
 TP = tuple[str, int]

@@ -34,12 +34,12 @@ import psycopg
 import structlog
 from confluent_kafka import Consumer, Message, TopicPartition
 
-from consumers import replay_runs as runs
-from consumers.ingest import Ingestor, IngestSummary, PartitionRange, Route, build_routes
+from gatestream.consumers import replay_runs as runs
+from gatestream.consumers.ingest import Ingestor, IngestSummary, PartitionRange, Route, build_routes
 from gatestream.kafka import consumer_config
 from gatestream.ratelimit import RateLimiter
+from gatestream.schemas import EventType
 from gatestream.settings import IngestSettings
-from schemas import EventType
 
 log = structlog.get_logger("gatestream.replay")
 

@@ -7,11 +7,11 @@ from typing import Any
 
 import psycopg
 
-from consumers.decoder import Decoder
-from consumers.tables import TableSpec, describe_table, table_for
+from gatestream.consumers.decoder import Decoder
+from gatestream.consumers.tables import TableSpec, describe_table, table_for
+from gatestream.schemas import EventType, SchemaCatalog
+from gatestream.schemas.registry import make_registry, reader_schema
 from gatestream.settings import CommonSettings
-from schemas import EventType, SchemaCatalog
-from schemas.registry import make_registry, reader_schema
 
 
 @dataclass(frozen=True)

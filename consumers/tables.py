@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from schemas import EventType
+from gatestream.schemas import EventType
 
 MONITORING_SCHEMA = "monitoring"
 

@@ -30,19 +30,19 @@ from typing import Any
 import psycopg
 from confluent_kafka import Producer
 
-from consumers.decoder import Decoder
-from consumers.ingest import Ingestor, Route
-from consumers.pgtypes import register_wire_dumpers
-from consumers.routes import event_time_field
-from consumers.tables import TableSpec, describe_table
+from gatestream.consumers.decoder import Decoder
+from gatestream.consumers.ingest import Ingestor, Route
+from gatestream.consumers.pgtypes import register_wire_dumpers
+from gatestream.consumers.routes import event_time_field
+from gatestream.consumers.tables import TableSpec, describe_table
 from gatestream.kafka import base_config
 from gatestream.migrate import migrate
+from gatestream.producers.loadgen import Fleet, generate
+from gatestream.producers.publisher import Publisher
+from gatestream.schemas import EventType, SchemaCatalog
+from gatestream.schemas.registry import make_registry
 from gatestream.settings import IngestSettings, ProducerSettings
 from gatestream.topics import delete_topics, ensure_topics
-from producers.loadgen import Fleet, generate
-from producers.publisher import Publisher
-from schemas import EventType, SchemaCatalog
-from schemas.registry import make_registry
 
 EVENT_TYPE = EventType.ACTIVE_WINDOWS
 
@@ -215,7 +215,7 @@ def bench_metrics(settings: IngestSettings, *, events: int, runs: int, batch_row
 
 
 def _replay_rate(d: BenchData, events: int) -> float:
-    from consumers.replay import ReplaySelection, replay
+    from gatestream.consumers.replay import ReplaySelection, replay
 
     captured: list[Ingestor] = []
     s = replay(

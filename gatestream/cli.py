@@ -18,8 +18,8 @@ from typing import Any
 import structlog
 
 from gatestream import logs
+from gatestream.schemas import EventType
 from gatestream.settings import CommonSettings, IngestSettings, ProducerSettings
-from schemas import EventType
 
 log = structlog.get_logger("gatestream.cli")
 
@@ -65,9 +65,9 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
+    from gatestream.producers.loadgen import Fleet, generate
+    from gatestream.producers.publisher import Publisher
     from gatestream.ratelimit import RateLimiter
-    from producers.loadgen import Fleet, generate
-    from producers.publisher import Publisher
 
     settings = ProducerSettings(**_overrides(args, ["spool_path", "metrics_port"]))
     fleet = Fleet(orgs=args.orgs, devices_per_org=args.devices, gateways_per_org=args.gateways, seed=args.seed)
@@ -110,7 +110,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     import psycopg
 
-    from consumers.ingest import Ingestor, build_routes
+    from gatestream.consumers.ingest import Ingestor, build_routes
 
     settings = IngestSettings(
         **_overrides(
@@ -168,7 +168,7 @@ def _rate(value: str) -> float:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from consumers.replay import (
+    from gatestream.consumers.replay import (
         ReplayError,
         ReplaySelection,
         estimate_total,
@@ -236,7 +236,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_replays_list(args: argparse.Namespace) -> int:
     import psycopg
 
-    from consumers.replay_runs import list_runs
+    from gatestream.consumers.replay_runs import list_runs
 
     settings = CommonSettings()
     with psycopg.connect(settings.database_url) as conn:
@@ -258,8 +258,8 @@ def cmd_replays_list(args: argparse.Namespace) -> int:
 def cmd_replays_forget(args: argparse.Namespace) -> int:
     import psycopg
 
-    from consumers.replay import ReplayError, parse_duration
-    from consumers.replay_runs import forget
+    from gatestream.consumers.replay import ReplayError, parse_duration
+    from gatestream.consumers.replay_runs import forget
 
     try:
         older = parse_duration(args.older_than)

@@ -23,7 +23,7 @@ def _positive(value: str) -> int:
 
 
 def _engine(conn: psycopg.Connection[Any], settings: PolicySettings) -> Any:
-    from consumers.policy.reconcile import make_engine
+    from gatestream.consumers.policy.reconcile import make_engine
 
     engine = make_engine(conn, settings)
     engine.prepare()
@@ -52,7 +52,7 @@ def print_plan(plan: Any, out: Any = sys.stdout) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from consumers.policy.reconcile import impact, make_plan
+    from gatestream.consumers.policy.reconcile import impact, make_plan
 
     settings = PolicySettings()
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
@@ -78,7 +78,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from consumers.policy.reconcile import reconcile
+    from gatestream.consumers.policy.reconcile import reconcile
 
     settings = PolicySettings()
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
@@ -169,7 +169,7 @@ def cmd_run_jobs(args: argparse.Namespace) -> int:
 
 
 def cmd_consumer(args: argparse.Namespace) -> int:
-    from consumers.policy.consumer import PolicyConsumer
+    from gatestream.consumers.policy.consumer import PolicyConsumer
     from gatestream.httpserver import OpsServer
 
     overrides = {

@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import structlog
 
-SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
+SQL_DIR = Path(__file__).parent / "sql"  # package data gatestream.sql (in a checkout: a link to sql/)
 LOCK_KEY = 0x6761746573747265  # "gatestre"
 
 log = structlog.get_logger("gatestream.migrate")

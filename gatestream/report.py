@@ -5,10 +5,10 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
-from consumers.routes import event_time_field
+from gatestream.consumers.routes import event_time_field
 from gatestream.migrate import timescaledb_edition
+from gatestream.schemas import EventType, SchemaCatalog
 from gatestream.settings import CommonSettings
-from schemas import EventType, SchemaCatalog
 
 
 def print_report(settings: CommonSettings) -> None:

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas import EventType
+from gatestream.schemas import EventType
 
 
 class CommonSettings(BaseSettings):

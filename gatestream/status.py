@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from consumers.watermarks import end_offsets, timestamps_at
+from gatestream.consumers.watermarks import end_offsets, timestamps_at
 from gatestream.settings import IngestSettings
 
 

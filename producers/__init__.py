@@ -4,7 +4,7 @@
 (idempotent, keyed by device), and forgets it only when the broker acknowledged it.
 """
 
-from producers.events import (
+from gatestream.producers.events import (
     ActiveWindow,
     Event,
     GatewayStatusSnapshot,
@@ -12,7 +12,7 @@ from producers.events import (
     UserSession,
     VisitedSite,
 )
-from producers.publisher import Publisher
+from gatestream.producers.publisher import Publisher
 
 __all__ = [
     "ActiveWindow",

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 
-from schemas import EventType
+from gatestream.schemas import EventType
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

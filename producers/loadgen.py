@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from producers.events import (
+from gatestream.producers.events import (
     ActiveWindow,
     Event,
     GatewayStatusSnapshot,
@@ -17,7 +17,7 @@ from producers.events import (
     UserSession,
     VisitedSite,
 )
-from schemas import EventType
+from gatestream.schemas import EventType
 
 PROCESSES = [
     ("chrome.exe", "Inbox - Mail"),

@@ -14,12 +14,12 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from gatestream.kafka import producer_config
+from gatestream.producers import metrics
+from gatestream.producers.events import Event
+from gatestream.producers.spool import Spool
+from gatestream.schemas import EventType, SchemaCatalog
+from gatestream.schemas.registry import make_registry
 from gatestream.settings import ProducerSettings
-from producers import metrics
-from producers.events import Event
-from producers.spool import Spool
-from schemas import EventType, SchemaCatalog
-from schemas.registry import make_registry
 
 log = structlog.get_logger("gatestream.producer")
 

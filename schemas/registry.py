@@ -15,7 +15,7 @@ from typing import Any
 from confluent_kafka.schema_registry import RegisteredSchema, Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from schemas.catalog import CatalogEntry, EventType, SchemaCatalog
+from gatestream.schemas.catalog import CatalogEntry, EventType, SchemaCatalog
 
 
 class CatalogRegistry:

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from schemas import EventType
+from gatestream.schemas import EventType
 
 TIME_COLUMN = {et: ("timestamp" if et is EventType.GATEWAY_STATUS_SNAPSHOTS else "datetime") for et in EventType}
 
@@ -47,7 +47,7 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.25) -> bool:
 
 def start_ingest_thread(settings: Any, **kw: Any) -> tuple[Any, threading.Thread]:
     """An in-process ingest consumer in a thread; returns (ingestor, thread)."""
-    from consumers.ingest import Ingestor, build_routes
+    from gatestream.consumers.ingest import Ingestor, build_routes
 
     with psycopg.connect(settings.database_url) as conn:
         routes = build_routes(conn, settings, settings.event_topics())
@@ -58,7 +58,7 @@ def start_ingest_thread(settings: Any, **kw: Any) -> tuple[Any, threading.Thread
 
 
 def publish(env: Any, spool: Path, events: list[Any]) -> Any:
-    from producers.publisher import Publisher
+    from gatestream.producers.publisher import Publisher
 
     pub = Publisher(env.producer(spool))
     pub.publish_many(events)

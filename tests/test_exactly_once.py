@@ -14,10 +14,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from consumers.batch_writer import BatchWriter, TableBatch
-from consumers.offsets import FencedError, read_offsets
-from consumers.tables import describe_table
-from schemas import EventType, SchemaCatalog
+from gatestream.consumers.batch_writer import BatchWriter, TableBatch
+from gatestream.consumers.offsets import FencedError, read_offsets
+from gatestream.consumers.tables import describe_table
+from gatestream.schemas import EventType, SchemaCatalog
 from tests.conftest import Env, gatestream_cmd
 from tests.helpers import count_all, stored_offsets, wait_for
 from tests.services import ROOT

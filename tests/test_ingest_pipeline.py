@@ -15,11 +15,11 @@ from confluent_kafka.schema_registry import topic_subject_name_strategy
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from producers.events import ActiveWindow, GatewayStatusSnapshot
-from producers.loadgen import Fleet, generate
-from schemas import EventType, SchemaCatalog
-from schemas.catalog import DEFAULT_DIR
-from schemas.registry import CatalogRegistry
+from gatestream.producers.events import ActiveWindow, GatewayStatusSnapshot
+from gatestream.producers.loadgen import Fleet, generate
+from gatestream.schemas import EventType, SchemaCatalog
+from gatestream.schemas.catalog import DEFAULT_DIR
+from gatestream.schemas.registry import CatalogRegistry
 from tests.conftest import Env, read_topic
 from tests.helpers import count_all, count_rows, publish, start_ingest_thread, stored_offsets, wait_for
 
@@ -186,8 +186,8 @@ def test_valid_avro_that_cannot_be_stored_is_dead_lettered_and_ingest_keeps_goin
 
     from fastavro import parse_schema, schemaless_writer
 
-    from consumers.pgtypes import strip_logical_types
-    from producers.events import VisitedSite
+    from gatestream.consumers.pgtypes import strip_logical_types
+    from gatestream.producers.events import VisitedSite
 
     now = datetime.now(UTC).replace(microsecond=0)
     topic = env.topic(EventType.VISITED_SITES)

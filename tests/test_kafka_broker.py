@@ -19,10 +19,10 @@ import pytest
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from gatestream.producers.loadgen import Fleet, generate
+from gatestream.producers.spool import Spool
+from gatestream.schemas import EventType
 from gatestream.topics import ensure_topics
-from producers.loadgen import Fleet, generate
-from producers.spool import Spool
-from schemas import EventType
 from tests.conftest import BROKER_SCRIPT, Env, PrivateBroker, free_port, gatestream_cmd, run_gatestream
 from tests.helpers import count_all, count_rows, publish, stored_offsets, wait_for
 from tests.services import ROOT
@@ -257,7 +257,7 @@ def test_a_member_that_lost_its_partitions_while_holding_a_batch_is_fenced(
     it stops polling, and its group membership ends (max.poll.interval.ms) while it still
     holds the batch. Member B takes the partitions, starts from the stored offsets and
     commits everything. When A wakes up and writes, the fence rolls its batch back."""
-    from consumers.ingest import Ingestor, build_routes
+    from gatestream.consumers.ingest import Ingestor, build_routes
 
     n = 2000
     publish(env, tmp_path / "s.sqlite3", list(generate(n, Fleet(), [EventType.ACTIVE_WINDOWS], seed=51)))

@@ -17,11 +17,11 @@ import yaml
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-import consumers.metrics  # noqa: F401 - registers the ingest metrics
-import producers.metrics  # noqa: F401 - registers the producer metrics
+import gatestream.consumers.metrics  # noqa: F401 - registers the ingest metrics
+import gatestream.producers.metrics  # noqa: F401 - registers the producer metrics
 from gatestream.dbmetrics import DatabaseCollector
-from producers.loadgen import Fleet, generate
-from schemas import EventType
+from gatestream.producers.loadgen import Fleet, generate
+from gatestream.schemas import EventType
 from tests.conftest import Env, free_port, gatestream_cmd
 from tests.helpers import publish, wait_for
 from tests.services import ROOT

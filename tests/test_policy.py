@@ -16,10 +16,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from consumers.policy.consumer import PolicyConsumer
-from consumers.policy.model import PolicyError
-from consumers.policy.reconcile import make_engine, make_plan, reconcile
 from gatestream.cli_policy import _publish
+from gatestream.consumers.policy.consumer import PolicyConsumer
+from gatestream.consumers.policy.model import PolicyError
+from gatestream.consumers.policy.reconcile import make_engine, make_plan, reconcile
 from gatestream.settings import PolicySettings
 from tests.conftest import Env, read_topic
 from tests.helpers import wait_for
@@ -106,7 +106,7 @@ def test_time_travel_every_organization_keeps_exactly_what_its_policy_says(env: 
     assert wanted[f"retention:{aw}"].params["drop_after_days"] == 730  # the longest retention, never shorter
     assert wanted[f"row-retention:{aw}"].params["default_days"] == 365
     # what the plan says it would delete now, per organization
-    from consumers.policy.reconcile import impact
+    from gatestream.consumers.policy.reconcile import impact
 
     aw_impact = next(i for i in impact(conn, plan.state.policies) if i["hypertable"] == aw)
     assert aw_impact["rows_to_delete"] == {

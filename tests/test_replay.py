@@ -13,10 +13,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from consumers.replay import ReplaySelection, replay
-from producers.events import ActiveWindow
-from producers.publisher import Publisher
-from schemas import EventType
+from gatestream.consumers.replay import ReplaySelection, replay
+from gatestream.producers.events import ActiveWindow
+from gatestream.producers.publisher import Publisher
+from gatestream.schemas import EventType
 from tests.conftest import Env, gatestream_cmd
 from tests.helpers import count_rows, publish, start_ingest_thread, stored_offsets, wait_for
 from tests.services import ROOT

@@ -16,8 +16,8 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from producers.events import ActiveWindow
-from schemas import EventType, SchemaCatalog
+from gatestream.producers.events import ActiveWindow
+from gatestream.schemas import EventType, SchemaCatalog
 from tests.conftest import Env, read_topic
 from tests.helpers import count_rows, publish, start_ingest_thread, wait_for
 

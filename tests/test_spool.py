@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from gatestream.producers.events import ActiveWindow
+from gatestream.producers.publisher import Publisher
+from gatestream.producers.spool import Spool
+from gatestream.schemas import EventType
 from gatestream.topics import ensure_topics
-from producers.events import ActiveWindow
-from producers.publisher import Publisher
-from producers.spool import Spool
-from schemas import EventType
 from tests.conftest import Env, PrivateBroker, gatestream_cmd, read_topic
 from tests.services import ROOT
 
@@ -68,9 +68,9 @@ def test_spool_keeps_events_through_a_broker_outage_and_a_restart(
     pub2.close()
 
     got = read_topic(private_broker.bootstrap, topic, 170, timeout=15)
-    from consumers.decoder import Decoder
-    from schemas import SchemaCatalog
-    from schemas.registry import make_registry
+    from gatestream.consumers.decoder import Decoder
+    from gatestream.schemas import SchemaCatalog
+    from gatestream.schemas.registry import make_registry
 
     cat = SchemaCatalog()
     dec = Decoder(make_registry(settings.schema_registry_url, cat), cat.latest(EventType.ACTIVE_WINDOWS).schema)

@@ -17,14 +17,14 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from psycopg.types.datetime import DatetimeBinaryDumper
 from psycopg.types.uuid import UUIDBinaryDumper
 
-from consumers.decoder import DecodeError, Decoder
-from consumers.pgtypes import MillisTimestamptzBinaryDumper, UuidTextBinaryDumper, strip_logical_types
+from gatestream.consumers.decoder import DecodeError, Decoder
+from gatestream.consumers.pgtypes import MillisTimestamptzBinaryDumper, UuidTextBinaryDumper, strip_logical_types
 from gatestream.migrate import discover
-from producers.events import ActiveWindow, GatewayStatusSnapshot
-from producers.spool import Spool
-from schemas import EventType, SchemaCatalog, SchemaCatalogError
-from schemas.catalog import DEFAULT_DIR
-from schemas.registry import CatalogRegistry
+from gatestream.producers.events import ActiveWindow, GatewayStatusSnapshot
+from gatestream.producers.spool import Spool
+from gatestream.schemas import EventType, SchemaCatalog, SchemaCatalogError
+from gatestream.schemas.catalog import DEFAULT_DIR
+from gatestream.schemas.registry import CatalogRegistry
 from tests.services import ROOT
 
 NOW = datetime(2026, 11, 23, 12, 30, 15, 123000, tzinfo=UTC)
@@ -182,7 +182,7 @@ def test_cli_help_lists_the_commands_and_bad_flags_get_a_clear_error() -> None:
 
 
 def test_policy_events_are_validated() -> None:
-    from consumers.policy.consumer import parse_event
+    from gatestream.consumers.policy.consumer import parse_event
 
     known = {"active_windows", "visited_sites"}
     assert parse_event(b'{"resource_type": "active_windows", "organization_id": 3}', known) == {
@@ -203,7 +203,7 @@ def test_policy_events_are_validated() -> None:
 
 
 def test_cron_lines_spread_jobs_and_keep_the_interval() -> None:
-    from consumers.policy.engines import _days, cron_line
+    from gatestream.consumers.policy.engines import _days, cron_line
 
     assert cron_line("a", 300) == "*/5 * * * *"
     hourly = cron_line("row-retention:monitoring.active_windows", 3600)
@@ -215,7 +215,7 @@ def test_cron_lines_spread_jobs_and_keep_the_interval() -> None:
 
 
 def test_replay_times_parse_iso_and_relative_and_refuse_the_rest() -> None:
-    from consumers.replay import ReplayError, ReplaySelection, parse_time
+    from gatestream.consumers.replay import ReplayError, ReplaySelection, parse_time
 
     now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
     assert parse_time("-2h", now) == datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
@@ -233,7 +233,7 @@ def test_replay_times_parse_iso_and_relative_and_refuse_the_rest() -> None:
     for hostile in ("²", "-99999999999d", "٣h", "-1e9d", "9999-12-31T23:59:59-01:00"):
         with pytest.raises(ReplayError):
             parse_time(hostile)
-    from consumers.replay import default_name
+    from gatestream.consumers.replay import default_name
 
     a = ReplaySelection(organizations=frozenset({1, 2}), since=now)
     name = default_name(a.describe())

@@ -20,11 +20,11 @@ import psycopg
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
-from consumers.deadletter import DeadLetters
-from consumers.offsets import FencedError, advance_offsets, read_offsets
-from consumers.policy import metrics
-from consumers.policy.model import PolicyError
-from consumers.policy.reconcile import Plan, impact, make_engine, reconcile
+from gatestream.consumers.deadletter import DeadLetters
+from gatestream.consumers.offsets import FencedError, advance_offsets, read_offsets
+from gatestream.consumers.policy import metrics
+from gatestream.consumers.policy.model import PolicyError
+from gatestream.consumers.policy.reconcile import Plan, impact, make_engine, reconcile
 from gatestream.kafka import base_config, group_config
 from gatestream.settings import PolicySettings
 from gatestream.signals import on_stop_signals

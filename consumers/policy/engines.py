@@ -23,9 +23,9 @@ from typing import Any, Protocol
 import psycopg
 from psycopg import sql
 
-from consumers.policy.model import DesiredJob
+from gatestream.consumers.policy.model import DesiredJob
 
-SQL_TSL_DIR = Path(__file__).resolve().parents[2] / "sql" / "tsl"
+SQL_TSL_DIR = Path(__file__).parents[2] / "sql" / "tsl"  # gatestream/consumers/policy -> gatestream/sql/tsl
 CRON_PREFIX = "gatestream:"
 KEY_MARK = "-- gatestream job "
 

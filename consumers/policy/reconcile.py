@@ -15,8 +15,8 @@ import psycopg
 import structlog
 from psycopg import sql
 
-from consumers.policy.engines import ActualJob, CronJobs, Engine, TimescaleJobs
-from consumers.policy.model import DesiredJob, DesiredState, ResourcePolicy, desired_state
+from gatestream.consumers.policy.engines import ActualJob, CronJobs, Engine, TimescaleJobs
+from gatestream.consumers.policy.model import DesiredJob, DesiredState, ResourcePolicy, desired_state
 from gatestream.settings import PolicySettings
 
 log = structlog.get_logger("gatestream.policy")

@@ -1,0 +1,1 @@
+"""The ordered, idempotent SQL migrations (package data: gatestream.sql); see gatestream.migrate."""
