@@ -27,6 +27,7 @@ import psycopg
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
+from gatestream import logs
 from gatestream.consumers import metrics
 from gatestream.consumers.batch import MicroBatch
 from gatestream.consumers.batch_writer import BatchWriter, WriteResult
@@ -125,7 +126,7 @@ class Ingestor:
         conf["error_cb"] = self.observer.kafka_error
         if assignment is not None:
             conf["enable.partition.eof"] = True
-        self._consumer = Consumer(conf, logger=None)
+        self._consumer = Consumer(conf)
         self._dlq = DeadLetters(base_config(settings), settings.dlq_topic, self.group)
         self.parts = Partitions()
         self._batch = self._new_batch()
@@ -184,6 +185,7 @@ class Ingestor:
             begin = self.parts.take((p.topic, p.partition), stored.get((p.topic, p.partition)))
             p.offset = begin if begin >= 0 else OFFSET_BEGINNING
         consumer.incremental_assign(partitions)
+        logs.set_identity(group=self.group, member=consumer.memberid())
         self._assigned_once = True
         self._last_event = time.monotonic()
         metrics.REBALANCES.labels("assign").inc()
@@ -328,7 +330,10 @@ class Ingestor:
         s.dead_lettered += len(sent_dlq)
         self.observer.database(True)
         metrics.BATCH_COMMIT_SECONDS.observe(now - inflight.submitted)
-        self.observer.committed(inflight.batch.tables, result, sent_dlq, moves)
+        unmapped: dict[str, int] = {}
+        for msg, _, _ in inflight.batch.rejects:
+            unmapped[cast(str, msg.topic())] = unmapped.get(cast(str, msg.topic()), 0) + 1
+        self.observer.committed(inflight.batch.tables, result, sent_dlq, moves, unmapped)
         if result.duplicates:
             log.info("duplicate events skipped", duplicates=result.duplicates)
         log.debug(

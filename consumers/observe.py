@@ -47,19 +47,21 @@ class IngestObserver:
         self.db_ok, self.db_error = ok, error
 
     def ready(self, parts: Partitions) -> tuple[bool, str]:
+        """Ready = can work: broker and database reachable. Owning no partitions is not a
+        fault (a standby member, or between rebalances) and must not flap readiness."""
         if not self.db_ok:
             return False, f"database unreachable: {self.db_error}"
         if not self.broker_ok:
             return False, f"broker unreachable: {self.broker_error}"
-        if not parts.owned:
-            return False, "no partitions assigned"
-        return True, f"ok: {len(parts.owned)} partitions"
+        return True, f"ok: {len(parts.owned)} partitions assigned"
 
     # ------------------------------------------------------------------ per batch
     def committed(
         self, tables: dict[str, TableBatch], result: WriteResult, dead: list[tuple[str, str]],
-        moves: dict[TP, tuple[int | None, int]],
+        moves: dict[TP, tuple[int | None, int]], unmapped: dict[str, int] | None = None,
     ) -> None:  # fmt: skip
+        """``unmapped``: per topic, events of the batch that never became rows (undecodable,
+        unmappable): consumed all the same."""
         if not self.enabled:
             return
         now = time.time()
@@ -73,9 +75,11 @@ class IngestObserver:
         for topic, reason in dead:
             metrics.DEAD_LETTERED.labels(topic, reason).inc()
         for topic, tb in tables.items():
+            consumed = len(tb.rows) + (unmapped or {}).get(topic, 0)
+            if consumed:
+                metrics.EVENTS_CONSUMED.labels(topic).inc(consumed)
             if not tb.rows:
                 continue
-            metrics.EVENTS_CONSUMED.labels(topic).inc(len(tb.rows))
             ti = self.time_index.get(topic, -1)
             ev_hist = metrics.EVENT_TO_COMMIT_SECONDS.labels(topic)
             br_hist = metrics.BROKER_TO_COMMIT_SECONDS.labels(topic)

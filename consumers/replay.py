@@ -192,7 +192,7 @@ def plan(settings: IngestSettings, selection: ReplaySelection) -> list[Partition
     """Partition ranges to read: the selection's offsets, or the start-time lookup."""
     if selection.since and selection.since > datetime.now(UTC) + selection.skew_margin:
         raise ReplayError(f"the start {selection.since.isoformat()} is in the future")
-    c = Consumer(consumer_config(settings, f"gatestream-replay-plan-{time.monotonic_ns()}"), logger=None)
+    c = Consumer(consumer_config(settings, f"gatestream-replay-plan-{time.monotonic_ns()}"))
     try:
         ranges: list[PartitionRange] = []
         for et in selection.event_types:

@@ -1,14 +1,17 @@
 """Database-side metrics: a Prometheus collector that asks TimescaleDB on each scrape.
 
 Per hypertable: row estimate, chunk count, size, size before/after compression and the
-ratio, the age of the oldest chunk and the retention lag (how far the oldest chunk is
-past the retention it should have); TimescaleDB jobs' last run and failures; the
-database's size and, where the data folder is on this host, its disk usage.
+ratio, the age of the oldest chunk's end and the retention lag (how far the oldest chunk
+is past the longest retention any organization has there, from
+monitoring.retention_policies: chunks are dropped at that age); the jobs' last run and
+failures — TimescaleDB's jobs, or pg_cron's on the Apache edition; the database's size
+and, where the data folder is on this host, its disk usage.
 Features the Apache edition lacks (compression stats) are reported as absent, not zero.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +27,25 @@ log = structlog.get_logger("gatestream.dbmetrics")
 DEFAULT_RETENTION_DAYS = 365
 
 
+def longest_retention_days(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    """Per hypertable name, the longest retention any organization has there: the type's
+    default row (else DEFAULT_RETENTION_DAYS) or a longer per-organization policy."""
+    try:
+        with conn.transaction():
+            rows = conn.execute(
+                """SELECT r.resource_type,
+                          greatest(coalesce(max(p.retention_days) FILTER (WHERE p.organization_id IS NULL), %s),
+                                   coalesce(max(p.retention_days) FILTER (WHERE p.organization_id IS NOT NULL), 0))
+                     FROM gatestream.retention_resources r
+                     LEFT JOIN monitoring.retention_policies p USING (resource_type)
+                    GROUP BY r.resource_type""",
+                (DEFAULT_RETENTION_DAYS,),
+            ).fetchall()
+    except psycopg.Error:
+        return {}  # an older schema: the default applies
+    return {str(t): int(d) for t, d in rows}
+
+
 class DatabaseCollector(Collector):
     """Collects on scrape, at most every ``min_interval_s`` (older answers are reused)."""
 
@@ -37,7 +59,7 @@ class DatabaseCollector(Collector):
     ) -> None:
         self.database_url = database_url
         self.schema = schema
-        self.retention_days = retention_days or (lambda conn: {})
+        self.retention_days = retention_days or longest_retention_days
         self.min_interval_s = min_interval_s
         self._cache: list[Metric] = []
         self._cached_at = 0.0
@@ -114,13 +136,14 @@ class DatabaseCollector(Collector):
             chunks.add_metric([q], n)
             compressed.add_metric([q], nc)
             if start_age is not None and end_age is not None:
-                oldest.add_metric([q], max(0.0, float(start_age)))
+                oldest.add_metric([q], max(0.0, float(end_age)))
                 # a chunk can go once its whole range is past retention: measure from its end
                 keep = retention.get(h, DEFAULT_RETENTION_DAYS) * 86400
                 lag.add_metric([q], max(0.0, float(end_age) - keep))
         out += [chunks, compressed, oldest, lag]
         out += self._compression(conn, names)
         out += self._jobs(conn)
+        out += self._cron_jobs(conn)
         out += self._disk(conn)
         return out
 
@@ -174,6 +197,49 @@ class DatabaseCollector(Collector):
             labels = [str(job_id), str(proc)]
             if status is not None:
                 ok.add_metric(labels, 1 if status == "Success" else 0)
+            failures.add_metric(labels, float(fails or 0))
+        return [ok, failures]
+
+    def _cron_jobs(self, conn: psycopg.Connection[Any]) -> list[Metric]:
+        """pg_cron's runs of our jobs (the Apache edition's job engine), when pg_cron lives in
+        this database: the same two metrics, labelled with the cron job's id and name."""
+        ok = GaugeMetricFamily(
+            "gatestream_db_cron_job_last_run_success",
+            "1 if the pg_cron job's last finished run succeeded, 0 if it failed.",
+            labels=["job_id", "job"],
+        )
+        failures = CounterMetricFamily(
+            "gatestream_db_cron_job_failures", "Failed runs of the pg_cron job.", labels=["job_id", "job"]
+        )
+        try:
+            with conn.transaction():
+                row = conn.execute("SELECT current_setting('cron.database_name', true), current_database()").fetchone()
+            if row is None or not row[0]:
+                return []  # pg_cron is not loaded: TimescaleDB's own jobs (above) are the engine
+            cron_db, here = str(row[0]), str(row[1])
+            with (
+                contextlib.nullcontext(conn) if cron_db == here
+                else psycopg.connect(psycopg.conninfo.make_conninfo(self.database_url, dbname=cron_db),
+                                     connect_timeout=5, autocommit=True)
+            ) as cron:  # fmt: skip
+                rows = cron.execute(
+                    """SELECT j.jobid, j.jobname,
+                              (SELECT d.status FROM cron.job_run_details d
+                                WHERE d.jobid = j.jobid AND d.status IN ('succeeded', 'failed')
+                                ORDER BY d.runid DESC LIMIT 1),
+                              (SELECT count(*) FROM cron.job_run_details d
+                                WHERE d.jobid = j.jobid AND d.status = 'failed')
+                         FROM cron.job j
+                        WHERE j.database = %s AND starts_with(j.jobname, 'gatestream:')""",
+                    (here,),
+                ).fetchall()
+        except psycopg.Error as exc:
+            log.info("pg_cron job metrics unavailable", error=str(exc).strip()[:200])
+            return []
+        for job_id, name, status, fails in rows:
+            labels = [str(job_id), str(name)]
+            if status is not None:
+                ok.add_metric(labels, 1 if status == "succeeded" else 0)
             failures.add_metric(labels, float(fails or 0))
         return [ok, failures]
 

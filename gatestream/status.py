@@ -21,7 +21,7 @@ def group_status(settings: IngestSettings, group: str) -> list[dict[str, Any]]:
 
     from gatestream.kafka import consumer_config
 
-    c = Consumer(consumer_config(settings, f"gatestream-status-{time.monotonic_ns()}"), logger=None)
+    c = Consumer(consumer_config(settings, f"gatestream-status-{time.monotonic_ns()}"))
     try:
         md = c.list_topics(timeout=10)
         parts = [(t, p) for t in topics if t in md.topics for p in sorted(md.topics[t].partitions)]

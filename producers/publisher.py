@@ -47,7 +47,7 @@ class Publisher:
         self.registry = registry or make_registry(settings.schema_registry_url, self.catalog)
         self.spool = Spool(settings.spool_path, settings.spool_synchronous)
         metrics.SPOOL_DEPTH.set_function(lambda: self.spool.depth)
-        self._producer = Producer(producer_config(settings), logger=None)
+        self._producer = Producer(producer_config(settings))
         self._serializers: dict[EventType, tuple[AvroSerializer, SerializationContext]] = {}
         first = self.spool.min_seq()
         self._sent_upto = (first - 1) if first is not None else 0

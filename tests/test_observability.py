@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -68,15 +69,21 @@ def test_metrics_endpoint_counts_what_was_produced_and_lag_falls_to_zero(env: En
     per_type = 400
     n = per_type * len(EventType)
     publish(env, tmp_path / "spool.sqlite3", list(generate(n, Fleet(), list(EventType), seed=5)))
+    from confluent_kafka import Producer
+
+    raw = Producer({"bootstrap.servers": env.services.bootstrap_servers})
+    raw.produce(env.topic(EventType.SCREENSHOTS), value=b"not Avro")  # consumed, then dead-lettered
+    assert raw.flush(10) == 0
     port = free_port()
     proc = _ingest(env, port, tmp_path / "ingest.log")
     try:
         assert wait_for(lambda: _sum(_samples(port), "gatestream_ingest_rows_inserted_total") == n, 60)
+        assert wait_for(lambda: _sum(_samples(port), "gatestream_ingest_dead_lettered_total") == 1, 20)
         s = _samples(port)
         for et in EventType:
-            assert s[("gatestream_ingest_events_consumed_total", (("topic", env.topic(et)),))] == per_type
+            read = per_type + (et is EventType.SCREENSHOTS)  # a dead-lettered event was consumed too
+            assert s[("gatestream_ingest_events_consumed_total", (("topic", env.topic(et)),))] == read
             assert s[("gatestream_ingest_rows_inserted_total", (("hypertable", f"monitoring.{et.value}"),))] == per_type
-        assert _sum(s, "gatestream_ingest_dead_lettered_total") == 0
         assert _sum(s, "gatestream_ingest_event_to_commit_seconds_count") > 0
         # lag is computed from the offsets stored in the database; it falls to 0
         assert wait_for(
@@ -97,7 +104,7 @@ def test_metrics_endpoint_counts_what_was_produced_and_lag_falls_to_zero(env: En
             gatestream_cmd("status", "--json"), env=env.environ(), cwd=ROOT, capture_output=True, text=True, timeout=60
         )
         rows = json.loads(out.stdout)
-        assert sum(r["stored_offset"] or 0 for r in rows) == n
+        assert sum(r["stored_offset"] or 0 for r in rows) == n + 1
         assert all(r["lag_messages"] == 0 and r["lag_seconds"] == 0 for r in rows)
     finally:
         proc.terminate()
@@ -137,13 +144,36 @@ def test_database_collector_reports_chunks_rows_and_retention_lag(env: Env) -> N
     # default retention is 365 days: the oldest chunk ended ~34 days past it
     lag_days = m[("gatestream_db_hypertable_retention_lag_seconds", vs)] / 86400
     assert 33 <= lag_days <= 36
-    assert (
-        m[("gatestream_db_hypertable_retention_lag_seconds", (("hypertable", "monitoring.active_windows"),))]
-        if ("gatestream_db_hypertable_retention_lag_seconds", (("hypertable", "monitoring.active_windows"),)) in m
-        else 0 == 0
+    # the oldest chunk's age is its end's (a chunk can only go once all of it expired)
+    assert 399 <= m[("gatestream_db_hypertable_oldest_chunk_age_seconds", vs)] / 86400 <= 400
+    aw = (("hypertable", "monitoring.active_windows"),)
+    assert aw not in {labels for (_, labels) in m if _ == "gatestream_db_hypertable_retention_lag_seconds"}, (
+        "no chunks, no lag series"
     )
     assert m[("gatestream_db_size_bytes", ())] > 0
     assert 0 < m[("gatestream_db_disk_used_ratio", ())] < 1
+
+
+def test_retention_lag_follows_the_policies_in_both_directions(env: Env) -> None:
+    """Measured against the longest retention the table has (its chunks are dropped at that
+    age), from monitoring.retention_policies, not against 365 days for every table."""
+    _old_rows(env.database_url, days_ago=400, n=3000)
+    vs = (("hypertable", "monitoring.visited_sites"),)
+    lag = "gatestream_db_hypertable_retention_lag_seconds"
+    with psycopg.connect(env.database_url, autocommit=True) as conn:
+        # one organization keeps 730 days: nothing is overdue (365 would say ~34 days)
+        conn.execute(
+            "INSERT INTO monitoring.retention_policies (organization_id, resource_type, retention_days) "
+            "VALUES (2, 'visited_sites', 730)"
+        )
+        assert _collect(env.database_url)[(lag, vs)] == 0
+        # every organization 30 days: the oldest chunk is ~368 days overdue (365 would say ~34)
+        conn.execute("DELETE FROM monitoring.retention_policies")
+        conn.execute(
+            "INSERT INTO monitoring.retention_policies (organization_id, resource_type, retention_days) "
+            "VALUES (NULL, 'visited_sites', 30)"
+        )
+        assert 366 <= _collect(env.database_url)[(lag, vs)] / 86400 <= 370
 
 
 def test_database_collector_reports_the_compression_ratio(env: Env) -> None:
@@ -226,3 +256,61 @@ def test_dashboard_panels_query_metrics_that_exist(db_url: str) -> None:
         assert not (_metric_names_in(e) - known), e
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     assert {"kafka", "timescaledb", "prometheus", "grafana"} <= set(compose["services"])
+
+
+def test_a_member_without_partitions_is_ready_and_log_lines_say_who_logs(env: Env, tmp_path: Path) -> None:
+    """Readiness means "can work" (broker and database reachable): a standby member that
+    owns no partition is ready, and readiness does not flap with rebalances."""
+    from gatestream.settings import ProducerSettings
+    from gatestream.topics import ensure_topics
+
+    prefix = f"{env.prefix}one."
+    ps = ProducerSettings(**{**env.common(), "topic_prefix": prefix})
+    ensure_topics(ps, [ps.topic_for(EventType.ACTIVE_WINDOWS)], partitions=1)
+    ports = [free_port(), free_port()]
+    procs = [
+        subprocess.Popen(
+            gatestream_cmd("ingest", "--types", "active_windows", "--metrics-port", str(port)),
+            env=env.environ(topic_prefix=prefix),
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp_path / f"m{i}.log").open("wb"),
+        )  # fmt: skip
+        for i, port in enumerate(ports)
+    ]
+    try:
+        assert wait_for(lambda: all(_get(f"http://127.0.0.1:{p}/readyz")[0] == 200 for p in ports), 40)
+        time.sleep(3)  # settled: one member owns the partition, the other none
+        bodies = [_get(f"http://127.0.0.1:{p}/readyz") for p in ports]
+        assert all(code == 200 for code, _ in bodies), bodies
+        assert sorted(body.strip() for _, body in bodies) == ["ok: 0 partitions assigned", "ok: 1 partitions assigned"]
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(30)
+    lines = [json.loads(line) for i in range(2) for line in (tmp_path / f"m{i}.log").read_text().splitlines()]
+    assert all("host" in line and "pid" in line for line in lines)
+    assigned = [line for line in lines if line["event"] == "partitions assigned"]
+    assert assigned and all(line.get("member") and line.get("group") for line in assigned)
+
+
+def test_librdkafka_log_lines_go_through_structlog(env: Env, tmp_path: Path) -> None:
+    """With the broker unreachable, librdkafka logs connection failures; in a JSON log
+    every line must still be JSON."""
+    proc = subprocess.Popen(
+        gatestream_cmd("ingest", "--types", "active_windows"),
+        env=env.environ(bootstrap_servers=f"127.0.0.1:{free_port()}"), cwd=ROOT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(5)
+    proc.terminate()
+    _, err = proc.communicate(timeout=30)
+    lines = [line for line in err.splitlines() if line.strip()]
+    parsed = []
+    for line in lines:
+        try:
+            parsed.append(json.loads(line))
+        except json.JSONDecodeError:
+            pytest.fail(f"a log line that is not JSON: {line[:200]}")
+    assert any(p.get("logger") == "librdkafka" for p in parsed), "librdkafka's lines are there, as JSON"

@@ -71,7 +71,7 @@ class PolicyConsumer:
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": 50,
         }
-        self.consumer = Consumer(conf, logger=None)
+        self.consumer = Consumer(conf)
         self.dead_letters = DeadLetters(base_config(settings), settings.dlq_topic, settings.policy_group_id)
         self.stored: dict[TP, int | None] = {}
         self.last_plan: Plan | None = None
