@@ -314,3 +314,34 @@ def test_librdkafka_log_lines_go_through_structlog(env: Env, tmp_path: Path) -> 
         except json.JSONDecodeError:
             pytest.fail(f"a log line that is not JSON: {line[:200]}")
     assert any(p.get("logger") == "librdkafka" for p in parsed), "librdkafka's lines are there, as JSON"
+
+
+@pytest.mark.slow
+def test_pg_cron_job_failures_are_exported(env: Env) -> None:
+    """The Apache edition's jobs run under pg_cron; a failing one must reach the metrics
+    the GatestreamCronJobFailures alert reads. pg_cron runs at most once a minute."""
+    with psycopg.connect(env.database_url, autocommit=True) as conn:
+        row = conn.execute("SELECT current_setting('cron.database_name', true), current_database()").fetchone()
+    if not row or not row[0]:
+        pytest.skip("pg_cron is not loaded on this server (ops/stack loads it)")
+    cron_url = psycopg.conninfo.make_conninfo(env.database_url, dbname=row[0])
+    name = f"gatestream:test-{env.prefix}"
+    with psycopg.connect(cron_url, autocommit=True) as cron:
+        job = cron.execute(
+            "SELECT cron.schedule_in_database(%s, '* * * * *', 'SELECT 1/0', %s)", (name, row[1])
+        ).fetchone()
+        assert job is not None
+        try:
+            failed = lambda: (
+                cron.execute(  # noqa: E731
+                    "SELECT count(*) FROM cron.job_run_details WHERE jobid = %s AND status = 'failed'", (job[0],)
+                ).fetchone()
+                != (0,)
+            )
+            assert wait_for(failed, 90, interval=1), "pg_cron did not run the job within 90 s"
+            m = _collect(env.database_url)
+            labels = (("job", name), ("job_id", str(job[0])))
+            assert m[("gatestream_db_cron_job_last_run_success", labels)] == 0
+            assert m[("gatestream_db_cron_job_failures_total", labels)] >= 1
+        finally:
+            cron.execute("SELECT cron.unschedule(%s)", (job[0],))
