@@ -332,12 +332,11 @@ def test_pg_cron_job_failures_are_exported(env: Env) -> None:
         ).fetchone()
         assert job is not None
         try:
-            failed = lambda: (
-                cron.execute(  # noqa: E731
-                    "SELECT count(*) FROM cron.job_run_details WHERE jobid = %s AND status = 'failed'", (job[0],)
-                ).fetchone()
-                != (0,)
-            )
+
+            def failed() -> bool:
+                q = "SELECT count(*) FROM cron.job_run_details WHERE jobid = %s AND status = 'failed'"
+                return cron.execute(q, (job[0],)).fetchone() != (0,)
+
             assert wait_for(failed, 90, interval=1), "pg_cron did not run the job within 90 s"
             m = _collect(env.database_url)
             labels = (("job", name), ("job_id", str(job[0])))

@@ -36,16 +36,26 @@ def _sources() -> list[Path]:
     return [p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts]
 
 
-def test_one_import_root_and_the_library_never_imports_the_cli() -> None:
+def test_one_import_root_and_layers_that_import_one_way() -> None:
     for path in [*_sources(), *(ROOT / "tests").glob("*.py")]:
         for name in _imports(path):
             top = name.split(".")[0]
             assert top not in LIBRARY, f"{path}: imports {name}; use gatestream.{name}"
+    # layers, importing one way: core <- producers / consumers <- the command line
+    apps = ("gatestream.cli", "gatestream.bench", "gatestream.status", "gatestream.report", "gatestream.__main__")
+    forbidden = {
+        "core": ("gatestream.producers", "gatestream.consumers", *apps),
+        "schemas": ("gatestream.producers", "gatestream.consumers", *apps),
+        "producers": ("gatestream.consumers", *apps),
+        "consumers": apps,
+    }
     for path in _sources():
         rel = path.relative_to(PACKAGE)
-        if rel.parts[0] in LIBRARY:
-            bad = {n for n in _imports(path) if n.startswith(("gatestream.cli", "gatestream.bench"))}
-            assert not bad, f"the library module {rel} imports the command line: {bad}"
+        layer = rel.parts[0] if len(rel.parts) > 1 else ("app" if f"gatestream.{rel.stem}" in apps else "core")
+        if layer in ("cli", "app", "sql"):
+            continue
+        bad = {n for n in _imports(path) if n.startswith(forbidden[layer])}
+        assert not bad, f"{rel} ({layer}) imports a layer above it: {bad}"
 
 
 @pytest.mark.integration

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from gatestream.cli_policy import _publish
+from gatestream.cli.policy import _publish
 from gatestream.consumers.policy.consumer import PolicyConsumer
 from gatestream.consumers.policy.model import PolicyError
 from gatestream.consumers.policy.reconcile import make_engine, make_plan, reconcile

@@ -1,0 +1,74 @@
+"""The ``gatestream`` command line: parses, calls the library, prints. One module per
+command group (db, produce, ingest, replay, policy, bench); the library never imports it.
+
+Settings come from ``GATESTREAM_*`` environment variables (``ops/stack env`` prints
+them for the local stack); flags override them for one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+import structlog
+
+from gatestream import logs
+from gatestream.cli import bench, db, ingest, policy, produce, replay
+from gatestream.settings import CommonSettings
+
+log = structlog.get_logger("gatestream.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gatestream",
+        description="Monitoring-gateway events: Avro over Kafka into TimescaleDB hypertables, exactly once.",
+        epilog="Connection settings come from GATESTREAM_* environment variables; "
+        'for the local stack run: eval "$(ops/stack env)".',
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in (db, produce, ingest, replay, policy, bench):
+        group.add_parsers(sub)
+    return p
+
+
+_RELATIVE_TIME = re.compile(r"^-\d+(\.\d+)?[smhdw]$")
+
+
+def _join_relative_times(argv: list[str]) -> list[str]:
+    """Let ``--from -2h`` mean ``--from=-2h`` (argparse takes '-2h' for an option)."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in ("--from", "--to") and _RELATIVE_TIME.match(arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(_join_relative_times(sys.argv[1:] if argv is None else argv))
+    common = CommonSettings()
+    logs.configure(common.log_format, common.log_level)
+    try:
+        code = args.fn(args)
+    except KeyboardInterrupt:
+        code = 130
+    except BrokenPipeError:  # output piped into head & co: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    except Exception as exc:  # a clear one-line error for operators, the trace in the log
+        from pydantic import ValidationError
+
+        if isinstance(exc, ValidationError):
+            print(f"gatestream: bad setting: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        log.error("command failed", command=args.command, error=f"{type(exc).__name__}: {exc}", exc_info=True)
+        print(f"gatestream {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        code = 1
+    raise SystemExit(code)
+
+
+__all__ = ["main", "build_parser"]

@@ -1,0 +1,32 @@
+"""``gatestream bench ingest|replay|metrics``: figures measured in one run (medians, ratios)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from gatestream.settings import IngestSettings
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from gatestream.bench import bench_ingest, bench_metrics, bench_replay
+
+    fn = {"ingest": bench_ingest, "replay": bench_replay, "metrics": bench_metrics}[args.bench_command]
+    return fn(
+        IngestSettings(), events=args.events, runs=args.runs, batch_rows=args.batch_rows, partitions=args.partitions
+    )
+
+
+def add_parsers(sub: Any) -> None:
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
+    for name, text in (
+        ("ingest", "raw binary COPY vs end-to-end ingest on the same events"),
+        ("replay", "live ingest vs replay (rows missing, rows present) on the same events"),
+        ("metrics", "end-to-end ingest with metrics on vs off, alternating, on the same events"),
+    ):
+        bi = bench.add_parser(name, help=text, description=text + ". Uses a database of its own (<db>_bench).")
+        bi.add_argument("--events", type=int, default=300_000, help="events per run (default 300000)")
+        bi.add_argument("--runs", type=int, default=3, help="runs; medians are reported (default 3)")
+        bi.add_argument("--batch-rows", type=int, default=10_000, help="rows per batch in every path")
+        bi.add_argument("--partitions", type=int, default=6, help="partitions of the bench topic")
+        bi.set_defaults(fn=cmd_bench)

@@ -1,0 +1,73 @@
+"""``gatestream ingest``: one consumer-group member; start more processes to scale."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from gatestream.cli.args import event_types, overrides, serve
+from gatestream.settings import IngestSettings
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from gatestream.consumers.ingest import Ingestor, build_routes
+
+    settings = IngestSettings(
+        **overrides(
+            args,
+            [
+                "metrics_port",
+                "group_id",
+                "batch_max_rows",
+                "batch_max_ms",
+                "stop_after_idle_s",
+                "session_timeout_ms",
+                "heartbeat_interval_ms",
+                "group_protocol",
+            ],
+        )
+    )
+    topics = settings.event_topics()
+    if args.types:
+        topics = {t: et for t, et in topics.items() if et in args.types}
+    with psycopg.connect(settings.database_url) as conn:
+        routes = build_routes(conn, settings, topics)
+    ingestor = Ingestor(settings, routes)
+    server = serve(settings.metrics_port, ingestor.ready)
+    try:
+        summary = ingestor.run()
+    finally:
+        if server is not None:
+            server.stop()
+    print(json.dumps(summary.report()))
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    ing = sub.add_parser("ingest", help="run an ingest consumer-group member (start more to scale)")
+    ing.add_argument("--group", dest="group_id", help="consumer group (default gatestream-ingest)")
+    ing.add_argument("--types", type=event_types, help="only these event types (default: all)")
+    ing.add_argument("--batch-rows", dest="batch_max_rows", type=int, help="rows per micro-batch (default 5000)")
+    ing.add_argument("--batch-ms", dest="batch_max_ms", type=int, help="max age of a micro-batch (default 500)")
+    ing.add_argument(
+        "--stop-after-idle",
+        dest="stop_after_idle_s",
+        type=float,
+        help="exit 0 after this many seconds without new events (default: run until SIGTERM)",
+    )
+    ing.add_argument(
+        "--metrics-port", dest="metrics_port", type=int, help="serve /metrics, /healthz, /readyz on this port"
+    )
+    ing.add_argument(
+        "--group-protocol", dest="group_protocol", choices=["classic", "consumer"],
+        help="consumer group protocol (default classic; consumer = KIP-848, Kafka >= 4.0)",
+    )  # fmt: skip
+    ing.add_argument(
+        "--session-timeout-ms", dest="session_timeout_ms", type=int,
+        help="classic protocol: a silent member's partitions move after this (default 10000)",
+    )  # fmt: skip
+    ing.add_argument("--heartbeat-interval-ms", dest="heartbeat_interval_ms", type=int, help="classic protocol")
+    ing.set_defaults(fn=cmd_ingest)
