@@ -36,6 +36,20 @@ def stored_offsets(db_url: str, group: str) -> dict[tuple[str, int], int]:
     return {(t, p): o for t, p, o in rows}
 
 
+def http_get(url: str) -> tuple[int, str]:
+    """Status and body of a GET (0 and the error when nothing answers)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError as e:
+        return 0, str(e)
+
+
 def wait_for(predicate: Any, timeout: float, interval: float = 0.25) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

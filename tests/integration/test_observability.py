@@ -7,8 +7,6 @@ import re
 import shutil
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,24 +22,14 @@ from gatestream.dbmetrics import DatabaseCollector
 from gatestream.producers.loadgen import Fleet, generate
 from gatestream.schemas import EventType
 from tests.conftest import Env, free_port, gatestream_cmd
-from tests.helpers import publish, wait_for
+from tests.helpers import http_get, publish, wait_for
 from tests.services import ROOT
 
 pytestmark = pytest.mark.integration
 
 
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=3) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except OSError as e:
-        return 0, str(e)
-
-
 def _samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    status, body = _get(f"http://127.0.0.1:{port}/metrics")
+    status, body = http_get(f"http://127.0.0.1:{port}/metrics")
     if status != 200:
         return {}
     out = {}
@@ -95,10 +83,10 @@ def test_metrics_endpoint_counts_what_was_produced_and_lag_falls_to_zero(env: En
             )(_samples(port)),
             20,
         )
-        assert _get(f"http://127.0.0.1:{port}/healthz")[0] == 200
-        status, body = _get(f"http://127.0.0.1:{port}/readyz")
+        assert http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+        status, body = http_get(f"http://127.0.0.1:{port}/readyz")
         assert status == 200 and "partitions" in body
-        assert _get(f"http://127.0.0.1:{port}/nope")[0] == 404
+        assert http_get(f"http://127.0.0.1:{port}/nope")[0] == 404
         # gatestream status agrees: stored offsets cover everything, no lag
         out = subprocess.run(
             gatestream_cmd("status", "--json"), env=env.environ(), cwd=ROOT, capture_output=True, text=True, timeout=60
@@ -279,9 +267,9 @@ def test_a_member_without_partitions_is_ready_and_log_lines_say_who_logs(env: En
         for i, port in enumerate(ports)
     ]
     try:
-        assert wait_for(lambda: all(_get(f"http://127.0.0.1:{p}/readyz")[0] == 200 for p in ports), 40)
+        assert wait_for(lambda: all(http_get(f"http://127.0.0.1:{p}/readyz")[0] == 200 for p in ports), 40)
         time.sleep(3)  # settled: one member owns the partition, the other none
-        bodies = [_get(f"http://127.0.0.1:{p}/readyz") for p in ports]
+        bodies = [http_get(f"http://127.0.0.1:{p}/readyz") for p in ports]
         assert all(code == 200 for code, _ in bodies), bodies
         assert sorted(body.strip() for _, body in bodies) == ["ok: 0 partitions assigned", "ok: 1 partitions assigned"]
     finally:

@@ -24,7 +24,7 @@ from gatestream.producers.spool import Spool
 from gatestream.schemas import EventType
 from gatestream.topics import ensure_topics
 from tests.conftest import BROKER_SCRIPT, Env, PrivateBroker, free_port, gatestream_cmd, run_gatestream
-from tests.helpers import count_all, count_rows, publish, stored_offsets, wait_for
+from tests.helpers import count_all, count_rows, http_get, publish, stored_offsets, wait_for
 from tests.services import ROOT
 
 pytestmark = pytest.mark.integration
@@ -127,8 +127,6 @@ def test_broker_kill_9_mid_stream_and_restart_from_its_log_gives_exactly_n_rows(
 def test_broker_away_for_30_s_no_crash_loop_readyz_follows_and_ingest_resumes(
     env: Env, private_broker: PrivateBroker, tmp_path: Path
 ) -> None:
-    from tests.test_observability import _get
-
     over = {"bootstrap_servers": private_broker.bootstrap}
     ps = env.producer(tmp_path / "unused", **over)
     ensure_topics(ps, [*ps.event_topics(), env.dlq_topic], partitions=2)
@@ -137,7 +135,7 @@ def test_broker_away_for_30_s_no_crash_loop_readyz_follows_and_ingest_resumes(
     port = free_port()
     log = tmp_path / "ingest.log"
     proc = _ingest_proc(env, log, "--metrics-port", str(port), **over)
-    readyz = lambda: _get(f"http://127.0.0.1:{port}/readyz")  # noqa: E731
+    readyz = lambda: http_get(f"http://127.0.0.1:{port}/readyz")  # noqa: E731
     try:
         assert wait_for(lambda: sum(count_all(env.database_url).values()) == 1000, 60)
         assert wait_for(lambda: readyz()[0] == 200, 30), readyz()
@@ -147,7 +145,7 @@ def test_broker_away_for_30_s_no_crash_loop_readyz_follows_and_ingest_resumes(
         assert "broker" in readyz()[1], "/readyz says why it is not ready"
         while time.monotonic() - down_at < 30:  # thirty seconds without a broker
             assert proc.poll() is None, "the consumer exited while the broker was away"
-            assert _get(f"http://127.0.0.1:{port}/healthz")[0] == 200, "alive while unready"
+            assert http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200, "alive while unready"
             time.sleep(1)
         private_broker.start()
         assert wait_for(lambda: readyz()[0] == 200, 60), readyz()

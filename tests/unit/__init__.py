@@ -1,0 +1,1 @@
+"""Unit tests: no services, no network; fakes allowed for collaborators."""
