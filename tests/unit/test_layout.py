@@ -46,3 +46,22 @@ def test_one_import_root_and_layers_that_import_one_way() -> None:
             continue
         bad = {n for n in _imports(path) if n.startswith(forbidden[layer])}
         assert not bad, f"{rel} ({layer}) imports a layer above it: {bad}"
+
+
+def test_the_image_installs_only_the_wheel_and_compose_runs_valid_commands() -> None:
+    import yaml
+
+    from gatestream.cli import build_parser
+
+    stages = (ROOT / "Dockerfile").read_text().split("\nFROM ")
+    final = [line for line in stages[-1].splitlines() if line.startswith(("COPY", "ADD"))]
+    assert final and all("--from=wheel" in line for line in final), "no source tree in the final image"
+    assert "pip install" in stages[-1] and ".whl" in stages[-1]
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    pipeline = {"ingest-1", "ingest-2", "policy-consumer", "db-exporter", "setup"}
+    assert pipeline <= services.keys()
+    parser = build_parser()
+    for name in pipeline:
+        svc = services[name]
+        assert svc["image"] == "gatestream:local" and svc["build"] == "."
+        parser.parse_args(svc["command"])  # a command gatestream knows, with valid flags

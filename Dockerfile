@@ -1,0 +1,19 @@
+# gatestream as a container image: the wheel, installed; no source tree in the image.
+# The same steps as tests/integration/test_packaging.py, which runs them on every CI run:
+# build the wheel, install it into a fresh environment, run `gatestream` from there.
+#   docker build -t gatestream .
+#   docker run --rm -e GATESTREAM_DATABASE_URL=... gatestream db migrate
+FROM python:3.11-slim AS wheel
+WORKDIR /src
+COPY . .
+RUN pip wheel --no-cache-dir --no-deps -w /dist .
+
+FROM python:3.11-slim
+RUN useradd --create-home --uid 10001 gatestream
+COPY --from=wheel /dist/ /tmp/dist/
+RUN pip install --no-cache-dir /tmp/dist/gatestream-*.whl && rm -rf /tmp/dist
+USER gatestream
+WORKDIR /home/gatestream
+ENV GATESTREAM_LOG_FORMAT=json
+ENTRYPOINT ["gatestream"]
+CMD ["--help"]
