@@ -15,6 +15,7 @@ import structlog
 from confluent_kafka import KafkaError, Message
 
 from gatestream.consumers.batch_writer import TableBatch
+from gatestream.consumers.deadletter import Reason
 from gatestream.consumers.decoder import DecodeError
 from gatestream.consumers.partitions import Partitions
 from gatestream.consumers.routes import Route
@@ -84,7 +85,7 @@ class MicroBatch:
                     self.on_decode_error(topic, exc.reason)
                 continue
             except Exception as exc:  # noqa: BLE001 - any failure of one event is that event's, never the batch's
-                rejects.append((msg, "unmappable", f"{type(exc).__name__}: {exc}"))
+                rejects.append((msg, Reason.UNMAPPABLE, f"{type(exc).__name__}: {exc}"))
                 continue
             tb = tables[topic]
             tb.rows.append(row)

@@ -25,6 +25,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from gatestream.consumers.deadletter import Reason
 from gatestream.consumers.offsets import TopicPartition, advance_offsets
 from gatestream.consumers.pgtypes import register_wire_dumpers
 from gatestream.consumers.tables import TableSpec
@@ -62,8 +63,8 @@ def _infrastructure(exc: BaseException) -> bool:
 
 def _reason(exc: Exception) -> str:
     if isinstance(exc, psycopg.errors.DataError | psycopg.errors.IntegrityError):
-        return "rejected-by-database"
-    return "internal-error"
+        return Reason.REJECTED_BY_DATABASE
+    return Reason.INTERNAL_ERROR
 
 
 class BatchWriter:

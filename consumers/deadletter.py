@@ -13,10 +13,27 @@ value, with ``gatestream.value_omitted`` = its size: its coordinates still lead 
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any, cast
 
 import psycopg
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+
+class Reason(StrEnum):
+    """Why an event went to the dead-letter topic (header ``gatestream.reason``)."""
+
+    NULL_VALUE = "null-value"  # a tombstone: no value
+    NOT_WIRE_FORMAT = "not-wire-format"  # not magic byte 0 + schema id + Avro
+    UNKNOWN_SCHEMA_ID = "unknown-schema-id"  # the registry (or catalog) has no such id
+    BAD_WRITER_SCHEMA = "bad-writer-schema"  # the id's schema is not a usable record
+    INCOMPATIBLE_SCHEMA = "incompatible-schema"  # a schema of another event type
+    MALFORMED_AVRO = "malformed-avro"  # the body does not decode with its schema
+    UNMAPPABLE = "unmappable"  # decoded, but it cannot become a row
+    REJECTED_BY_DATABASE = "rejected-by-database"  # a CHECK, a NUL byte, ... (SQLSTATE in the detail)
+    INTERNAL_ERROR = "internal-error"  # failed for a reason nobody foresaw (exception class in the detail)
+    INVALID_POLICY_EVENT = "invalid-policy-event"  # the policy consumer's change events
+
 
 Reject = tuple[Message, str, str]  # the source message, reason, detail
 

@@ -22,6 +22,7 @@ from typing import Any, cast
 
 from fastavro import parse_schema, schemaless_reader
 
+from gatestream.consumers.deadletter import Reason
 from gatestream.consumers.pgtypes import strip_logical_types
 from gatestream.schemas.catalog import normalized
 
@@ -58,16 +59,16 @@ class Decoder:
         try:
             writer_raw = self.registry.get_schema(schema_id)
         except Exception as exc:  # registry errors, network, unknown id
-            raise DecodeError("unknown-schema-id", f"schema id {schema_id}: {exc}") from exc
+            raise DecodeError(Reason.UNKNOWN_SCHEMA_ID, f"schema id {schema_id}: {exc}") from exc
         try:
             writer_json = json.loads(writer_raw.schema_str)
             writer = _parse(writer_json)
         except Exception as exc:
-            raise DecodeError("bad-writer-schema", f"schema id {schema_id}: {exc}") from exc
+            raise DecodeError(Reason.BAD_WRITER_SCHEMA, f"schema id {schema_id}: {exc}") from exc
         reader = None if normalized(writer_json) == self._reader_key else self.reader
         if reader is not None and writer.get("name") != self.reader.get("name"):
             raise DecodeError(
-                "incompatible-schema",
+                Reason.INCOMPATIBLE_SCHEMA,
                 f"schema id {schema_id} is {writer.get('name')}, this topic carries {self.reader.get('name')}",
             )
 
@@ -79,22 +80,22 @@ class Decoder:
 
     def decode(self, value: bytes | None) -> dict[str, Any]:
         if value is None:
-            raise DecodeError("null-value", "message has no value (tombstone)")
+            raise DecodeError(Reason.NULL_VALUE, "message has no value (tombstone)")
         if len(value) < 6:
-            raise DecodeError("not-wire-format", f"{len(value)} bytes is too short for the Confluent wire format")
+            raise DecodeError(Reason.NOT_WIRE_FORMAT, f"{len(value)} bytes is too short for the Confluent wire format")
         magic, schema_id = _HEADER.unpack_from(value)
         if magic != MAGIC:
-            raise DecodeError("not-wire-format", f"magic byte is {magic}, expected 0")
+            raise DecodeError(Reason.NOT_WIRE_FORMAT, f"magic byte is {magic}, expected 0")
         fn = self._fn_for(schema_id)
         buf = io.BytesIO(value)
         buf.seek(5)
         try:
             record = fn(buf)
         except Exception as exc:
-            raise DecodeError("malformed-avro", f"schema id {schema_id}: {type(exc).__name__}: {exc}") from exc
+            raise DecodeError(Reason.MALFORMED_AVRO, f"schema id {schema_id}: {type(exc).__name__}: {exc}") from exc
         if buf.tell() != len(value):
             raise DecodeError(
-                "malformed-avro",
+                Reason.MALFORMED_AVRO,
                 f"schema id {schema_id}: {len(value) - buf.tell()} bytes left after the record",
             )
         return record
@@ -104,5 +105,5 @@ def _parse(schema: dict[str, Any]) -> dict[str, Any]:
     """A fastavro-parsed record schema, with wire-level uuid and timestamp values."""
     parsed = parse_schema(strip_logical_types(schema))
     if not isinstance(parsed, dict):
-        raise DecodeError("bad-writer-schema", "a topic's schema must be an Avro record")
+        raise DecodeError(Reason.BAD_WRITER_SCHEMA, "a topic's schema must be an Avro record")
     return parsed

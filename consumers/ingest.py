@@ -34,7 +34,7 @@ from gatestream.consumers.batch_writer import BatchWriter, WriteResult
 from gatestream.consumers.deadletter import DeadLetterError, DeadLetters, first_time
 from gatestream.consumers.observe import IngestObserver
 from gatestream.consumers.offsets import FencedError, read_offsets
-from gatestream.consumers.partitions import PartitionRange, Partitions
+from gatestream.consumers.partitions import UNKNOWN, PartitionRange, Partitions
 from gatestream.consumers.routes import Route, build_routes
 from gatestream.kafka import base_config, consumer_config
 from gatestream.settings import IngestSettings
@@ -229,7 +229,7 @@ class Ingestor:
         tp = (topic, partition)
         if tp in self.parts.ends:
             self.parts.reached_end(tp, high_watermark)
-            if self.parts.next.get(tp, -1) < high_watermark and tp not in self._batch.ends:
+            if self.parts.next.get(tp, UNKNOWN) < high_watermark and tp not in self._batch.ends:
                 self.parts.next[tp] = high_watermark
 
     # ------------------------------------------------------------------ writing
@@ -377,7 +377,7 @@ class Ingestor:
         for tp in owned:
             off = stored.get(tp)
             self.parts.stored[tp] = off
-            self.parts.next[tp] = off if off is not None else -1
+            self.parts.next[tp] = off if off is not None else UNKNOWN
             try:
                 self._consumer.seek(TopicPartition(tp[0], tp[1], off if off is not None else OFFSET_BEGINNING))
             except KafkaException as exc:

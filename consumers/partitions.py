@@ -9,6 +9,10 @@ from dataclasses import dataclass, field
 
 TP = tuple[str, int]
 
+FROM_BEGINNING = -2  # where to start when nothing is stored: the partition's first message
+# (confluent_kafka.OFFSET_BEGINNING has the same value)
+UNKNOWN = -1  # "the next offset is not known yet": nothing read, nothing stored
+
 
 @dataclass(frozen=True)
 class PartitionRange:
@@ -33,12 +37,13 @@ class Partitions:
     started_at: dict[TP, int] = field(default_factory=dict)
 
     def take(self, tp: TP, stored: int | None, start: int | None = None, end: int | None = None) -> int:
-        """Own ``tp``; return the offset to start reading at (-2 = the beginning)."""
+        """Own ``tp``; return the offset to start reading at (FROM_BEGINNING when nothing
+        is stored and no start was given)."""
         self.owned.add(tp)
         self.stored[tp] = stored
         known = [x for x in (stored, start) if x is not None]
-        begin = max(known) if known else -2
-        self.next[tp] = begin if begin >= 0 else -1
+        begin = max(known) if known else FROM_BEGINNING
+        self.next[tp] = begin if begin >= 0 else UNKNOWN
         self.started_at[tp] = max(begin, 0)
         if start is not None or end is not None:
             self.ends[tp] = end
@@ -59,7 +64,7 @@ class Partitions:
 
     def finished(self, tp: TP) -> bool:
         end = self.ends.get(tp)
-        return end is not None and self.next.get(tp, -1) >= end
+        return end is not None and self.next.get(tp, UNKNOWN) >= end
 
     def all_finished(self) -> bool:
         return bool(self.ends) and all(self.finished(tp) for tp in self.ends)

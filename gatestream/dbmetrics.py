@@ -22,6 +22,8 @@ import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gatestream.edition import timescaledb_edition
+
 log = structlog.get_logger("gatestream.dbmetrics")
 
 DEFAULT_RETENTION_DAYS = 365
@@ -85,10 +87,9 @@ class DatabaseCollector(Collector):
 
     def _gather(self, conn: psycopg.Connection[Any]) -> list[Metric]:
         out: list[Metric] = []
-        edition, version = conn.execute(
-            "SELECT current_setting('timescaledb.license', true), "
-            "(SELECT extversion FROM pg_extension WHERE extname = 'timescaledb')"
-        ).fetchone() or ("unknown", "unknown")
+        edition = timescaledb_edition(conn)
+        row = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
+        version = row[0] if row else "unknown"
         info = GaugeMetricFamily(
             "gatestream_db_timescaledb_info", "TimescaleDB edition and version.", labels=["edition", "version"]
         )

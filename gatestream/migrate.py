@@ -14,6 +14,8 @@ from pathlib import Path
 import psycopg
 import structlog
 
+from gatestream.edition import Edition, timescaledb_edition
+
 SQL_DIR = Path(__file__).parent / "sql"  # package data gatestream.sql (in a checkout: a link to sql/)
 LOCK_KEY = 0x6761746573747265  # "gatestre"
 
@@ -34,18 +36,32 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
-def discover(sql_dir: Path = SQL_DIR) -> list[Migration]:
+# Folders of migrations that only one edition can run, applied (and recorded) only there.
+EDITION_DIRS = {Edition.COMMUNITY: "tsl"}
+
+
+def discover(sql_dir: Path = SQL_DIR, edition: Edition | None = None) -> list[Migration]:
+    """The migrations in order: the common ones, then those of ``edition`` (named
+    ``<folder>/<file>``, e.g. ``tsl/010_active_windows_daily.sql``)."""
     files = sorted(p for p in sql_dir.glob("*.sql") if p.name[:3].isdigit())
     if not files:
         raise MigrationError(f"no migrations found in {sql_dir}")
-    return [Migration(p.name, p.read_text()) for p in files]
+    out = [Migration(p.name, p.read_text()) for p in files]
+    folder = EDITION_DIRS.get(edition) if edition is not None else None
+    if folder is not None:
+        extra = sorted(p for p in (sql_dir / folder).glob("*.sql") if p.name[:3].isdigit())
+        out += [Migration(f"{folder}/{p.name}", p.read_text()) for p in extra]
+    return out
 
 
 def migrate(database_url: str, sql_dir: Path = SQL_DIR) -> list[str]:
-    """Apply what is missing; return the names applied now."""
-    migrations = discover(sql_dir)
+    """Apply what is missing; return the names applied now. Edition-specific migrations
+    (sql/tsl/ on the Community edition) go through the same runner, checksummed and
+    recorded; on another edition they are neither applied nor recorded, so they apply
+    once the server runs the edition that has what they need."""
     applied_now: list[str] = []
     with psycopg.connect(database_url, autocommit=True) as conn:
+        migrations = discover(sql_dir, timescaledb_edition(conn))
         conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
         try:
             conn.execute("CREATE SCHEMA IF NOT EXISTS gatestream")
@@ -75,9 +91,3 @@ def migrate(database_url: str, sql_dir: Path = SQL_DIR) -> list[str]:
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
     return applied_now
-
-
-def timescaledb_edition(conn: psycopg.Connection[tuple[object, ...]]) -> str:
-    """'apache' or 'timescale' (Community/TSL), from the server's license setting."""
-    row = conn.execute("SELECT current_setting('timescaledb.license', true)").fetchone()
-    return str(row[0]) if row and row[0] else "unknown"

@@ -6,7 +6,7 @@ import psycopg
 from psycopg import sql
 
 from gatestream.consumers.routes import event_time_field
-from gatestream.migrate import timescaledb_edition
+from gatestream.edition import timescaledb_edition
 from gatestream.schemas import EventType, SchemaCatalog
 from gatestream.settings import CommonSettings
 

@@ -20,7 +20,7 @@ import psycopg
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
-from gatestream.consumers.deadletter import DeadLetters
+from gatestream.consumers.deadletter import DeadLetters, Reason
 from gatestream.consumers.offsets import FencedError, advance_offsets, read_offsets
 from gatestream.consumers.policy import metrics
 from gatestream.consumers.policy.model import PolicyError
@@ -179,7 +179,7 @@ class PolicyConsumer:
                     timestamp_ms=ts if ts_type else None,
                     key=m.key(),
                     value=m.value(),
-                    reason="invalid-policy-event",
+                    reason=Reason.INVALID_POLICY_EVENT,
                     detail=str(exc),
                 )
         if moves:

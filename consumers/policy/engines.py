@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import psycopg
 from psycopg import sql
 
-from gatestream.consumers.policy.model import DesiredJob
+from gatestream.consumers.policy.model import DesiredJob, JobKind
 
 SQL_TSL_DIR = Path(__file__).parents[2] / "sql" / "tsl"  # gatestream/consumers/policy -> gatestream/sql/tsl
 CRON_PREFIX = "gatestream:"
@@ -63,9 +63,13 @@ class TimescaleJobs:
         self.caggs = caggs
 
     def prepare(self) -> None:
-        """Objects the jobs need that only this edition has (the continuous aggregate)."""
-        for f in sorted(SQL_TSL_DIR.glob("*.sql")):
-            self.conn.execute(f.read_text().encode())
+        """Objects the jobs need that only this edition has (the continuous aggregate) come
+        from the edition's migrations (sql/tsl/, applied by ``gatestream db migrate``)."""
+        row = self.conn.execute(
+            "SELECT count(*) FROM gatestream.schema_migrations WHERE starts_with(name, 'tsl/')"
+        ).fetchone()
+        if not row or row[0] < len(list(SQL_TSL_DIR.glob("*.sql"))):
+            raise RuntimeError("the Community edition's migrations are not applied: run gatestream db migrate")
 
     def actual(self) -> dict[str, ActualJob]:
         out: dict[str, ActualJob] = {}
@@ -86,14 +90,14 @@ class TimescaleJobs:
             target = f"{schema}.{table}" if schema else None
             target = views.get(target, target) if target else None
             if proc == "policy_retention" and target:
-                kind = "cagg-retention" if target in self.caggs else "retention"
+                kind = JobKind.CAGG_RETENTION if target in self.caggs else JobKind.RETENTION
                 params = {"drop_after_days": _days(config.get("drop_after"))}
             elif proc == "policy_compression" and target:
-                kind, params = "compression", {"compress_after_days": _days(config.get("compress_after"))}
+                kind, params = JobKind.COMPRESSION, {"compress_after_days": _days(config.get("compress_after"))}
             elif proc == "policy_refresh_continuous_aggregate" and target:
-                kind, params = "cagg-refresh", {"start_offset_days": _days(config.get("start_offset"))}
+                kind, params = JobKind.CAGG_REFRESH, {"start_offset_days": _days(config.get("start_offset"))}
             elif proc_schema == "gatestream" and proc == "delete_expired_rows_job":
-                kind, target = "row-retention", str(config.get("hypertable"))
+                kind, target = JobKind.ROW_RETENTION, str(config.get("hypertable"))
                 params = {"default_days": int(config.get("default_days", 0))}
             else:
                 continue  # not ours
@@ -111,15 +115,15 @@ class TimescaleJobs:
         every = sql.SQL("make_interval(secs => {})").format(sql.Literal(want.schedule_s))
         t = _regclass(want.target)
         p = want.params
-        if want.kind in ("retention", "cagg-retention"):
+        if want.kind in (JobKind.RETENTION, JobKind.CAGG_RETENTION):
             q = sql.SQL(
                 "SELECT add_retention_policy({}, drop_after => make_interval(days => {}), schedule_interval => {})"
             ).format(t, sql.Literal(p["drop_after_days"]), every)
-        elif want.kind == "row-retention":
+        elif want.kind == JobKind.ROW_RETENTION:
             q = sql.SQL("SELECT add_job('gatestream.delete_expired_rows_job', {}, config => {}::jsonb)").format(
                 every, sql.Literal(json.dumps(self._row_config(want)))
             )
-        elif want.kind == "compression":
+        elif want.kind == JobKind.COMPRESSION:
             self.conn.execute(
                 sql.SQL(
                     "ALTER TABLE {} SET (timescaledb.compress, timescaledb.compress_segmentby = {}, "
@@ -132,7 +136,7 @@ class TimescaleJobs:
                 "SELECT add_compression_policy({}, compress_after => make_interval(days => {}), "
                 "schedule_interval => {})"
             ).format(t, sql.Literal(p["compress_after_days"]), every)
-        elif want.kind == "cagg-refresh":
+        elif want.kind == JobKind.CAGG_REFRESH:
             q = sql.SQL(
                 "SELECT add_continuous_aggregate_policy({}, start_offset => make_interval(days => {}), "
                 "end_offset => make_interval(hours => {}), schedule_interval => {})"
@@ -148,13 +152,13 @@ class TimescaleJobs:
     def alter(self, have: ActualJob, want: DesiredJob) -> None:
         config: sql.Composable
         p = want.params
-        if want.kind in ("retention", "cagg-retention"):
+        if want.kind in (JobKind.RETENTION, JobKind.CAGG_RETENTION):
             config = sql.SQL("jsonb_set(config, '{{drop_after}}', to_jsonb({}::text))").format(
                 sql.Literal(f"{p['drop_after_days']} days")
             )
-        elif want.kind == "row-retention":
+        elif want.kind == JobKind.ROW_RETENTION:
             config = sql.SQL("{}::jsonb").format(sql.Literal(json.dumps(self._row_config(want))))
-        elif want.kind == "compression":
+        elif want.kind == JobKind.COMPRESSION:
             config = sql.SQL("jsonb_set(config, '{{compress_after}}', to_jsonb({}::text))").format(
                 sql.Literal(f"{p['compress_after_days']} days")
             )
@@ -232,11 +236,11 @@ class CronJobs:
 
     def command(self, want: DesiredJob) -> str:
         t = _regclass(want.target)
-        if want.kind == "retention":
+        if want.kind == JobKind.RETENTION:
             q = sql.SQL("CALL gatestream.drop_expired_chunks({}, {})").format(
                 t, sql.Literal(want.params["drop_after_days"])
             )
-        elif want.kind == "row-retention":
+        elif want.kind == JobKind.ROW_RETENTION:
             q = sql.SQL("CALL gatestream.delete_expired_rows({}, {})").format(
                 t, sql.Literal(want.params["default_days"])
             )

@@ -10,11 +10,23 @@ aggregate a refresh and a retention job.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import psycopg
 
+from gatestream.edition import Edition
 from gatestream.settings import PolicySettings
+
+
+class JobKind(StrEnum):
+    """What a reconciled job does."""
+
+    RETENTION = "retention"  # drop whole chunks past the longest retention of the table
+    ROW_RETENTION = "row-retention"  # delete each organization's expired rows
+    COMPRESSION = "compression"  # Community edition
+    CAGG_REFRESH = "cagg-refresh"  # Community edition: the daily continuous aggregate
+    CAGG_RETENTION = "cagg-retention"
 
 
 class PolicyError(Exception):
@@ -31,7 +43,7 @@ class Resource:
 @dataclass(frozen=True)
 class DesiredJob:
     key: str  # stable identity, e.g. "retention:monitoring.active_windows"
-    kind: str  # retention | row-retention | compression | cagg-refresh | cagg-retention
+    kind: JobKind
     target: str  # the hypertable or continuous aggregate
     resource_type: str | None
     schedule_s: int
@@ -103,7 +115,7 @@ def desired_state(conn: psycopg.Connection[Any], settings: PolicySettings, editi
             (settings.default_retention_days,),
         ).fetchall()
     }
-    tsl = edition == "timescale"
+    tsl = edition == Edition.COMMUNITY
     jobs: dict[str, DesiredJob] = {}
     policies: dict[str, ResourcePolicy] = {}
     for rt, res in resources.items():
@@ -114,15 +126,20 @@ def desired_state(conn: psycopg.Connection[Any], settings: PolicySettings, editi
         policies[rt] = ResourcePolicy(res, default_days, max_days, int(n), shorter)
         ht = res.hypertable
         jobs[f"retention:{ht}"] = DesiredJob(
-            f"retention:{ht}", "retention", ht, rt, settings.chunk_retention_interval_s, {"drop_after_days": max_days}
+            f"retention:{ht}",
+            JobKind.RETENTION,
+            ht,
+            rt,
+            settings.chunk_retention_interval_s,
+            {"drop_after_days": max_days},
         )
         jobs[f"row-retention:{ht}"] = DesiredJob(
-            f"row-retention:{ht}", "row-retention", ht, rt, settings.row_retention_interval_s,
+            f"row-retention:{ht}", JobKind.ROW_RETENTION, ht, rt, settings.row_retention_interval_s,
             {"default_days": default_days},
         )  # fmt: skip
         if tsl:
             jobs[f"compression:{ht}"] = DesiredJob(
-                f"compression:{ht}", "compression", ht, rt, settings.compression_interval_s,
+                f"compression:{ht}", JobKind.COMPRESSION, ht, rt, settings.compression_interval_s,
                 {"compress_after_days": settings.compress_after_days, "segmentby": "organization_id",
                  "orderby": f"{res.time_column} DESC"},
             )  # fmt: skip
@@ -130,11 +147,11 @@ def desired_state(conn: psycopg.Connection[Any], settings: PolicySettings, editi
     if tsl:
         cagg = "monitoring.active_windows_daily"
         jobs[f"cagg-refresh:{cagg}"] = DesiredJob(
-            f"cagg-refresh:{cagg}", "cagg-refresh", cagg, None, 86400,
+            f"cagg-refresh:{cagg}", JobKind.CAGG_REFRESH, cagg, None, 86400,
             {"start_offset_days": settings.cagg_refresh_window_days, "end_offset_hours": 1},
         )  # fmt: skip
         jobs[f"cagg-retention:{cagg}"] = DesiredJob(
-            f"cagg-retention:{cagg}", "cagg-retention", cagg, None, 86400,
+            f"cagg-retention:{cagg}", JobKind.CAGG_RETENTION, cagg, None, 86400,
             {"drop_after_days": settings.cagg_retention_days},
         )  # fmt: skip
     else:

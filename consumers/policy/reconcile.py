@@ -17,6 +17,7 @@ from psycopg import sql
 
 from gatestream.consumers.policy.engines import ActualJob, CronJobs, Engine, TimescaleJobs
 from gatestream.consumers.policy.model import DesiredJob, DesiredState, ResourcePolicy, desired_state
+from gatestream.edition import Edition, timescaledb_edition
 from gatestream.settings import PolicySettings
 
 log = structlog.get_logger("gatestream.policy")
@@ -52,21 +53,16 @@ class Plan:
         return not self.changes
 
 
-def edition_of(conn: psycopg.Connection[Any]) -> str:
-    row = conn.execute("SELECT current_setting('timescaledb.license', true)").fetchone()
-    return str(row[0]) if row and row[0] else "unknown"
-
-
 def make_engine(conn: psycopg.Connection[Any], settings: PolicySettings) -> Engine:
     """The Community edition's own jobs where available, pg_cron otherwise."""
-    if edition_of(conn) == "timescale":
+    if timescaledb_edition(conn) is Edition.COMMUNITY:
         return TimescaleJobs(conn)
     return CronJobs.connect(conn, settings.database_url)
 
 
 def make_plan(conn: psycopg.Connection[Any], settings: PolicySettings, engine: Engine) -> Plan:
     t0 = time.perf_counter()
-    edition = edition_of(conn)
+    edition = timescaledb_edition(conn)
     state = desired_state(conn, settings, edition)
     have = engine.actual()
     changes: list[Change] = []

@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 
+from gatestream.consumers.policy.model import JobKind
 from gatestream.settings import PolicySettings
 
 
@@ -217,7 +218,7 @@ def add_parsers(sub: Any) -> None:
     rj = pol.add_parser("run-jobs", help="run the reconciled jobs now (chunk drops first)")
     rj.add_argument(
         "--kind",
-        choices=["retention", "row-retention", "compression", "cagg-refresh", "cagg-retention"],
+        choices=[k.value for k in JobKind],
         help="only jobs of this kind",
     )
     rj.set_defaults(fn=cmd_run_jobs)

@@ -281,3 +281,14 @@ def test_consumer_config_is_accepted_by_librdkafka_under_both_group_protocols(pr
     classic_only = {"session.timeout.ms", "heartbeat.interval.ms", "partition.assignment.strategy"}
     assert (classic_only <= conf.keys()) == (protocol == "classic")
     Consumer(conf).close()  # raises KafkaException on a property librdkafka refuses
+
+
+def test_edition_specific_migrations_go_through_the_same_runner() -> None:
+    from gatestream.edition import Edition
+    from gatestream.migrate import discover
+
+    common = [m.name for m in discover()]
+    community = [m.name for m in discover(edition=Edition.COMMUNITY)]
+    assert discover(edition=Edition.APACHE) == discover()
+    assert community[: len(common)] == common, "the edition's migrations come after the common ones"
+    assert community[len(common) :] == ["tsl/010_active_windows_daily.sql"]
