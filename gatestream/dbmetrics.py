@@ -29,6 +29,15 @@ log = structlog.get_logger("gatestream.dbmetrics")
 DEFAULT_RETENTION_DAYS = 365
 
 
+def _job_families(prefix: str, what: str, name_label: str) -> tuple[GaugeMetricFamily, CounterMetricFamily]:
+    """A job's last-run success and failure count, labelled by its id and name."""
+    labels = ["job_id", name_label]
+    ok = GaugeMetricFamily(
+        f"{prefix}_last_run_success", f"1 if the {what}'s last finished run succeeded, 0 if it failed.", labels=labels
+    )
+    return ok, CounterMetricFamily(f"{prefix}_failures", f"Failed runs of the {what}.", labels=labels)
+
+
 def longest_retention_days(conn: psycopg.Connection[Any]) -> dict[str, int]:
     """Per hypertable name, the longest retention any organization has there: the type's
     default row (else DEFAULT_RETENTION_DAYS) or a longer per-organization policy."""
@@ -179,14 +188,7 @@ class DatabaseCollector(Collector):
         return [before, after, ratio]
 
     def _jobs(self, conn: psycopg.Connection[Any]) -> list[Metric]:
-        ok = GaugeMetricFamily(
-            "gatestream_db_job_last_run_success",
-            "1 if the job's last run succeeded, 0 if it failed.",
-            labels=["job_id", "proc"],
-        )
-        failures = CounterMetricFamily(
-            "gatestream_db_job_failures", "Failed runs of the job.", labels=["job_id", "proc"]
-        )
+        ok, failures = _job_families("gatestream_db_job", "job", "proc")
         for job_id, proc, status, fails in conn.execute(
             # ids below 1000 are TimescaleDB's own jobs (telemetry, job-history retention, which
             # fails by design on the Apache edition): not ours to alert on
@@ -204,14 +206,7 @@ class DatabaseCollector(Collector):
     def _cron_jobs(self, conn: psycopg.Connection[Any]) -> list[Metric]:
         """pg_cron's runs of our jobs (the Apache edition's job engine), when pg_cron lives in
         this database: the same two metrics, labelled with the cron job's id and name."""
-        ok = GaugeMetricFamily(
-            "gatestream_db_cron_job_last_run_success",
-            "1 if the pg_cron job's last finished run succeeded, 0 if it failed.",
-            labels=["job_id", "job"],
-        )
-        failures = CounterMetricFamily(
-            "gatestream_db_cron_job_failures", "Failed runs of the pg_cron job.", labels=["job_id", "job"]
-        )
+        ok, failures = _job_families("gatestream_db_cron_job", "pg_cron job", "job")
         try:
             with conn.transaction():
                 row = conn.execute("SELECT current_setting('cron.database_name', true), current_database()").fetchone()
