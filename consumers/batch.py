@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any, ClassVar, cast
 
 import structlog
 from confluent_kafka import KafkaError, Message
@@ -25,18 +26,43 @@ log = structlog.get_logger("gatestream.ingest")
 TP = tuple[str, int]
 
 
+@dataclass(frozen=True)
+class Plausibility:
+    """What a database should not keep, refused before the COPY: event times before
+    ``earliest_ms`` or more than ``max_future_ms`` ahead of now (absurd chunks, values
+    our own tools cannot read back), and organization or device ids of 0 or below."""
+
+    earliest_ms: int
+    max_future_ms: int
+    ID_FIELDS: ClassVar[tuple[str, ...]] = ("organization_id", "users_on_computers_id")
+
+    def problem(self, time_field: str, record: dict[str, Any], now_ms: int) -> tuple[str, str] | None:
+        t = record.get(time_field)
+        if isinstance(t, int) and not self.earliest_ms <= t <= now_ms + self.max_future_ms:
+            return Reason.EVENT_TIME_OUT_OF_RANGE, (
+                f"{time_field} = {t} ms since the epoch; accepted: {self.earliest_ms} to now + {self.max_future_ms} ms"
+            )
+        for name in self.ID_FIELDS:
+            v = record.get(name)
+            if isinstance(v, int) and v <= 0:
+                return Reason.INVALID_IDENTIFIER, f"{name} = {v}"
+        return None
+
+
 class MicroBatch:
     def __init__(
         self,
         routes: dict[str, Route],
         parts: Partitions,
         *,
+        plausible: Plausibility | None = None,
         accept: Callable[[Message, dict[str, Any]], bool] | None = None,
         on_end: Callable[[str, int, int], None] | None = None,
         on_decode_error: Callable[[str, str], None] | None = None,
     ) -> None:
         self.routes = routes
         self.parts = parts
+        self.plausible = plausible
         self.accept = accept
         self.on_end = on_end
         self.on_decode_error = on_decode_error
@@ -48,7 +74,8 @@ class MicroBatch:
 
     def add_many(self, msgs: list[Message]) -> int:
         """Add what is ours of ``msgs``; return how many events were read (errors and stale excluded)."""
-        routes, accept = self.routes, self.accept
+        routes, accept, plausible = self.routes, self.accept, self.plausible
+        now_ms = int(time.time() * 1000)
         owned, nxt, limits = self.parts.owned, self.parts.next, self.parts.ends
         tables, ends, rejects = self.tables, self.ends, self.rejects
         if not ends:
@@ -77,6 +104,9 @@ class MicroBatch:
             try:
                 record = route.decoder.decode(msg.value())
                 if accept is not None and not accept(msg, record):
+                    continue
+                if plausible is not None and (bad := plausible.problem(route.time_field, record, now_ms)):
+                    rejects.append((msg, *bad))
                     continue
                 row = route.spec.row_of(record)
             except DecodeError as exc:

@@ -30,6 +30,8 @@ class Reason(StrEnum):
     INCOMPATIBLE_SCHEMA = "incompatible-schema"  # a schema of another event type
     MALFORMED_AVRO = "malformed-avro"  # the body does not decode with its schema
     UNMAPPABLE = "unmappable"  # decoded, but it cannot become a row
+    EVENT_TIME_OUT_OF_RANGE = "event-time-out-of-range"  # before the earliest accepted time, or too far ahead
+    INVALID_IDENTIFIER = "invalid-identifier"  # an organization or device id of 0 or below
     REJECTED_BY_DATABASE = "rejected-by-database"  # a CHECK, a NUL byte, ... (SQLSTATE in the detail)
     INTERNAL_ERROR = "internal-error"  # failed for a reason nobody foresaw (exception class in the detail)
     INVALID_POLICY_EVENT = "invalid-policy-event"  # the policy consumer's change events

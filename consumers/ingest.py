@@ -29,7 +29,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message,
 
 from gatestream import logs
 from gatestream.consumers import metrics
-from gatestream.consumers.batch import MicroBatch
+from gatestream.consumers.batch import MicroBatch, Plausibility
 from gatestream.consumers.batch_writer import BatchWriter, WriteResult
 from gatestream.consumers.deadletter import DeadLetterError, DeadLetters, first_time
 from gatestream.consumers.observe import IngestObserver
@@ -129,6 +129,9 @@ class Ingestor:
         self._consumer = Consumer(conf)
         self._dlq = DeadLetters(base_config(settings), settings.dlq_topic, self.group)
         self.parts = Partitions()
+        self._plausible = Plausibility(
+            int(settings.earliest_event_time.timestamp() * 1000), int(settings.max_future_skew_s * 1000)
+        )
         self._batch = self._new_batch()
         self._last_event = time.monotonic()
         self._assigned_once = False
@@ -164,8 +167,9 @@ class Ingestor:
 
     def _new_batch(self) -> MicroBatch:
         return MicroBatch(
-            self.routes, self.parts, accept=self.accept, on_end=self._at_end, on_decode_error=self.observer.decode_error
-        )
+            self.routes, self.parts, plausible=self._plausible, accept=self.accept, on_end=self._at_end,
+            on_decode_error=self.observer.decode_error,
+        )  # fmt: skip
 
     def _read_stored(self, parts: list[TP]) -> dict[TP, int]:
         while True:

@@ -6,6 +6,7 @@ the schemas are); each process's model extends it with its own knobs.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -81,6 +82,17 @@ class IngestSettings(GroupMemberSettings):
     group_id: str = Field("gatestream-ingest", description="Consumer group; start more processes to scale.")
     batch_max_rows: int = Field(5000, description="A micro-batch commits at this many rows ...")
     batch_max_ms: int = Field(500, description="... or this long after its first row, whichever comes first.")
+    earliest_event_time: datetime = Field(
+        datetime(2000, 1, 1, tzinfo=UTC),
+        description="Events whose time is before this go to the dead-letter topic (event-time-out-of-range): "
+        "a gateway clock reset to 1970 or a corrupt value must not create absurd chunks.",
+    )
+    max_future_skew_s: float = Field(
+        86400,
+        ge=0,
+        description="Events more than this many seconds ahead of the consumer's clock go to the dead-letter topic "
+        "(event-time-out-of-range).",
+    )
     async_commit: bool = Field(
         True,
         description="Commit each batch with SET LOCAL synchronous_commit = off: rows and offsets commit together, "

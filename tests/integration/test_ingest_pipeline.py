@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -177,6 +179,24 @@ def test_backward_compatible_schema_change_flows_without_restarting_consumers(en
     assert titles == {"v1": 100, "v2": 50}
 
 
+def test_a_row_no_encoder_can_write_is_isolated_as_internal_error(env: Env) -> None:
+    """Whatever fails on a row's way into the COPY (here a timestamp the binary encoding
+    cannot hold: struct.error in the dumper) is isolated by halving, like a refusal."""
+    from gatestream.consumers.batch_writer import BatchWriter, TableBatch
+    from gatestream.consumers.tables import describe_table
+
+    fields = [f["name"] for f in SchemaCatalog().latest(EventType.ACTIVE_WINDOWS).schema["fields"]]
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    with psycopg.connect(env.database_url, autocommit=True) as conn:
+        spec = describe_table(conn, "monitoring", "active_windows", fields)
+        rows = [(str(uuid.uuid4()), 1, 5, now_ms, "t", "p.exe", None, 1) for _ in range(9)]
+        rows[4] = (str(uuid.uuid4()), 1, 5, 2**63 - 1, "t", "p.exe", None, 1)
+        result = BatchWriter(conn, "grp").write([TableBatch(spec, rows, list(range(9)))], {("t", 0): (None, 9)})
+        assert result.inserted == 8
+        assert [(r.origin, r.reason) for r in result.rejected] == [(4, "internal-error")]
+        assert "struct.error: " in result.rejected[0].detail, "the exception's class is named"
+
+
 def test_valid_avro_that_cannot_be_stored_is_dead_lettered_and_ingest_keeps_going(env: Env, tmp_path: Path) -> None:
     """Events fastavro writes and reads without complaint, but that cannot reach the table:
     a timestamp-millis at the ends of the long range (it overflows PostgreSQL's timestamp
@@ -227,10 +247,74 @@ def test_valid_avro_that_cannot_be_stored_is_dead_lettered_and_ingest_keeps_goin
     assert count_rows(env.database_url, EventType.VISITED_SITES) == 60, "the good events around them all landed"
     dead = read_topic(env.services.bootstrap_servers, env.dlq_topic, expected=3, timeout=20)
     by_reason = sorted(dict(m.headers())["gatestream.reason"].decode() for m in dead)
-    assert by_reason == ["internal-error", "internal-error", "rejected-by-database"]
-    errors = [dict(m.headers())["gatestream.error"].decode() for m in dead]
-    assert sum("struct.error: " in e for e in errors) == 2, "the exception's class is named"
+    # the plausibility window refuses the extreme times first (the writer's own isolation of
+    # an unencodable row is shown by test_a_row_no_encoder_can_write_is_isolated_as_internal_error)
+    assert by_reason == ["event-time-out-of-range", "event-time-out-of-range", "rejected-by-database"]
     big = next(m for m in dead if dict(m.headers())["gatestream.reason"] == b"rejected-by-database")
     assert big.value() is None and int(dict(big.headers())["gatestream.value_omitted"]) > 999_800
     assert sum(stored_offsets(env.database_url, settings.group_id).values()) == 63
     assert ing.summary.dead_lettered == 3
+
+
+def test_values_a_database_should_not_keep_are_dead_lettered_with_their_reason(env: Env, tmp_path: Path) -> None:
+    """Event times before the earliest accepted time (default 2000-01-01) or more than a
+    day ahead, and organization or device ids of 0 or below: valid Avro, refused before
+    the COPY, with a reason; the database refuses such ids by itself too."""
+    import io
+
+    from fastavro import parse_schema, schemaless_writer
+
+    from gatestream.consumers.pgtypes import strip_logical_types
+    from gatestream.producers.events import VisitedSite
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    topic = env.topic(EventType.VISITED_SITES)
+    good = [
+        VisitedSite(organization_id=1, users_on_computers_id=4, datetime=now, url=f"https://e/{i}") for i in range(20)
+    ]
+    publish(env, tmp_path / "spool.sqlite3", good)
+    header = read_topic(env.services.bootstrap_servers, topic, expected=1, timeout=10)[0].value()[:5]
+    schema = parse_schema(strip_logical_types(SchemaCatalog().latest(EventType.VISITED_SITES).schema))
+    now_ms = int(now.timestamp() * 1000)
+
+    def framed(**over: object) -> bytes:
+        rec = {
+            "event_id": str(uuid.uuid4()), "organization_id": 1, "users_on_computers_id": 4, "datetime": now_ms,
+            "url": "https://e/x", "title": None, "browser": None, "duration": None, **over,
+        }  # fmt: skip
+        buf = io.BytesIO()
+        schemaless_writer(buf, schema, rec)
+        return header + buf.getvalue()
+
+    bad = {
+        "event-time-out-of-range": [
+            framed(datetime=int(datetime(1901, 1, 1, tzinfo=UTC).timestamp() * 1000)),
+            framed(datetime=253402300799000),  # 9999-12-31T23:59:59Z
+            framed(datetime=now_ms + 2 * 86_400_000),  # two days ahead
+        ],
+        "invalid-identifier": [framed(organization_id=0), framed(users_on_computers_id=-1)],
+    }
+    raw = Producer({"bootstrap.servers": env.services.bootstrap_servers, "partitioner": "murmur2_random"})
+    for values in bad.values():
+        for value in values:
+            raw.produce(topic, key=b"4", value=value)
+    assert raw.flush(10) == 0
+
+    ing, t = start_ingest_thread(env.ingest(stop_after_idle_s=2.0))
+    t.join(60)
+    assert count_rows(env.database_url, EventType.VISITED_SITES) == 20
+    dead = read_topic(env.services.bootstrap_servers, env.dlq_topic, expected=5, timeout=20)
+    reasons = sorted(dict(m.headers())["gatestream.reason"].decode() for m in dead)
+    assert reasons == ["event-time-out-of-range"] * 3 + ["invalid-identifier"] * 2
+    assert ing.summary.dead_lettered == 5
+    # what is stored stays readable by our own tools
+    shown = subprocess.run(
+        [sys.executable, "-m", "gatestream", "show"], env=env.environ(), capture_output=True, text=True, timeout=60
+    )
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    # and the database refuses such identifiers from any writer
+    with psycopg.connect(env.database_url) as conn, pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute(
+            "INSERT INTO monitoring.visited_sites (event_id, organization_id, users_on_computers_id, datetime, url) "
+            "VALUES (gen_random_uuid(), 0, 1, now(), 'x')"
+        )

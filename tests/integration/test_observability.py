@@ -107,7 +107,7 @@ def _old_rows(db_url: str, days_ago: int, n: int) -> None:
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO monitoring.visited_sites (event_id, organization_id, users_on_computers_id, datetime, url) "
-            "SELECT gen_random_uuid(), 1 + i %% 4, i %% 30, %s + i * interval '1 minute', "
+            "SELECT gen_random_uuid(), 1 + i %% 4, 1 + i %% 30, %s + i * interval '1 minute', "
             "'https://example.com/' || i FROM generate_series(1, %s) i",
             (start, n),
         )

@@ -292,3 +292,20 @@ def test_edition_specific_migrations_go_through_the_same_runner() -> None:
     assert discover(edition=Edition.APACHE) == discover()
     assert community[: len(common)] == common, "the edition's migrations come after the common ones"
     assert community[len(common) :] == ["tsl/010_active_windows_daily.sql"]
+
+
+def test_plausibility_refuses_absurd_times_and_ids_and_lets_the_rest_through() -> None:
+    from gatestream.consumers.batch import Plausibility
+
+    p = Plausibility(earliest_ms=946_684_800_000, max_future_ms=86_400_000)  # 2000-01-01, one day
+    now = 1_795_000_000_000
+    ok = {"datetime": now, "organization_id": 1, "users_on_computers_id": 7}
+    assert p.problem("datetime", ok, now) is None
+    assert p.problem("datetime", {**ok, "datetime": now + 86_400_000}, now) is None, "a day of skew is fine"
+    for t in (-2_208_988_800_000, 946_684_799_999, now + 86_400_001, 2**63 - 1):
+        problem = p.problem("datetime", {**ok, "datetime": t}, now)
+        assert problem is not None and problem[0] == "event-time-out-of-range"
+    for field in ("organization_id", "users_on_computers_id"):
+        for v in (0, -1, -(2**31)):
+            problem = p.problem("datetime", {**ok, field: v}, now)
+            assert problem is not None and problem[0] == "invalid-identifier" and field in problem[1]
