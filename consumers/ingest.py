@@ -36,6 +36,7 @@ from gatestream.consumers.observe import IngestObserver
 from gatestream.consumers.offsets import FencedError, read_offsets
 from gatestream.consumers.partitions import UNKNOWN, PartitionRange, Partitions
 from gatestream.consumers.routes import Route, build_routes
+from gatestream.database import connect
 from gatestream.kafka import base_config, consumer_config
 from gatestream.settings import IngestSettings
 from gatestream.signals import on_stop_signals
@@ -139,16 +140,7 @@ class Ingestor:
 
     # ------------------------------------------------------------------ plumbing
     def _connect(self) -> psycopg.Connection[Any]:
-        delay = 0.5
-        while True:
-            try:
-                return psycopg.connect(self.settings.database_url, autocommit=True)
-            except psycopg.OperationalError as exc:
-                if self.stop_event.is_set():
-                    raise
-                log.warning("database unreachable; retrying", error=str(exc).strip(), retry_in_s=delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 10)
+        return connect(self.settings.database_url, stop=self.stop_event)
 
     def _begin_dry_run(self) -> None:
         """A dry run's batches all write inside one transaction, rolled back at the end."""

@@ -30,12 +30,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import psycopg
 import structlog
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from gatestream.consumers import replay_runs as runs
 from gatestream.consumers.ingest import Ingestor, IngestSummary, PartitionRange, Route, build_routes
+from gatestream.database import connect
 from gatestream.kafka import consumer_config
 from gatestream.ratelimit import RateLimiter
 from gatestream.schemas import EventType
@@ -258,18 +258,6 @@ class PreparedRun:
             ended = f" {self.previous.finished_at:%Y-%m-%d %H:%M:%S%z}" if self.previous.finished_at else ""
             return f"{self.name}: run #{self.previous.run_id} ended {self.previous.state}{ended}; starting a new run"
         return f"{self.name}: starting a new run"
-
-
-def connect(url: str) -> psycopg.Connection[Any]:
-    """A connection, retried with backoff while the database is unreachable (Ctrl-C stops)."""
-    delay = 0.5
-    while True:
-        try:
-            return psycopg.connect(url, autocommit=True, connect_timeout=5)
-        except psycopg.OperationalError as exc:
-            log.warning("database unreachable; retrying", error=str(exc).strip()[:300], retry_in_s=delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 10)
 
 
 def prepare(

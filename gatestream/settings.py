@@ -6,11 +6,12 @@ the schemas are); each process's model extends it with its own knobs.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gatestream.schemas import EventType
@@ -31,6 +32,14 @@ class CommonSettings(BaseSettings):
     dlq_topic: str = Field("gatestream.dead-letter", description="Where undecodable events go.")
     log_format: str = Field("auto", description="auto (JSON unless a TTY), json or console.")
     log_level: str = Field("info")
+
+    @field_validator("topic_prefix", "dlq_topic")
+    @classmethod
+    def _legal_topic_name(cls, value: str) -> str:
+        """Kafka topic names: ASCII letters, digits, '.', '_', '-', at most 249 characters."""
+        if not re.fullmatch(r"[A-Za-z0-9._-]{0,200}", value):
+            raise ValueError(f"{value!r}: Kafka topic names take only ASCII letters, digits, '.', '_' and '-'")
+        return value
 
     def topic_for(self, event_type: EventType) -> str:
         return f"{self.topic_prefix}{event_type.value}"

@@ -25,6 +25,7 @@ from gatestream.consumers.offsets import FencedError, advance_offsets, read_offs
 from gatestream.consumers.policy import metrics
 from gatestream.consumers.policy.model import PolicyError
 from gatestream.consumers.policy.reconcile import Plan, impact, make_engine, reconcile
+from gatestream.database import connect
 from gatestream.kafka import base_config, group_config
 from gatestream.settings import PolicySettings
 from gatestream.signals import on_stop_signals
@@ -60,7 +61,7 @@ class PolicyConsumer:
     def __init__(self, settings: PolicySettings) -> None:
         self.settings = settings
         self.stop_event = threading.Event()
-        self.conn = psycopg.connect(settings.database_url, autocommit=True)
+        self.conn = connect(settings.database_url, stop=self.stop_event)
         self.engine = make_engine(self.conn, settings)
         self.engine.prepare()
         self.known = {r[0] for r in self.conn.execute("SELECT resource_type FROM gatestream.retention_resources")}

@@ -11,11 +11,14 @@ import argparse
 import os
 import re
 import sys
+from typing import NoReturn
 
 import structlog
+from pydantic import ValidationError
 
 from gatestream import logs
 from gatestream.cli import bench, db, ingest, policy, produce, replay
+from gatestream.database import DatabaseSettingError
 from gatestream.settings import CommonSettings
 
 log = structlog.get_logger("gatestream.cli")
@@ -48,9 +51,20 @@ def _join_relative_times(argv: list[str]) -> list[str]:
     return out
 
 
+def _bad_settings(exc: ValidationError) -> NoReturn:
+    """One line per wrong setting, named as the operator sets it."""
+    for err in exc.errors():
+        name = "GATESTREAM_" + "_".join(str(p) for p in err["loc"]).upper() if err["loc"] else "settings"
+        print(f"gatestream: bad setting {name}: {err['msg']}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(_join_relative_times(sys.argv[1:] if argv is None else argv))
-    common = CommonSettings()
+    try:
+        common = CommonSettings()
+    except ValidationError as exc:
+        _bad_settings(exc)
     logs.configure(common.log_format, common.log_level)
     try:
         code = args.fn(args)
@@ -59,12 +73,12 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:  # output piped into head & co: not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 0
+    except ValidationError as exc:  # a process's own settings model
+        _bad_settings(exc)
+    except DatabaseSettingError as exc:  # waiting cannot fix it: say what is wrong, once
+        print(f"gatestream {args.command}: {exc} (check GATESTREAM_DATABASE_URL)", file=sys.stderr)
+        raise SystemExit(2) from None
     except Exception as exc:  # a clear one-line error for operators, the trace in the log
-        from pydantic import ValidationError
-
-        if isinstance(exc, ValidationError):
-            print(f"gatestream: bad setting: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
         log.error("command failed", command=args.command, error=f"{type(exc).__name__}: {exc}", exc_info=True)
         print(f"gatestream {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         code = 1

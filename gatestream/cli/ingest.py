@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from gatestream.cli.args import event_types, overrides, serve
@@ -14,6 +16,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     import psycopg
 
     from gatestream.consumers.ingest import Ingestor, build_routes
+    from gatestream.database import connect
+    from gatestream.signals import on_stop_signals
 
     settings = IngestSettings(
         **overrides(
@@ -33,11 +37,22 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     topics = settings.event_topics()
     if args.types:
         topics = {t: et for t, et in topics.items() if et in args.types}
-    with psycopg.connect(settings.database_url) as conn:
-        routes = build_routes(conn, settings, topics)
-    ingestor = Ingestor(settings, routes)
-    server = serve(settings.metrics_port, ingestor.ready)
+    # The ops server first: while the database is still unreachable, /healthz answers and
+    # /readyz says what the process is waiting for.
+    ready: list[Callable[[], tuple[bool, str]]] = [lambda: (False, "starting: waiting for the database")]
+    server = serve(settings.metrics_port, lambda: ready[0]())
+    stop = threading.Event()
+    on_stop_signals(stop.set)
     try:
+        try:
+            with connect(settings.database_url, stop=stop) as conn:
+                routes = build_routes(conn, settings, topics)
+        except psycopg.OperationalError:
+            if stop.is_set():
+                return 0  # asked to stop while waiting for the database
+            raise
+        ingestor = Ingestor(settings, routes)
+        ready[0] = ingestor.ready
         summary = ingestor.run()
     finally:
         if server is not None:

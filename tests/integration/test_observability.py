@@ -332,3 +332,35 @@ def test_pg_cron_job_failures_are_exported(env: Env) -> None:
             assert m[("gatestream_db_cron_job_failures_total", labels)] >= 1
         finally:
             cron.execute("SELECT cron.unschedule(%s)", (job[0],))
+
+
+def test_a_database_down_at_start_is_waited_for_and_a_wrong_one_is_one_clear_line(env: Env, tmp_path: Path) -> None:
+    port = free_port()
+    down = env.environ(database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/gatestream")
+    proc = subprocess.Popen(
+        gatestream_cmd("ingest", "--metrics-port", str(port)), env=down, cwd=ROOT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert wait_for(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200, 20), "alive while waiting"
+        code, body = http_get(f"http://127.0.0.1:{port}/readyz")
+        assert code == 503 and "waiting for the database" in body
+        time.sleep(2)
+        assert proc.poll() is None, "it waits instead of exiting"
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "database unreachable; retrying" in err and "Traceback" not in err
+    # permanent mistakes: one clear line and a non-zero exit, at once
+    missing_db = psycopg.conninfo.make_conninfo(env.database_url, dbname="no_such_database")
+    cases = {
+        "missing database": ({"database_url": missing_db}, "does not exist"),
+        "malformed URL": ({"database_url": "postgresql://[::1"}, "database"),
+        "illegal topic prefix": ({"topic_prefix": "bad prefix/"}, "topic"),
+    }
+    for case, (over, says) in cases.items():
+        done = subprocess.run(
+            gatestream_cmd("ingest"), env=env.environ(**over), cwd=ROOT, capture_output=True, text=True, timeout=30
+        )
+        assert done.returncode == 2, f"{case}: rc {done.returncode} {done.stderr[-1000:]}"
+        assert "Traceback" not in done.stderr and says in done.stderr, f"{case}: {done.stderr[-1000:]}"
