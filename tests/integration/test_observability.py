@@ -315,6 +315,7 @@ def test_pg_cron_job_failures_are_exported(env: Env) -> None:
     cron_url = psycopg.conninfo.make_conninfo(env.database_url, dbname=row[0])
     name = f"gatestream:test-{env.prefix}"
     with psycopg.connect(cron_url, autocommit=True) as cron:
+        cron.execute("CREATE EXTENSION IF NOT EXISTS pg_cron")  # as the policy engine does on its first start
         job = cron.execute(
             "SELECT cron.schedule_in_database(%s, '* * * * *', 'SELECT 1/0', %s)", (name, row[1])
         ).fetchone()
