@@ -16,7 +16,7 @@ import structlog
 from confluent_kafka import KafkaError, Message
 
 from gatestream.consumers.batch_writer import TableBatch
-from gatestream.consumers.deadletter import Reason
+from gatestream.consumers.deadletter import Reason, Reject
 from gatestream.consumers.decoder import DecodeError
 from gatestream.consumers.partitions import Partitions
 from gatestream.consumers.routes import Route
@@ -68,7 +68,7 @@ class MicroBatch:
         self.on_decode_error = on_decode_error
         self.tables = {t: TableBatch(r.spec) for t, r in routes.items()}
         self.ends: dict[TP, int] = {}
-        self.rejects: list[tuple[Message, str, str]] = []
+        self.rejects: list[Reject] = []
         self.count = 0
         self.started = 0.0
 
@@ -106,16 +106,16 @@ class MicroBatch:
                 if accept is not None and not accept(msg, record):
                     continue
                 if plausible is not None and (bad := plausible.problem(route.time_field, record, now_ms)):
-                    rejects.append((msg, *bad))
+                    rejects.append(Reject(msg, *bad))
                     continue
                 row = route.spec.row_of(record)
             except DecodeError as exc:
-                rejects.append((msg, exc.reason, exc.detail))
+                rejects.append(Reject(msg, exc.reason, exc.detail, _cause(exc)))
                 if self.on_decode_error is not None:
                     self.on_decode_error(topic, exc.reason)
                 continue
             except Exception as exc:  # noqa: BLE001 - any failure of one event is that event's, never the batch's
-                rejects.append((msg, Reason.UNMAPPABLE, f"{type(exc).__name__}: {exc}"))
+                rejects.append(Reject(msg, Reason.UNMAPPABLE, f"{type(exc).__name__}: {exc}", type(exc).__name__))
                 continue
             tb = tables[topic]
             tb.rows.append(row)
@@ -134,7 +134,7 @@ class MicroBatch:
                 self.count -= len(tb.rows) - len(keep)
                 tb.rows = [tb.rows[i] for i in keep]
                 tb.origins = [tb.origins[i] for i in keep]
-        self.rejects = [r for r in self.rejects if (r[0].topic(), r[0].partition()) not in parts]
+        self.rejects = [r for r in self.rejects if (r.msg.topic(), r.msg.partition()) not in parts]
         for tp in parts:
             self.ends.pop(tp, None)
 
@@ -149,3 +149,9 @@ class MicroBatch:
                     if ts_type:
                         out[tp] = ts / 1000
         return out
+
+
+def _cause(exc: DecodeError) -> str:
+    """The class of what made decoding fail (the DecodeError's cause), else DecodeError."""
+    cause = exc.__cause__
+    return type(cause).__name__ if cause is not None else type(exc).__name__

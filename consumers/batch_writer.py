@@ -45,6 +45,8 @@ class Rejected:
     origin: Origin
     reason: str
     detail: str
+    exception: str | None = None
+    sqlstate: str | None = None
 
 
 @dataclass
@@ -171,14 +173,22 @@ class BatchWriter:
                     mid = (lo + hi) // 2
                     spans += [(mid, hi), (lo, mid)]
                     continue
-                result.rejected.append(Rejected(tb.origins[lo], _reason(exc), _describe(tb.spec, exc)))
+                result.rejected.append(
+                    Rejected(
+                        tb.origins[lo], _reason(exc), _describe(tb.spec, exc), _class_name(exc),
+                        getattr(getattr(exc, "diag", None), "sqlstate", None),
+                    )
+                )  # fmt: skip
+
+
+def _class_name(exc: BaseException) -> str:
+    cls = type(exc)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _describe(spec: TableSpec, exc: Exception) -> str:
     diag = getattr(exc, "diag", None)
     if diag is None or diag.sqlstate is None:
-        cls = type(exc)
-        name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-        return f"{spec.name}: {name}: {exc}"
+        return f"{spec.name}: {_class_name(exc)}: {exc}"
     text = f"{spec.name}: {diag.sqlstate} {diag.message_primary}"
     return text + (f" ({diag.constraint_name})" if diag.constraint_name else "")

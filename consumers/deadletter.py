@@ -1,9 +1,12 @@
 """Dead-letter topic: events that cannot be decoded or stored, with the reason in headers.
 
 The original key and value bytes are kept untouched, so a fixed consumer can re-read
-them. Headers (all strings): ``gatestream.reason`` (a short code), ``gatestream.error``
-(the detail), ``gatestream.source.topic`` / ``.partition`` / ``.offset`` /
-``.timestamp_ms``, and ``gatestream.consumer_group``.
+them, and ``gatestream dlq redrive`` can publish them back. Headers (all strings), in the
+manner of Kafka Connect's error headers: ``gatestream.reason`` (a Reason),
+``gatestream.error`` (the detail), ``gatestream.exception.class`` and ``.message``,
+``gatestream.sqlstate`` (where the database refused), ``gatestream.source.topic`` /
+``.partition`` / ``.offset`` / ``.timestamp_ms``, ``gatestream.consumer_group`` and
+``gatestream.dead_lettered_at`` (ISO 8601, UTC).
 A dead letter is published and acknowledged before the offsets that skip its event
 commit, so an event is never dropped silently; after a crash in between, the same dead
 letter may be published twice (same source coordinates). An event too large to be
@@ -13,8 +16,9 @@ value, with ``gatestream.value_omitted`` = its size: its coordinates still lead 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import psycopg
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -37,7 +41,14 @@ class Reason(StrEnum):
     INVALID_POLICY_EVENT = "invalid-policy-event"  # the policy consumer's change events
 
 
-Reject = tuple[Message, str, str]  # the source message, reason, detail
+class Reject(NamedTuple):
+    """One event on its way to the dead-letter topic."""
+
+    msg: Message  # the source message: topic, partition, offset, key, value
+    reason: str  # a Reason
+    detail: str  # what went wrong, for a person
+    exception: str | None = None  # the exception's class, where one was raised
+    sqlstate: str | None = None  # where the database refused
 
 
 class DeadLetterError(Exception):
@@ -50,13 +61,13 @@ def first_time(conn: psycopg.Connection[Any], group: str, rejects: list[Reject])
     after a rollback that kept the record) is not published to the dead-letter topic twice."""
     if not rejects:
         return []
-    coords = [(cast(str, m.topic()), cast(int, m.partition()), cast(int, m.offset())) for m, _, _ in rejects]
+    coords = [(cast(str, r.msg.topic()), cast(int, r.msg.partition()), cast(int, r.msg.offset())) for r in rejects]
     cur = conn.execute(
         """INSERT INTO gatestream.dead_letters (source_topic, source_partition, source_offset, reason, consumer_group)
            SELECT t, p, o, r, %s FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::text[]) AS v(t, p, o, r)
            ON CONFLICT DO NOTHING
            RETURNING source_topic, source_partition, source_offset""",
-        (group, [c[0] for c in coords], [c[1] for c in coords], [c[2] for c in coords], [r[1] for r in rejects]),
+        (group, [c[0] for c in coords], [c[1] for c in coords], [c[2] for c in coords], [r.reason for r in rejects]),
     )
     new = set(cur.fetchall())
     return [r for r, c in zip(rejects, coords, strict=True) if c in new]
@@ -82,30 +93,26 @@ class DeadLetters:
         else:
             self.sent += 1
 
-    def send(
-        self,
-        *,
-        topic: str,
-        partition: int,
-        offset: int,
-        timestamp_ms: int | None,
-        key: bytes | None,
-        value: bytes | None,
-        reason: str,
-        detail: str,
-    ) -> None:
-        headers: list[tuple[str, str | bytes | None]] = [
-            ("gatestream.reason", reason.encode()),
-            ("gatestream.error", detail[:4000].encode()),
-            ("gatestream.source.topic", topic.encode()),
-            ("gatestream.source.partition", str(partition).encode()),
-            ("gatestream.source.offset", str(offset).encode()),
-            (
-                "gatestream.source.timestamp_ms",
-                str(timestamp_ms if timestamp_ms is not None else "").encode(),
-            ),
-            ("gatestream.consumer_group", self.group.encode()),
-        ]
+    def send(self, reject: Reject) -> None:
+        """Publish ``reject`` with its original key and value and the Kafka Connect-style
+        headers (see the module's doc); acknowledged by ``confirm``."""
+        msg = reject.msg
+        ts_type, ts = msg.timestamp()
+        key, value = msg.key(), msg.value()
+        fields = {
+            "gatestream.reason": reject.reason,
+            "gatestream.error": reject.detail[:4000],
+            "gatestream.exception.class": reject.exception or "",
+            "gatestream.exception.message": reject.detail[:4000],
+            "gatestream.sqlstate": reject.sqlstate or "",
+            "gatestream.source.topic": msg.topic() or "",
+            "gatestream.source.partition": str(msg.partition()),
+            "gatestream.source.offset": str(msg.offset()),
+            "gatestream.source.timestamp_ms": str(ts) if ts_type else "",
+            "gatestream.consumer_group": self.group,
+            "gatestream.dead_lettered_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        }
+        headers: list[tuple[str, str | bytes | None]] = [(k, v.encode()) for k, v in fields.items()]
         while True:
             try:
                 self._producer.produce(self.topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery)

@@ -31,13 +31,14 @@ from gatestream import logs
 from gatestream.consumers import metrics
 from gatestream.consumers.batch import MicroBatch, Plausibility
 from gatestream.consumers.batch_writer import BatchWriter, WriteResult
-from gatestream.consumers.deadletter import DeadLetterError, DeadLetters, first_time
+from gatestream.consumers.deadletter import DeadLetterError, DeadLetters, Reject, first_time
 from gatestream.consumers.observe import IngestObserver
 from gatestream.consumers.offsets import FencedError, read_offsets
 from gatestream.consumers.partitions import UNKNOWN, PartitionRange, Partitions
 from gatestream.consumers.routes import Route, build_routes
 from gatestream.database import connect
 from gatestream.kafka import base_config, consumer_config
+from gatestream.logs import RateLimitedLog
 from gatestream.settings import IngestSettings
 from gatestream.signals import on_stop_signals
 
@@ -129,6 +130,8 @@ class Ingestor:
             conf["enable.partition.eof"] = True
         self._consumer = Consumer(conf)
         self._dlq = DeadLetters(base_config(settings), settings.dlq_topic, self.group)
+        # every dead letter is logged, at most 20 lines per 10 s (then a count of those left out)
+        self._dead_letter_log = RateLimitedLog(log, per_s=2.0, burst=20)
         self.parts = Partitions()
         self._plausible = Plausibility(
             int(settings.earliest_event_time.timestamp() * 1000), int(settings.max_future_skew_s * 1000)
@@ -233,24 +236,24 @@ class Ingestor:
         """Runs in the writer thread: rows, dead letters, offsets, one transaction."""
         sent: list[tuple[str, str]] = []
 
+        def rejects_of(result: WriteResult) -> list[Reject]:
+            refused = [Reject(r.origin, r.reason, r.detail, r.exception, r.sqlstate) for r in result.rejected]
+            return batch.rejects + refused
+
         def before_commit(result: WriteResult) -> None:
             sent.clear()
-            rejects = batch.rejects + [(r.origin, r.reason, r.detail) for r in result.rejected]
-            for msg, reason, detail in first_time(self._conn, self.group, rejects):
-                ts_type, ts = msg.timestamp()
-                topic = cast(str, msg.topic())
-                self._dlq.send(
-                    topic=topic, partition=cast(int, msg.partition()), offset=cast(int, msg.offset()),
-                    timestamp_ms=ts if ts_type else None, key=msg.key(), value=msg.value(),
-                    reason=reason, detail=detail,
+            for reject in first_time(self._conn, self.group, rejects_of(result)):
+                self._dlq.send(reject)
+                sent.append((cast(str, reject.msg.topic()), reject.reason))
+                self._dead_letter_log.warning(
+                    "event dead-lettered", topic=reject.msg.topic(), partition=reject.msg.partition(),
+                    offset=reject.msg.offset(), reason=reject.reason, error=reject.detail[:300],
                 )  # fmt: skip
-                sent.append((topic, reason))
             self._dlq.confirm()
 
         def count_only(result: WriteResult) -> None:  # dry run: what would be published (rolled back)
-            rejects = batch.rejects + [(r.origin, r.reason, r.detail) for r in result.rejected]
-            for msg, reason, _ in first_time(self._conn, self.group, rejects):
-                sent.append((cast(str, msg.topic()), reason))
+            for reject in first_time(self._conn, self.group, rejects_of(result)):
+                sent.append((cast(str, reject.msg.topic()), reject.reason))
 
         result = self._writer.write(
             list(batch.tables.values()), moves, count_only if self.dry_run else before_commit, upsert=self.upsert
@@ -327,8 +330,9 @@ class Ingestor:
         self.observer.database(True)
         metrics.BATCH_COMMIT_SECONDS.observe(now - inflight.submitted)
         unmapped: dict[str, int] = {}
-        for msg, _, _ in inflight.batch.rejects:
-            unmapped[cast(str, msg.topic())] = unmapped.get(cast(str, msg.topic()), 0) + 1
+        for reject in inflight.batch.rejects:
+            topic = cast(str, reject.msg.topic())
+            unmapped[topic] = unmapped.get(topic, 0) + 1
         self.observer.committed(inflight.batch.tables, result, sent_dlq, moves, unmapped)
         if result.duplicates:
             log.info("duplicate events skipped", duplicates=result.duplicates)

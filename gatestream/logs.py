@@ -47,3 +47,28 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+class RateLimitedLog:
+    """Log lines that can come in floods (one per dead-lettered event): a token bucket of
+    ``burst`` lines refilled at ``per_s``; what it leaves out is counted in the next line
+    that gets through (``suppressed``)."""
+
+    def __init__(self, logger: Any, *, per_s: float, burst: int) -> None:
+        import time
+
+        self._logger, self._per_s, self._burst = logger, per_s, burst
+        self._clock = time.monotonic
+        self._tokens, self._at, self._suppressed = float(burst), self._clock(), 0
+
+    def warning(self, event: str, **fields: Any) -> None:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._per_s)
+        self._at = now
+        if self._tokens < 1:
+            self._suppressed += 1
+            return
+        self._tokens -= 1
+        if self._suppressed:
+            fields["suppressed"], self._suppressed = self._suppressed, 0
+        self._logger.warning(event, **fields)

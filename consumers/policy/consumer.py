@@ -20,7 +20,7 @@ import psycopg
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
-from gatestream.consumers.deadletter import DeadLetters, Reason
+from gatestream.consumers.deadletter import DeadLetters, Reason, Reject
 from gatestream.consumers.offsets import FencedError, advance_offsets, read_offsets
 from gatestream.consumers.policy import metrics
 from gatestream.consumers.policy.model import PolicyError
@@ -172,17 +172,7 @@ class PolicyConsumer:
                 log.warning(
                     "invalid policy change event dead-lettered", error=str(exc), partition=tp[1], offset=m.offset()
                 )
-                ts_type, ts = m.timestamp()
-                self.dead_letters.send(
-                    topic=tp[0],
-                    partition=tp[1],
-                    offset=m.offset() or 0,
-                    timestamp_ms=ts if ts_type else None,
-                    key=m.key(),
-                    value=m.value(),
-                    reason=Reason.INVALID_POLICY_EVENT,
-                    detail=str(exc),
-                )
+                self.dead_letters.send(Reject(m, Reason.INVALID_POLICY_EVENT, str(exc), type(exc).__name__))
         if moves:
             self.dead_letters.confirm()  # acknowledged before the offsets move past them
             try:

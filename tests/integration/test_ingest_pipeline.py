@@ -113,6 +113,12 @@ def test_poison_events_go_to_dead_letter_and_the_rest_arrive(env: Env, tmp_path:
         assert int(h["gatestream.source.offset"]) >= 0
     refused_dl = next(m for m in dead if dict(m.headers())["gatestream.reason"] == b"rejected-by-database")
     assert b"cpu_usage" in dict(refused_dl.headers())["gatestream.error"]
+    # headers in the manner of Kafka Connect's: exception class, SQLSTATE, group, time
+    h = {k: v.decode() for k, v in refused_dl.headers()}
+    assert (h["gatestream.sqlstate"], h["gatestream.exception.class"]) == ("23514", "psycopg.errors.CheckViolation")
+    assert h["gatestream.consumer_group"] == settings.group_id and h["gatestream.dead_lettered_at"].endswith("+00:00")
+    malformed = next(m for m in dead if dict(m.headers())["gatestream.reason"] == b"malformed-avro")
+    assert dict(malformed.headers())["gatestream.exception.class"] not in (b"", b"DecodeError")
     # the partitions moved past the poison: stored offsets cover all 205 messages
     assert sum(stored_offsets(env.database_url, settings.group_id).values()) == 205
     assert ing.summary.dead_lettered == 5
@@ -318,3 +324,43 @@ def test_values_a_database_should_not_keep_are_dead_lettered_with_their_reason(e
             "INSERT INTO monitoring.visited_sites (event_id, organization_id, users_on_computers_id, datetime, url) "
             "VALUES (gen_random_uuid(), 0, 1, now(), 'x')"
         )
+
+
+def test_dead_letters_can_be_counted_shown_and_redriven_once_the_cause_is_fixed(env: Env, tmp_path: Path) -> None:
+    """Events two days ahead are refused (the default window allows one day); the operator
+    widens the window and redrives them: they land, once, however often redriven."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    ahead = [
+        ActiveWindow(organization_id=5, users_on_computers_id=9, datetime=now + timedelta(days=2, seconds=i), title="a")
+        for i in range(30)
+    ]
+    publish(env, tmp_path / "spool.sqlite3", ahead)
+    first = subprocess.run(
+        [sys.executable, "-m", "gatestream", "ingest", "--stop-after-idle", "2"], env=env.environ(),
+        capture_output=True, text=True, timeout=90,
+    )  # fmt: skip
+    assert first.returncode == 0 and count_rows(env.database_url, EventType.ACTIVE_WINDOWS) == 0
+    logged = [json.loads(line) for line in first.stderr.splitlines() if '"event dead-lettered"' in line]
+    assert logged and all(e["reason"] == "event-time-out-of-range" and "offset" in e for e in logged)
+
+    def gs(*args: str, **over: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "gatestream", *args], env=env.environ(**over), capture_output=True, text=True,
+            timeout=90,
+        )  # fmt: skip
+
+    summary = json.loads(gs("dlq", "summary", "--json").stdout)
+    assert summary == [
+        {"reason": "event-time-out-of-range", "source_topic": env.topic(EventType.ACTIVE_WINDOWS), "count": 30}
+    ]
+    shown = [json.loads(line) for line in gs("dlq", "show", "--limit", "5").stdout.splitlines()]
+    assert len(shown) == 5 and all(s["event"]["organization_id"] == 5 for s in shown), "decoded where possible"
+    assert gs("dlq", "redrive").returncode == 2, "redrive needs a choice"
+    # the cause fixed: a window of three days
+    wide = {"max_future_skew_s": 3 * 86400}
+    for _ in range(2):  # redriving twice changes nothing more: event_id keeps it exactly-once
+        out = gs("dlq", "redrive", "--reason", "event-time-out-of-range")
+        assert out.returncode == 0 and json.loads(out.stdout) == {"published": 30, "skipped": 0}, out.stderr[-1000:]
+        done = gs("ingest", "--stop-after-idle", "2", **wide)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert count_rows(env.database_url, EventType.ACTIVE_WINDOWS) == 30
