@@ -32,6 +32,7 @@ from gatestream.consumers import metrics
 from gatestream.consumers.batch import MicroBatch, Plausibility
 from gatestream.consumers.batch_writer import BatchWriter, WriteResult
 from gatestream.consumers.deadletter import DeadLetterError, DeadLetters, Reject, first_time
+from gatestream.consumers.faults import FaultHooks
 from gatestream.consumers.observe import IngestObserver
 from gatestream.consumers.offsets import FencedError, read_offsets
 from gatestream.consumers.partitions import UNKNOWN, PartitionRange, Partitions
@@ -132,6 +133,7 @@ class Ingestor:
         self._dlq = DeadLetters(base_config(settings), settings.dlq_topic, self.group)
         # every dead letter is logged, at most 20 lines per 10 s (then a count of those left out)
         self._dead_letter_log = RateLimitedLog(log, per_s=2.0, burst=20)
+        self._faults = FaultHooks(settings.fault_hooks)
         self.parts = Partitions()
         self._plausible = Plausibility(
             int(settings.earliest_event_time.timestamp() * 1000), int(settings.max_future_skew_s * 1000)
@@ -180,6 +182,7 @@ class Ingestor:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         parts = [(p.topic, p.partition) for p in partitions]
         stored = self._read_stored(parts)
+        self._faults.hit("on-assign")
         for p in partitions:
             begin = self.parts.take((p.topic, p.partition), stored.get((p.topic, p.partition)))
             p.offset = begin if begin >= 0 else OFFSET_BEGINNING
@@ -205,6 +208,7 @@ class Ingestor:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Commit what we hold while the partitions are still ours; the new owner starts there.
+        self._faults.hit("on-revoke")
         self._flush()
         self._forget([(p.topic, p.partition) for p in partitions], "revoked")
 
@@ -250,6 +254,7 @@ class Ingestor:
                     offset=reject.msg.offset(), reason=reject.reason, error=reject.detail[:300],
                 )  # fmt: skip
             self._dlq.confirm()
+            self._faults.hit("before-commit")  # rows, dead letters and offsets written, not committed
 
         def count_only(result: WriteResult) -> None:  # dry run: what would be published (rolled back)
             for reject in first_time(self._conn, self.group, rejects_of(result)):
@@ -341,6 +346,7 @@ class Ingestor:
             offsets=_ranges(moves),
             commit_ms=round((now - inflight.submitted) * 1000, 1),
         )  # fmt: skip
+        self._faults.hit("after-commit")
         if self.assignment is None and not self.dry_run:
             self._commit_to_kafka(moves)
 

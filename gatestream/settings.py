@@ -102,6 +102,11 @@ class IngestSettings(GroupMemberSettings):
         description="Events more than this many seconds ahead of the consumer's clock go to the dead-letter topic "
         "(event-time-out-of-range).",
     )
+    fault_hooks: str | None = Field(
+        None,
+        description="Fault-injection runs only: points where the process kills itself, with odds "
+        "(e.g. 'before-commit:0.05,on-revoke:0.2'; see gatestream.consumers.faults). Never set in production.",
+    )
     async_commit: bool = Field(
         True,
         description="Commit each batch with SET LOCAL synchronous_commit = off: rows and offsets commit together, "

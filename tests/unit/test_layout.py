@@ -32,7 +32,10 @@ def test_one_import_root_and_layers_that_import_one_way() -> None:
             top = name.split(".")[0]
             assert top not in LIBRARY, f"{path}: imports {name}; use gatestream.{name}"
     # layers, importing one way: core <- producers / consumers <- the command line
-    apps = ("gatestream.cli", "gatestream.bench", "gatestream.status", "gatestream.report", "gatestream.__main__")
+    apps = (
+        "gatestream.cli", "gatestream.bench", "gatestream.faultbench", "gatestream.status", "gatestream.report",
+        "gatestream.__main__",
+    )  # fmt: skip
     forbidden = {
         "core": ("gatestream.producers", "gatestream.consumers", *apps),
         "schemas": ("gatestream.producers", "gatestream.consumers", *apps),
