@@ -273,8 +273,9 @@ def _terminate(run: Run, rnd: random.Random, until: float) -> int:
         time.sleep(rnd.uniform(0.3, 1.2))
         with psycopg.connect(admin, autocommit=True) as conn:
             n += len(conn.execute(
+                # every client connection of the bench database: mid-COPY, mid-transaction or idle
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid() "
-                "AND backend_type = 'client backend' AND (state = 'idle in transaction' OR query ILIKE 'COPY%%')",
+                "AND backend_type = 'client backend'",
                 (dbname,)).fetchall())  # fmt: skip
     return n
 
@@ -311,7 +312,7 @@ SCENARIOS: dict[str, tuple[Injector, dict[str, str]]] = {
     "consumer-kill-9": (_kill_consumers, {}),
     "fault-hooks": (
         _hooks,
-        {"GATESTREAM_FAULT_HOOKS": "before-commit:0.03,after-commit:0.03,on-assign:0.15,on-revoke:0.15"},
+        {"GATESTREAM_FAULT_HOOKS": "before-commit:0.08,after-commit:0.08,on-assign:0.2,on-revoke:0.2"},
     ),
     "postgres-crash": (_pg_crash, {}),
     "database-away": (_db_away, {}),
