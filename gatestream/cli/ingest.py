@@ -8,8 +8,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import structlog
+
 from gatestream.cli.args import event_types, overrides, serve
 from gatestream.settings import IngestSettings
+
+log = structlog.get_logger("gatestream.ingest")
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -44,13 +48,27 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     stop = threading.Event()
     on_stop_signals(stop.set)
     try:
-        try:
-            with connect(settings.database_url, stop=stop) as conn:
-                routes = build_routes(conn, settings, topics)
-        except psycopg.OperationalError:
-            if stop.is_set():
-                return 0  # asked to stop while waiting for the database
-            raise
+        delay = 0.5
+        while True:
+            try:
+                with connect(settings.database_url, stop=stop) as conn:
+                    routes = build_routes(conn, settings, topics)
+                break
+            except psycopg.OperationalError:
+                if stop.is_set():
+                    return 0  # asked to stop while waiting for the database
+                raise
+            except Exception as exc:
+                if stop.is_set() and _registry_unreachable(exc):
+                    return 0  # asked to stop while waiting for the schema registry
+                if not _registry_unreachable(exc):
+                    raise
+                ready[0] = lambda: (False, "starting: waiting for the schema registry")
+                log.warning("schema registry unreachable; retrying", error=str(exc)[:300], retry_in_s=delay)
+                stop.wait(delay)
+                delay = min(delay * 2, 10)
+        if stop.is_set():
+            return 0
         ingestor = Ingestor(settings, routes)
         ready[0] = ingestor.ready
         summary = ingestor.run()
@@ -59,6 +77,15 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             server.stop()
     print(json.dumps(summary.report()))
     return 0
+
+
+def _registry_unreachable(exc: BaseException) -> bool:
+    """A schema registry that does not answer, or answers 5xx: worth waiting for."""
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    if isinstance(exc, SchemaRegistryError):
+        return exc.http_status_code >= 500
+    return type(exc).__module__.split(".")[0] in ("httpx", "httpcore", "httpx2")
 
 
 def add_parsers(sub: Any) -> None:
