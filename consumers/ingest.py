@@ -313,7 +313,10 @@ class Ingestor:
             self.observer.database(False, str(exc).strip()[:200])
             metrics.BATCH_FAILURES.labels("database").inc()
             self._reconnect_writer()
-            self._resync(list(moves))
+            # The server may have crashed: with asynchronous commits, batches it had
+            # acknowledged may be gone (rows and offsets together). Read every owned
+            # partition again from what is stored now, not just this batch's.
+            self._resync(sorted(set(moves) | (self.parts.owned if self.settings.async_commit else set())))
             return
         except Exception:  # noqa: BLE001 - last resort: rows are isolated in the writer; keep running
             log.exception("batch failed unexpectedly; rolled back, will be retried", offsets=_ranges(moves))

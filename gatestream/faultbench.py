@@ -405,7 +405,10 @@ def run_scenario(name: str, settings: IngestSettings, *, events: int, rate: int,
             pass
         if broker is not None:
             broker.kill()
-        shutil.rmtree(work, ignore_errors=True)
+        if out.ok:
+            shutil.rmtree(work, ignore_errors=True)
+        else:  # keep the processes' logs for a look
+            out.note = (out.note + f" (logs: {work})").strip()
 
 
 def bench_faults(
