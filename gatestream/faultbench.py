@@ -365,7 +365,16 @@ def run_scenario(name: str, settings: IngestSettings, *, events: int, rate: int,
             flush = run.start_producer(count=0, rate=0, seed=0)
             flush.wait(120)
         if "GATESTREAM_FAULT_HOOKS" in run.env_extra:
+            # the faults are over: members still armed with the hooks leave, clean ones drain
             run.env_extra.pop("GATESTREAM_FAULT_HOOKS")
+            for p in run.alive():
+                run.note_rss(p)
+                p.send_signal(signal.SIGTERM)
+            for p in run.consumers:
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:
+                    run.kill(p)
         while len(run.alive()) < 2:
             run.start_consumer()
         published = _published(bootstrap, topics)
