@@ -76,7 +76,12 @@ def consumer_config(settings: IngestSettings, group_id: str) -> dict[str, Any]:
         "fetch.wait.max.ms": settings.fetch_wait_max_ms,
         # Without this librdkafka pauses a second whenever > 100k messages are queued.
         "fetch.queue.backoff.ms": 10,
-        "queued.max.messages.kbytes": 262144,
+        # What librdkafka prefetches per consumer: 16 MB and 5k messages per partition are
+        # over a second of work at full speed. Draining a 2M-event backlog, peak RSS was
+        # 433 MB with 256 MB / 100k (before), 380 MB with 64 MB / 20k, 230 MB with this;
+        # the drain took 38.6, 40.8 and 43.4 s (separate runs).
+        "queued.max.messages.kbytes": 16384,
+        "queued.min.messages": 5000,
     }
     conf.update(base_config(settings))
     return conf
