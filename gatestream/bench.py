@@ -57,9 +57,10 @@ class RunResult:
         return self.ingest_events_per_s / self.raw_rows_per_s
 
 
-def _bench_database(url: str) -> str:
+def bench_database(url: str, suffix: str = "bench") -> str:
+    """A fresh, migrated database of a bench's own (<db>_<suffix>), beside the given one."""
     info = psycopg.conninfo.conninfo_to_dict(url)
-    name = f"{info.get('dbname') or 'gatestream'}_bench"
+    name = f"{info.get('dbname') or 'gatestream'}_{suffix}"
     admin = psycopg.conninfo.make_conninfo(url, dbname="postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(psycopg.sql.Identifier(name)))
@@ -133,7 +134,7 @@ def bench_data(
     settings: IngestSettings, events: int, batch_rows: int, partitions: int, *, with_rows: bool = True
 ) -> Iterator[BenchData]:
     prefix = f"bench.{uuid.uuid4().hex[:8]}."
-    url = _bench_database(settings.database_url)
+    url = bench_database(settings.database_url)
     settings = settings.model_copy(
         update={"batch_max_rows": batch_rows, "batch_max_ms": 1000, "topic_prefix": prefix, "database_url": url}
     )

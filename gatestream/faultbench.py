@@ -36,7 +36,7 @@ from pathlib import Path
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
-from gatestream.migrate import migrate
+from gatestream.bench import bench_database
 from gatestream.schemas import EventType
 from gatestream.settings import IngestSettings, ProducerSettings
 from gatestream.topics import delete_topics, ensure_topics
@@ -114,6 +114,17 @@ class Run:
         p.send_signal(signal.SIGKILL)
         p.wait(10)
 
+    def stop_all(self) -> None:
+        """SIGTERM every member still running (they leave the group), and wait for each."""
+        for p in self.alive():
+            self.note_rss(p)
+            p.send_signal(signal.SIGTERM)
+        for p in self.consumers:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill(p)
+
     def start_producer(self, count: int, rate: int, seed: int) -> subprocess.Popen[bytes]:
         self.producer = subprocess.Popen(
             [sys.executable, "-m", "gatestream", "produce", "--count", str(count), "--rate", str(rate),
@@ -165,18 +176,6 @@ def _stored(url: str) -> tuple[int, set[str]]:
             rows += len(got)
             ids.update(r[0] for r in got)
     return rows, ids
-
-
-def _database(url: str) -> str:
-    info = psycopg.conninfo.conninfo_to_dict(url)
-    name = f"{info.get('dbname') or 'gatestream'}_faults"
-    admin = psycopg.conninfo.make_conninfo(url, dbname="postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(psycopg.sql.Identifier(name)))
-        conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
-    out = psycopg.conninfo.make_conninfo(url, dbname=name)
-    migrate(out)
-    return out
 
 
 class PrivateBroker:
@@ -335,7 +334,8 @@ def run_scenario(name: str, settings: IngestSettings, *, events: int, rate: int,
         broker.start()
         bootstrap = f"127.0.0.1:{broker.port}"
     prefix = f"faults.{uuid.uuid4().hex[:6]}."
-    run = Run(settings, bootstrap, prefix, _database(settings.database_url), work, env_extra=dict(env_extra))
+    db = bench_database(settings.database_url, "faults")
+    run = Run(settings, bootstrap, prefix, db, work, env_extra=dict(env_extra))
     ps = ProducerSettings(bootstrap_servers=bootstrap, topic_prefix=prefix, kafka_extra=settings.kafka_extra)
     topics = [ps.topic_for(et) for et in EventType]
     ensure_topics(ps, [*topics, f"{prefix}dead-letter"], partitions=6)
@@ -367,14 +367,7 @@ def run_scenario(name: str, settings: IngestSettings, *, events: int, rate: int,
         if "GATESTREAM_FAULT_HOOKS" in run.env_extra:
             # the faults are over: members still armed with the hooks leave, clean ones drain
             run.env_extra.pop("GATESTREAM_FAULT_HOOKS")
-            for p in run.alive():
-                run.note_rss(p)
-                p.send_signal(signal.SIGTERM)
-            for p in run.consumers:
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    run.kill(p)
+            run.stop_all()
         while len(run.alive()) < 2:
             run.start_consumer()
         published = _published(bootstrap, topics)
@@ -396,14 +389,7 @@ def run_scenario(name: str, settings: IngestSettings, *, events: int, rate: int,
                 out.note = f"FAILED: {depth} events left in the producer's spool"
         return out
     finally:
-        for p in run.alive():
-            run.note_rss(p)
-            p.send_signal(signal.SIGTERM)
-        for p in run.consumers:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        run.stop_all()
         if run.producer is not None and run.producer.poll() is None:
             run.producer.kill()
         out.seconds = round(time.monotonic() - started, 1)
