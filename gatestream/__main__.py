@@ -1,3 +1,5 @@
+"""``python -m gatestream``: the command line (gatestream.cli)."""
+
 from gatestream.cli import main
 
 main()
