@@ -351,32 +351,27 @@ class Ingestor:
         )  # fmt: skip
         self._faults.hit("after-commit")
         if self.assignment is None and not self.dry_run:
-            self._commit_to_kafka(moves)
+            self._mirror_to_kafka({tp: end for tp, (_, end) in moves.items()})
 
     def _flush(self) -> None:
         self._submit()
         self._await()
 
-    def _commit_to_kafka(self, moves: Moves) -> None:
-        """Mirror the offsets to Kafka for tools (lag dashboards); never read back."""
-        try:
-            self._consumer.commit(
-                offsets=[TopicPartition(t, p, end) for (t, p), (_, end) in moves.items()], asynchronous=True
-            )
-        except KafkaException:
-            pass
-
-    def _mirror_final_offsets(self) -> None:
-        """On the way out, mirror the stored offsets to Kafka synchronously: the last
-        asynchronous commit may still be in flight when the client closes, and tools
-        would then show a lag that is not there."""
-        final = [TopicPartition(t, p, o) for (t, p), o in self.parts.stored.items() if o is not None]
-        if not final:
+    def _mirror_to_kafka(self, offsets: dict[TP, int], *, final: bool = False) -> None:
+        """Mirror stored offsets to Kafka's group for tools (lag dashboards); never read
+        back. After each batch asynchronously; on the way out synchronously, since the
+        last asynchronous commit may still be in flight when the client closes."""
+        if not offsets:
             return
+        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
         try:
-            self._consumer.commit(offsets=final, asynchronous=False)
+            if final:
+                self._consumer.commit(offsets=tps, asynchronous=False)
+            else:
+                self._consumer.commit(offsets=tps, asynchronous=True)
         except KafkaException as exc:
-            log.info("could not mirror the final offsets to Kafka (advisory only)", error=str(exc))
+            if final:
+                log.info("could not mirror the final offsets to Kafka (advisory only)", error=str(exc))
 
     def _resync(self, parts: list[TP]) -> None:
         """After a rolled-back batch: read those partitions again from the stored offsets."""
@@ -469,7 +464,7 @@ class Ingestor:
         except Exception:  # noqa: BLE001 - closing anyway; offsets were not advanced
             pass
         if self.assignment is None and not self.dry_run:
-            self._mirror_final_offsets()
+            self._mirror_to_kafka({tp: o for tp, o in self.parts.stored.items() if o is not None}, final=True)
         try:
             self._consumer.close()  # leaves the group: partitions move at once
         except (KafkaException, RuntimeError):

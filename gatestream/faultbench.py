@@ -72,6 +72,7 @@ class Run:
     workdir: Path
     consumers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     producer: subprocess.Popen[bytes] | None = None
+    broker: PrivateBroker | None = None  # the broker-kill-9 scenario's own broker
     peak_kb: int = 0
     env_extra: dict[str, str] = field(default_factory=dict)
 
@@ -235,10 +236,7 @@ def _hooks(run: Run, rnd: random.Random, until: float) -> int:
     n = 0
     while time.monotonic() < until:
         time.sleep(0.3)
-        dead = [p for p in run.consumers if p.poll() is not None and not getattr(p, "counted", False)]
-        for p in dead:
-            p.counted = True  # type: ignore[attr-defined]
-            n += 1
+        n = sum(1 for p in run.consumers if p.poll() is not None)  # every one that died has been a fault
         while len(run.alive()) < 3:
             run.start_consumer()
     return n
@@ -279,6 +277,18 @@ def _terminate(run: Run, rnd: random.Random, until: float) -> int:
     return n
 
 
+def _broker_kill(run: Run, rnd: random.Random, until: float) -> int:
+    assert run.broker is not None
+    n = 0
+    while time.monotonic() < until:
+        time.sleep(rnd.uniform(2.0, 4.0))
+        run.broker.kill()
+        time.sleep(rnd.uniform(0.5, 2.0))
+        run.broker.start()
+        n += 1
+    return n
+
+
 def _producer_kill(run: Run, rnd: random.Random, until: float) -> int:
     n = 0
     seed = 1000
@@ -316,7 +326,7 @@ SCENARIOS: dict[str, tuple[Injector, dict[str, str]]] = {
     "postgres-crash": (_pg_crash, {}),
     "database-away": (_db_away, {}),
     "connection-killed": (_terminate, {}),
-    "broker-kill-9": (lambda run, rnd, until: 0, {}),  # driven by run_scenario (needs the private broker)
+    "broker-kill-9": (_broker_kill, {}),  # against a broker of its own (run_scenario starts it)
     "producer-kill-9": (_producer_kill, {}),
     "rebalance-storm": (_storm, {}),
 }
@@ -335,7 +345,7 @@ def run_scenario(name: str, settings: IngestSettings, *, events: int, rate: int,
         bootstrap = f"127.0.0.1:{broker.port}"
     prefix = f"faults.{uuid.uuid4().hex[:6]}."
     db = bench_database(settings.database_url, "faults")
-    run = Run(settings, bootstrap, prefix, db, work, env_extra=dict(env_extra))
+    run = Run(settings, bootstrap, prefix, db, work, broker=broker, env_extra=dict(env_extra))
     ps = ProducerSettings(bootstrap_servers=bootstrap, topic_prefix=prefix, kafka_extra=settings.kafka_extra)
     topics = [ps.topic_for(et) for et in EventType]
     ensure_topics(ps, [*topics, f"{prefix}dead-letter"], partitions=6)
@@ -344,16 +354,7 @@ def run_scenario(name: str, settings: IngestSettings, *, events: int, rate: int,
         for _ in range(3):
             run.start_consumer()
         run.start_producer(count=events, rate=rate, seed=seed)
-        until = time.monotonic() + seconds
-        if broker is not None:
-            while time.monotonic() < until:
-                time.sleep(rnd.uniform(2.0, 4.0))
-                broker.kill()
-                time.sleep(rnd.uniform(0.5, 2.0))
-                broker.start()
-                out.faults += 1
-        else:
-            out.faults = injector(run, rnd, until)
+        out.faults = injector(run, rnd, time.monotonic() + seconds)
         if out.faults < 0:
             out.note = "skipped: needs the local stack's PostgreSQL (ops/stack)"
             out.faults = 0

@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -55,8 +56,6 @@ class RateLimitedLog:
     that gets through (``suppressed``)."""
 
     def __init__(self, logger: Any, *, per_s: float, burst: int) -> None:
-        import time
-
         self._logger, self._per_s, self._burst = logger, per_s, burst
         self._clock = time.monotonic
         self._tokens, self._at, self._suppressed = float(burst), self._clock(), 0
