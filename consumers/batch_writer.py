@@ -1,4 +1,4 @@
-"""Writes one micro-batch: rows of several hypertables and the new offsets, one transaction.
+"""Writes one micro-batch: rows of several hypertables, then the caller's checkpoint, one transaction.
 
 Fast path: binary COPY straight into each hypertable. If the database refuses the
 COPY, the table's rows take a slower path inside the same transaction:
@@ -12,8 +12,9 @@ COPY, the table's rows take a slower path inside the same transaction:
   cannot encode, a bug nobody foresaw): isolated the same way, handed back as
   ``internal-error`` with the exception's class. Only infrastructure failures (the
   connection is gone) end the write, so no single event can stop a partition.
-The caller's ``before_commit`` runs last (it publishes dead letters and waits for the
-broker's acknowledgement); if it raises, nothing of the batch commits.
+The caller's ``before_commit`` runs last, in the same transaction (the checkpoint:
+offsets under the fence, dead letters; see ``consumers.checkpoint``); if it raises,
+nothing of the batch commits.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import psycopg
 from psycopg import sql
 
 from gatestream.consumers.deadletter import Reason
-from gatestream.consumers.offsets import TopicPartition, advance_offsets
 from gatestream.consumers.pgtypes import register_wire_dumpers
 from gatestream.consumers.tables import TableSpec
 
@@ -70,29 +70,25 @@ def _reason(exc: Exception) -> str:
 
 
 class BatchWriter:
-    def __init__(self, conn: psycopg.Connection[Any], group: str, *, async_commit: bool = False) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], *, async_commit: bool = False) -> None:
         """``async_commit``: the batch transaction commits without waiting for its WAL
         flush. Safe here because the offsets commit with the rows: a server crash can only
         rewind both together, and the rows are read again."""
         self.conn = conn
-        self.group = group
         self.async_commit = async_commit
         register_wire_dumpers(conn)
 
     def write(
         self,
         tables: Sequence[TableBatch],
-        moves: dict[TopicPartition, tuple[int | None, int]],
         before_commit: Callable[[WriteResult], None] | None = None,
         *,
         upsert: bool = False,
-        dry_run: bool = False,
     ) -> WriteResult:
-        """Write all rows and offset moves atomically. ``upsert`` always takes the
-        duplicate-tolerant path, reporting inserted vs already present; ``dry_run`` does
-        all of it and rolls back, so the counts say what a real run would do."""
+        """Write all rows, then ``before_commit``, atomically. ``upsert`` always takes the
+        duplicate-tolerant path, reporting inserted vs already present."""
         result = WriteResult()
-        with self.conn.transaction() as tx:  # (a savepoint, inside a dry run's transaction)
+        with self.conn.transaction():  # (a savepoint, inside a dry run's transaction)
             if self.async_commit:
                 self.conn.execute("SET LOCAL synchronous_commit = off")
             for tb in tables:
@@ -101,12 +97,8 @@ class BatchWriter:
                     self._write_table(tb, result, upsert)
                     result.inserted_by_table[tb.spec.name] = result.inserted - before
                     result.duplicates_by_table[tb.spec.name] = result.duplicates - dups
-            if moves:
-                advance_offsets(self.conn, self.group, moves)
             if before_commit is not None:
                 before_commit(result)
-            if dry_run:
-                raise psycopg.Rollback(tx)
         return result
 
     # ------------------------------------------------------------------ paths

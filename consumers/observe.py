@@ -7,7 +7,7 @@ time, one event in ``SAMPLE``; lag and health are refreshed every few seconds.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
@@ -98,10 +98,12 @@ class IngestObserver:
 
     # ------------------------------------------------------------------ every few seconds
     def tick(
-        self, consumer: Any, parts: Partitions, pending_fn: Callable[[], dict[TP, float]], db_ping: Callable[[], Any]
-    ) -> None:
-        """Refresh lag gauges and health, every ``every_s``. ``pending_fn``: broker timestamp of
-        the oldest uncommitted event per partition in hand."""
+        self, consumer: Any, owned: set[TP], stored: Mapping[TP, int | None],
+        pending_fn: Callable[[], dict[TP, float]], db_ping: Callable[[], Any],
+    ) -> None:  # fmt: skip
+        """Refresh lag gauges and health, every ``every_s``. ``stored``: the next offset in
+        the database per owned partition; ``pending_fn``: broker timestamp of the oldest
+        uncommitted event per partition in hand."""
         now = time.monotonic()
         if now < self._next_tick:
             return
@@ -120,7 +122,7 @@ class IngestObserver:
             return
         wall = time.time()
         pending = pending_fn()
-        for tp in list(parts.owned):
+        for tp in list(owned):
             topic, partition = tp
             try:
                 low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
@@ -128,8 +130,8 @@ class IngestObserver:
                 continue
             if high < 0:
                 continue
-            stored = parts.stored.get(tp)
-            lag = max(0, high - (stored if stored is not None else max(low, 0)))
+            done = stored.get(tp)
+            lag = max(0, high - (done if done is not None else max(low, 0)))
             metrics.LAG_MESSAGES.labels(self.group, topic, str(partition)).set(lag)
             if lag == 0:
                 self._lagging_since.pop(tp, None)

@@ -1,17 +1,15 @@
-"""What one consumer knows about its partitions: which it owns, where the database says
-each stands (the fence's expected value), where reading is, and — for bounded runs such
-as replays — where each partition ends.
+"""Where one consumer is reading: which partitions it owns, the next offset to accept
+from each, and — for bounded runs such as replays — where each ends. (Where the database
+says each partition stands is the offset store's: ``consumers.offsets``.)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-TP = tuple[str, int]
+from gatestream.consumers.offsets import FROM_BEGINNING, UNKNOWN, start_of
 
-FROM_BEGINNING = -2  # where to start when nothing is stored: the partition's first message
-# (confluent_kafka.OFFSET_BEGINNING has the same value)
-UNKNOWN = -1  # "the next offset is not known yet": nothing read, nothing stored
+TP = tuple[str, int]
 
 
 @dataclass(frozen=True)
@@ -31,7 +29,6 @@ class PartitionRange:
 @dataclass
 class Partitions:
     owned: set[TP] = field(default_factory=set)
-    stored: dict[TP, int | None] = field(default_factory=dict)  # next offset in the database
     next: dict[TP, int] = field(default_factory=dict)  # next offset to accept from the stream
     ends: dict[TP, int | None] = field(default_factory=dict)  # bounded runs only
     started_at: dict[TP, int] = field(default_factory=dict)
@@ -40,7 +37,6 @@ class Partitions:
         """Own ``tp``; return the offset to start reading at (FROM_BEGINNING when nothing
         is stored and no start was given)."""
         self.owned.add(tp)
-        self.stored[tp] = stored
         known = [x for x in (stored, start) if x is not None]
         begin = max(known) if known else FROM_BEGINNING
         self.next[tp] = begin if begin >= 0 else UNKNOWN
@@ -52,8 +48,12 @@ class Partitions:
     def drop(self, parts: list[TP]) -> None:
         for tp in parts:
             self.owned.discard(tp)
-            self.stored.pop(tp, None)
             self.next.pop(tp, None)
+
+    def seek(self, tp: TP, stored: int | None) -> int:
+        """Read ``tp`` again from ``stored``; return the offset to seek to."""
+        self.next[tp] = stored if stored is not None else UNKNOWN
+        return start_of(stored)
 
     def reached_end(self, tp: TP, high_watermark: int) -> None:
         """The broker says the partition ends at ``high_watermark`` for now: a bounded range

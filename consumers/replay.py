@@ -1,12 +1,15 @@
 """Replay: read event topics again (all of them or a time range) into the hypertables.
 
-A replay goes through the same decode -> rows -> COPY path as live ingest, with three
-differences:
+This module plans and records runs; the reading is ``consumers.replay_reader`` (the
+batch pipeline's bounded driver) and the selection is ``consumers.replay_selection``.
+A replay goes through the same decode -> rows -> COPY -> checkpoint path as live
+ingest, with three differences:
 
 - it reads partition ranges by manual assignment, never joining the live ingest group,
   and stores its progress (with the rows, in one transaction, like ingest) under a group
-  of its own, ``gatestream-replay-<run id>``; the run id is derived from the selection,
-  so re-running the same command after Ctrl-C or a crash continues where it stopped;
+  of its own, ``gatestream-replay-<run id>`` (``consumers.replay_runs``); a run is named
+  after its selection, so re-running the same command after Ctrl-C or a crash continues
+  where it stopped;
 - an event whose ``event_id`` is already stored is left alone and counted as already
   present (the primary key makes a second row impossible);
 - it can keep only some organizations and an event-time range.
@@ -22,147 +25,39 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 from confluent_kafka import Consumer, Message, TopicPartition
 
 from gatestream.consumers import replay_runs as runs
-from gatestream.consumers.ingest import Ingestor, IngestSummary, PartitionRange, Route, build_routes
+from gatestream.consumers.partitions import PartitionRange
+from gatestream.consumers.pipeline import IngestSummary
+from gatestream.consumers.replay_reader import RangeReader
+from gatestream.consumers.replay_selection import (
+    TIME_HELP,
+    ReplayError,
+    ReplaySelection,
+    parse_duration,
+    parse_time,
+)
+from gatestream.consumers.routes import build_routes
 from gatestream.database import connect
 from gatestream.kafka import consumer_config
 from gatestream.ratelimit import RateLimiter
-from gatestream.schemas import EventType
 from gatestream.settings import IngestSettings
 
+__all__ = [
+    "TIME_HELP", "NameConflict", "PreparedRun", "ReplayError", "ReplaySelection", "ReplaySummary", "parse_duration",
+    "parse_time", "plan", "prepare", "replay",
+]  # fmt: skip
+
 log = structlog.get_logger("gatestream.replay")
-
-
-class ReplayError(Exception):
-    """The selection cannot be replayed (unknown topic or partition, a start in the future, ...)."""
-
-
-_NUMBER = r"[0-9]{1,9}(?:\.[0-9]{1,6})?"  # ASCII digits only, bounded: no overflow further down
-_RELATIVE = re.compile(rf"^-({_NUMBER})([smhdw])$")
-_DURATION = re.compile(rf"^({_NUMBER})([smhdw])$")
-_EPOCH = re.compile(r"^@(-?[0-9]{1,12}(?:\.[0-9]{1,6})?)$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-TIME_HELP = "ISO 8601 (2026-11-23T10:00Z; naive = UTC), 'now', relative (-90s, -15m, -2h, -7d, -1w) or @EPOCH_SECONDS"
-
-
-def parse_time(text: str, now: datetime | None = None) -> datetime:
-    """An event time: ISO 8601 (naive = UTC), ``now``, relative to now (``-90s``, ``-15m``,
-    ``-2h``, ``-7d``, ``-1w``) or ``@<epoch seconds>``. A bare number is refused: it reads
-    as an offset to some and as epoch seconds to others."""
-    now = now or datetime.now(UTC)
-    text = text.strip()
-    try:
-        if text == "now":
-            return now
-        if m := _RELATIVE.match(text):
-            return now - timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
-        if m := _EPOCH.match(text):
-            return datetime.fromtimestamp(float(m.group(1)), UTC)
-        if text.isascii() and text.isdigit():
-            raise ReplayError(
-                f"{text!r} is a bare number: for an offset use --from-offset/--to-offset, for epoch seconds @{text}"
-            )
-        if not text.isascii():
-            raise ValueError("non-ASCII characters")
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        dt = dt if dt.tzinfo else dt.replace(tzinfo=UTC)
-        dt.astimezone(UTC).timestamp()  # representable as an instant
-        return dt
-    except (ValueError, OverflowError, OSError) as exc:
-        raise ReplayError(f"not a usable time: {text!r} ({exc}); use {TIME_HELP}") from exc
-
-
-def parse_duration(text: str) -> timedelta:
-    """``0s``, ``90s``, ``5m``, ``2h``, ``1d``, ``1w``."""
-    m = _DURATION.match(text.strip())
-    if not m:
-        raise ReplayError(f"not a duration: {text!r} (use e.g. 0s, 90s, 5m, 2h)")
-    try:
-        return timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
-    except OverflowError as exc:
-        raise ReplayError(f"duration out of range: {text!r}") from exc
-
-
-@dataclass(frozen=True)
-class ReplaySelection:
-    event_types: tuple[EventType, ...] = tuple(EventType)
-    partitions: tuple[int, ...] | None = None  # None = all
-    from_offset: int | None = None
-    to_offset: int | None = None  # exclusive
-    since: datetime | None = None  # event time, inclusive
-    until: datetime | None = None  # event time, exclusive
-    organizations: frozenset[int] | None = None
-    skew_margin: timedelta = timedelta(minutes=5)
-
-    def validate(self) -> None:
-        """Refuse a selection that cannot select anything, before any work starts."""
-        if not self.event_types:
-            raise ReplayError("the selection names no event type")
-        if self.partitions is not None and not self.partitions:
-            raise ReplayError("--partitions selects no partition")
-        if self.organizations is not None and not self.organizations:
-            raise ReplayError("--orgs selects no organization")
-        for name, v in (("--from-offset", self.from_offset), ("--to-offset", self.to_offset)):
-            if v is not None and not 0 <= v < 2**63:
-                raise ReplayError(f"{name} must be an offset from 0 to 2^63-1, got {v}")
-        if self.from_offset is not None and self.to_offset is not None and self.from_offset >= self.to_offset:
-            raise ReplayError(f"--from-offset {self.from_offset} is not before --to-offset {self.to_offset}")
-        if self.since is not None and self.until is not None and self.since >= self.until:
-            raise ReplayError(f"--from {self.since.isoformat()} is not before --to {self.until.isoformat()}")
-        if self.skew_margin < timedelta(0):
-            raise ReplayError("--skew must not be negative")
-
-    def describe(self) -> dict[str, Any]:
-        """The selection as JSON: stored with a run, and its default name's source."""
-        return {
-            "types": sorted(e.value for e in self.event_types),
-            "partitions": sorted(self.partitions) if self.partitions is not None else None,
-            "from_offset": self.from_offset, "to_offset": self.to_offset,
-            "since": self.since.isoformat() if self.since else None,
-            "until": self.until.isoformat() if self.until else None,
-            "orgs": sorted(self.organizations) if self.organizations is not None else None,
-            "skew_s": self.skew_margin.total_seconds(),
-        }  # fmt: skip
-
-    @classmethod
-    def from_description(cls, d: dict[str, Any]) -> ReplaySelection:
-        return cls(
-            event_types=tuple(EventType(t) for t in d["types"]),
-            partitions=tuple(d["partitions"]) if d.get("partitions") is not None else None,
-            from_offset=d.get("from_offset"), to_offset=d.get("to_offset"),
-            since=datetime.fromisoformat(d["since"]) if d.get("since") else None,
-            until=datetime.fromisoformat(d["until"]) if d.get("until") else None,
-            organizations=frozenset(d["orgs"]) if d.get("orgs") is not None else None,
-            skew_margin=timedelta(seconds=d.get("skew_s", 300)),
-        )  # fmt: skip
-
-    def accepts(self, route: Route) -> Callable[[Message, dict[str, Any]], bool] | None:
-        """The event filter for a route's records, or None when every event is wanted."""
-        orgs = self.organizations
-        lo = int(self.since.timestamp() * 1000) if self.since else None
-        hi = int(self.until.timestamp() * 1000) if self.until else None
-        if orgs is None and lo is None and hi is None:
-            return None
-        tf = route.time_field
-
-        def accept(_msg: Message, rec: dict[str, Any]) -> bool:
-            if orgs is not None and rec["organization_id"] not in orgs:
-                return False
-            t = rec[tf]
-            return (lo is None or t >= lo) and (hi is None or t < hi)
-
-        return accept
 
 
 @dataclass
@@ -306,7 +201,7 @@ def replay(
     name: str | None = None,
     spec: dict[str, Any] | None = None,
     progress: Callable[[IngestSummary, dict[str, int]], None] | None = None,
-    ingestor_hook: Callable[[Ingestor], None] | None = None,
+    reader_hook: Callable[[RangeReader], None] | None = None,
     prepared: PreparedRun | None = None,
 ) -> ReplaySummary:
     """Replay ``selection`` into the hypertables; see the module's doc and ``prepare``
@@ -349,18 +244,18 @@ def replay(
             limiter.wait(s.consumed - seen)
         seen = s.consumed
         if progress is not None:
-            progress(s, remaining(ing))
+            progress(s, remaining(reader))
 
     needs_filter = any(f is not None for f in filters.values())
-    ing = Ingestor(
-        settings, routes, group_id=group, assignment=ranges, on_turn=on_turn, dry_run=dry_run,
-        accept=accept if needs_filter else None, poll_max=poll_max,
+    reader = RangeReader(
+        settings, routes, group, ranges, event_filter=accept if needs_filter else None, on_turn=on_turn,
+        dry_run=dry_run, poll_max=poll_max,
     )  # fmt: skip
-    if ingestor_hook is not None:
-        ingestor_hook(ing)
+    if reader_hook is not None:
+        reader_hook(reader)
     log.info("replay started", name=prepared.name, run=run and run.run_id, group=group, dry_run=dry_run)
     try:
-        s = ing.run()
+        s = reader.run()
     except BaseException:
         if run is not None and not dry_run:
             with connect(settings.database_url) as conn:
@@ -369,11 +264,10 @@ def replay(
     summary = ReplaySummary(
         name=prepared.name, run=run.run_id if run is not None else None, resumed=prepared.run is not None,
         read=s.consumed, inserted=s.inserted, already_present=s.duplicates,
-        dead_lettered=s.dead_lettered, seconds=round(s.seconds, 2), dry_run=dry_run,
-        complete=ing.parts.all_finished() and not ing.stop_event.is_set(),
+        dead_lettered=s.dead_lettered, seconds=round(s.seconds, 2), dry_run=dry_run, complete=reader.complete,
         partitions=[
-            {"topic": r.topic, "partition": r.partition, "from": ing.parts.started_at.get((r.topic, r.partition)),
-             "to": ing.parts.ends.get((r.topic, r.partition))}
+            {"topic": r.topic, "partition": r.partition, "from": reader.parts.started_at.get((r.topic, r.partition)),
+             "to": reader.parts.ends.get((r.topic, r.partition))}
             for r in ranges
         ],
     )  # fmt: skip
@@ -384,12 +278,13 @@ def replay(
     return summary
 
 
-def remaining(ing: Ingestor) -> dict[str, int]:
+def remaining(reader: RangeReader) -> dict[str, int]:
     """Messages left to read per partition range ("topic[p]" -> count), for progress."""
     out = {}
-    for tp, end in ing.parts.ends.items():
+    parts = reader.parts
+    for tp, end in parts.ends.items():
         if end is not None:
-            out[f"{tp[0]}[{tp[1]}]"] = max(0, end - max(ing.parts.next.get(tp, 0), ing.parts.started_at.get(tp, 0)))
+            out[f"{tp[0]}[{tp[1]}]"] = max(0, end - max(parts.next.get(tp, 0), parts.started_at.get(tp, 0)))
     return out
 
 

@@ -217,14 +217,15 @@ def bench_metrics(settings: IngestSettings, *, events: int, runs: int, batch_row
 
 def _replay_rate(d: BenchData, events: int) -> float:
     from gatestream.consumers.replay import ReplaySelection, replay
+    from gatestream.consumers.replay_reader import RangeReader
 
-    captured: list[Ingestor] = []
+    captured: list[RangeReader] = []
     s = replay(
         d.settings,
         ReplaySelection(event_types=(EVENT_TYPE,)),
         restart=True,
         name=f"bench-{uuid.uuid4().hex[:6]}",
-        ingestor_hook=captured.append,
+        reader_hook=captured.append,
     )
     sm = captured[0].summary
     if s.read != events or sm.first_event_at is None or sm.last_commit_at is None:

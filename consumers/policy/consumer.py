@@ -6,7 +6,9 @@ other writer: ``{"resource_type": "...", "organization_id": 12 | null, "op": "se
 reconcile is a full, idempotent one. A periodic reconcile repairs drift (jobs deleted,
 altered or added by hand). The consumer's offsets are stored in the database in the
 same transaction as the job changes (when pg_cron lives in the same database, or on
-the Community edition), following the ingest consumers' exactly-once rule.
+the Community edition), through the same offset store and checkpoint as the ingest
+consumers (``consumers.offsets``, ``consumers.checkpoint``): an invalid event is
+dead-lettered once, and its offset moves only with the reconcile that follows it.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from typing import Any
 
 import psycopg
 import structlog
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from gatestream.consumers.deadletter import DeadLetters, Reason, Reject
-from gatestream.consumers.offsets import FencedError, advance_offsets, read_offsets
+from gatestream.consumers.checkpoint import Checkpoint
+from gatestream.consumers.deadletter import DeadLetterError, DeadLetters, Reason, Reject
+from gatestream.consumers.offsets import FencedError, Moves, OffsetStore, start_of
 from gatestream.consumers.policy import metrics
 from gatestream.consumers.policy.model import PolicyError
 from gatestream.consumers.policy.reconcile import Plan, impact, make_engine, reconcile
@@ -74,32 +77,30 @@ class PolicyConsumer:
         }
         self.consumer = Consumer(conf)
         self.dead_letters = DeadLetters(base_config(settings), settings.dlq_topic, settings.policy_group_id)
-        self.stored: dict[TP, int | None] = {}
+        self.offsets = OffsetStore(settings.policy_group_id, settings.database_url, stop=self.stop_event)
+        self.checkpoint = Checkpoint(self.offsets, self.dead_letters)
         self.last_plan: Plan | None = None
         self.runs = 0
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        stored = read_offsets(self.conn, self.settings.policy_group_id, [(p.topic, p.partition) for p in partitions])
+        claimed = self.offsets.claim((p.topic, p.partition) for p in partitions)
         for p in partitions:
-            off = stored.get((p.topic, p.partition))
-            self.stored[(p.topic, p.partition)] = off
-            p.offset = off if off is not None else OFFSET_BEGINNING
+            p.offset = start_of(claimed[(p.topic, p.partition)])
         consumer.incremental_assign(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for p in partitions:
-            self.stored.pop((p.topic, p.partition), None)
+        self.offsets.release((p.topic, p.partition) for p in partitions)
 
-    def reconcile_now(self, trigger: str, moves: dict[TP, tuple[int | None, int]] | None = None) -> Plan:
+    def reconcile_now(self, trigger: str, moves: Moves | None = None, rejects: list[Reject] | None = None) -> Plan:
+        """Reconcile; with ``moves``, the change events' checkpoint joins its transaction."""
         t0 = time.perf_counter()
-        group = self.settings.policy_group_id
 
-        def store_offsets() -> None:
+        def checkpoint() -> None:
             if moves:
-                advance_offsets(self.conn, group, moves)
+                self.checkpoint.commit(self.conn, moves, rejects or [])
 
         try:
-            plan = reconcile(self.conn, self.settings, self.engine, also=store_offsets)
+            plan = reconcile(self.conn, self.settings, self.engine, also=checkpoint)
         except PolicyError as exc:
             # The table holds something we refuse; nothing was executed. The events carry no
             # state of their own, so move past them: the fixed table is reconciled on the
@@ -108,9 +109,8 @@ class PolicyConsumer:
             log.error("reconcile refused", error=str(exc))
             if moves:
                 with self.conn.transaction():
-                    store_offsets()
-                for tp, (_, end) in moves.items():
-                    self.stored[tp] = end
+                    checkpoint()
+                self.offsets.advanced(moves)
             raise
         except Exception:
             metrics.RECONCILE_RUNS.labels(trigger, "error").inc()
@@ -124,8 +124,7 @@ class PolicyConsumer:
             metrics.DRIFT_FOUND.inc(len(plan.changes))
             log.warning("drift repaired", changes=[c.describe() for c in plan.changes])
         if moves:
-            for tp, (_, end) in moves.items():
-                self.stored[tp] = end
+            self.offsets.advanced(moves)
         self.last_plan = plan
         self.runs += 1
         log.info(
@@ -150,7 +149,8 @@ class PolicyConsumer:
                 log.warning("retention will delete data at the next job run", **item)
 
     def _handle(self, msgs: list[Message]) -> None:
-        moves: dict[TP, tuple[int | None, int]] = {}
+        ends: dict[TP, int] = {}
+        rejects: list[Reject] = []
         changed: set[str] = set()
         for m in msgs:
             err = m.error()
@@ -159,9 +159,9 @@ class PolicyConsumer:
                     log.warning("consumer error", error=str(err))
                 continue
             tp = (m.topic() or "", m.partition() or 0)
-            if tp not in self.stored:
-                continue
-            moves[tp] = (self.stored[tp], (m.offset() or 0) + 1)
+            if tp not in self.offsets.expected:
+                continue  # from before a revoke
+            ends[tp] = (m.offset() or 0) + 1
             try:
                 ev = parse_event(m.value(), self.known)
                 changed.add(ev["resource_type"])
@@ -169,21 +169,17 @@ class PolicyConsumer:
                 log.info("policy change event", **ev, partition=tp[1], offset=m.offset())
             except ValueError as exc:
                 metrics.POLICY_EVENTS.labels("invalid").inc()
-                log.warning(
-                    "invalid policy change event dead-lettered", error=str(exc), partition=tp[1], offset=m.offset()
-                )
-                self.dead_letters.send(Reject(m, Reason.INVALID_POLICY_EVENT, str(exc), type(exc).__name__))
+                log.warning("invalid policy change event", error=str(exc), partition=tp[1], offset=m.offset())
+                rejects.append(Reject(m, Reason.INVALID_POLICY_EVENT, str(exc), type(exc).__name__))
+        moves = self.offsets.moves(ends)
         if moves:
-            self.dead_letters.confirm()  # acknowledged before the offsets move past them
             try:
-                plan = self.reconcile_now("event", moves)
+                plan = self.reconcile_now("event", moves, rejects)
                 self._log_deletions(plan, changed)
             except FencedError as exc:
                 log.warning("offsets moved by another policy consumer; re-reading", partitions=exc.partitions)
-                stored = read_offsets(self.conn, self.settings.policy_group_id, list(moves))
-                for tp in moves:
-                    self.stored[tp] = stored.get(tp)
-                    self.consumer.seek(TopicPartition(tp[0], tp[1], stored.get(tp, OFFSET_BEGINNING)))
+                for tp, off in self.offsets.reload(list(moves)).items():
+                    self.consumer.seek(TopicPartition(tp[0], tp[1], start_of(off)))
 
     def _reconnect(self) -> None:
         try:
@@ -192,6 +188,14 @@ class PolicyConsumer:
             self.engine = make_engine(self.conn, self.settings)
         except psycopg.OperationalError:
             pass  # still down: the loop retries
+
+    def _rewind(self) -> None:
+        """After a failed checkpoint: read the change events again from the stored offsets."""
+        for (topic, partition), off in self.offsets.expected.items():
+            try:
+                self.consumer.seek(TopicPartition(topic, partition, start_of(off)))
+            except KafkaException as exc:
+                log.warning("seek failed; events re-read after the next rebalance", error=str(exc))
 
     def request_stop(self, *_: Any) -> None:
         self.stop_event.set()
@@ -217,9 +221,15 @@ class PolicyConsumer:
                     log.error("database unreachable; retrying", error=str(exc).strip())
                     self.stop_event.wait(2)
                     self._reconnect()
+                    self._rewind()
+                except DeadLetterError as exc:
+                    log.error("dead-letter topic unavailable; change events will be read again", error=str(exc))
+                    self.stop_event.wait(2)
+                    self._rewind()
         finally:
             self.consumer.close()
             self.dead_letters.close()
+            self.offsets.close()
             self.conn.close()
         log.info("policy consumer stopped", reconciles=self.runs)
 

@@ -10,12 +10,13 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
 from gatestream.consumers.batch_writer import BatchWriter, TableBatch
-from gatestream.consumers.offsets import FencedError, read_offsets
+from gatestream.consumers.offsets import FencedError, OffsetStore
 from gatestream.consumers.tables import describe_table
 from gatestream.schemas import EventType, SchemaCatalog
 from tests.conftest import Env, gatestream_cmd
@@ -45,23 +46,36 @@ def test_a_member_that_lost_the_partition_cannot_commit(db_url: str) -> None:
             "icon",
             "active_time",
         )
-        wa, wb = BatchWriter(a, "grp"), BatchWriter(b, "grp")
+        # two members of one group, each with the offset store every consumer uses
+        sa, sb = OffsetStore("grp", db_url), OffsetStore("grp", db_url)
+        wa, wb = BatchWriter(a), BatchWriter(b)
+
+        def batch(writer: BatchWriter, conn: psycopg.Connection[Any], store: OffsetStore, n: int) -> None:
+            moves = store.moves({tp: (store.expected[tp] or 0) + n})
+            writer.write([TableBatch(spec, _aw_rows(n), [None] * n)], lambda _r: store.advance(conn, moves))
+            store.advanced(moves)
+
         # both members think the partition is theirs from the start (no stored offset yet)
-        wb.write([TableBatch(spec, _aw_rows(10), [None] * 10)], {tp: (None, 10)})
+        assert sa.claim([tp]) == sb.claim([tp]) == {tp: None}
+        batch(wb, b, sb, 10)
         with pytest.raises(FencedError) as exc:
-            wa.write([TableBatch(spec, _aw_rows(7), [None] * 7)], {tp: (None, 7)})
+            batch(wa, a, sa, 7)
         assert exc.value.partitions == [tp]
         # the fenced member's rows rolled back with its offsets
         assert a.execute("SELECT count(*) FROM monitoring.active_windows").fetchone() == (10,)
-        assert read_offsets(a, "grp", [tp]) == {tp: 10}
+        assert sa.read([tp]) == {tp: 10} and sa.expected == {tp: None}
         # a member continuing from a stale stored offset is fenced too
-        wb.write([TableBatch(spec, _aw_rows(5), [None] * 5)], {tp: (10, 15)})
+        assert sa.reload([tp]) == {tp: 10}
+        batch(wb, b, sb, 5)
         with pytest.raises(FencedError):
-            wa.write([TableBatch(spec, _aw_rows(3), [None] * 3)], {tp: (10, 13)})
+            batch(wa, a, sa, 3)
         # and one continuing from the stored offset commits
-        wa.write([TableBatch(spec, _aw_rows(3), [None] * 3)], {tp: (15, 18)})
+        assert sa.reload([tp]) == {tp: 15}
+        batch(wa, a, sa, 3)
         assert a.execute("SELECT count(*) FROM monitoring.active_windows").fetchone() == (18,)
-        assert read_offsets(a, "grp", [tp]) == {tp: 18}
+        assert sb.read([tp]) == {tp: 18} and sa.expected == {tp: 18}
+        sa.close()
+        sb.close()
 
 
 def _start_consumer(env: Env, logdir: Path, name: str, protocol: str) -> subprocess.Popen[bytes]:
@@ -158,10 +172,9 @@ def test_batches_commit_asynchronously_and_leave_the_server_default_alone(db_url
         assert conn.execute("SHOW synchronous_commit").fetchone() == ("on",), "the server default is durable"
         seen: list[object] = []
         for async_commit in (True, False):
-            writer = BatchWriter(conn, "grp", async_commit=async_commit)
+            writer = BatchWriter(conn, async_commit=async_commit)
             writer.write(
                 [TableBatch(spec, _aw_rows(2), [None] * 2)],
-                {("t", 0): (None, 2)} if async_commit else {("t", 0): (2, 4)},
                 lambda _r: seen.append(conn.execute("SHOW synchronous_commit").fetchone()),
             )
         assert seen == [("off",), ("on",)]

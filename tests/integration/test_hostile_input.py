@@ -101,7 +101,7 @@ def test_each_event_lands_exactly_or_is_refused_with_a_reason(db_url: str, event
     with psycopg.connect(db_url, autocommit=True) as conn:
         schema_name, table = table_for(event_type)
         spec = describe_table(conn, schema_name, table, list(fields))
-        bw = BatchWriter(conn, "property")
+        bw = BatchWriter(conn)
 
         @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         @given(st.fixed_dictionaries(fields))
@@ -121,7 +121,7 @@ def test_each_event_lands_exactly_or_is_refused_with_a_reason(db_url: str, event
             if refused is not None:
                 outcomes[refused[0]] = outcomes.get(refused[0], 0) + 1
                 return
-            result = bw.write([TableBatch(spec, [spec.row_of(wire)], [0])], {})
+            result = bw.write([TableBatch(spec, [spec.row_of(wire)], [0])])
             if result.rejected:
                 assert [r.reason for r in result.rejected] in ([Reason.REJECTED_BY_DATABASE], [Reason.INTERNAL_ERROR])
                 outcomes[result.rejected[0].reason] = outcomes.get(result.rejected[0].reason, 0) + 1

@@ -1,0 +1,344 @@
+"""The batch pipeline shared by the ingest consumer and replay: read, decode, write, checkpoint.
+
+A driver (``consumers.ingest.Ingestor``: a group member; ``consumers.replay_reader``:
+bounded partition ranges) says which partitions to read and when to stop; this loop
+does the rest, the same way for both:
+
+- messages are decoded into a micro-batch (``consumers.batch``) until it is full or old;
+- the batch goes to a writer thread: rows by COPY (``consumers.batch_writer``), then the
+  checkpoint (offsets under the fence, dead letters; ``consumers.checkpoint``), all in
+  one transaction;
+- while one batch is written, the next is read and decoded. Only one batch is in flight;
+  the next is handed over after the previous one's outcome is known, so its expected
+  offsets are exact. A batch that fails (fenced, database down, dead-letter topic down)
+  is rolled back and its partitions are re-read from the stored offsets, dropping what
+  the next batch held for them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, cast
+
+import psycopg
+import structlog
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+
+from gatestream.consumers import metrics
+from gatestream.consumers.batch import MicroBatch, Plausibility
+from gatestream.consumers.batch_writer import BatchWriter, WriteResult
+from gatestream.consumers.checkpoint import Checkpoint
+from gatestream.consumers.deadletter import DeadLetterError, DeadLetters, Reject
+from gatestream.consumers.faults import FaultHooks
+from gatestream.consumers.observe import IngestObserver
+from gatestream.consumers.offsets import FencedError, Moves, OffsetStore
+from gatestream.consumers.partitions import Partitions
+from gatestream.consumers.routes import Route
+from gatestream.database import connect
+from gatestream.kafka import base_config, consumer_config
+from gatestream.settings import IngestSettings
+from gatestream.signals import on_stop_signals
+
+log = structlog.get_logger("gatestream.ingest")
+
+TP = tuple[str, int]
+
+
+@dataclass
+class IngestSummary:
+    consumed: int = 0
+    inserted: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    fenced: int = 0
+    seconds: float = 0.0
+    first_event_at: float | None = None  # monotonic clock, for throughput figures
+    last_commit_at: float | None = None
+
+    def report(self) -> dict[str, int | float]:
+        return {
+            "consumed": self.consumed, "inserted": self.inserted, "duplicates": self.duplicates,
+            "dead_lettered": self.dead_lettered, "batches": self.batches, "fenced": self.fenced,
+            "seconds": round(self.seconds, 2),
+        }  # fmt: skip
+
+
+@dataclass
+class _InFlight:
+    future: Future[tuple[WriteResult, list[Reject]]]
+    batch: MicroBatch
+    moves: Moves
+    submitted: float
+
+
+class BatchPipeline:
+    """The loop; drivers override the hooks at the end of the class."""
+
+    # A driver may set these before this class's __init__ runs:
+    upsert = False  # every batch takes the duplicate-tolerant path (replay: rows may be there)
+    dry_run = False  # nothing is published; the driver rolls the writes back
+    poll_max = 10000  # messages per poll at most
+
+    def __init__(self, settings: IngestSettings, routes: dict[str, Route], group: str, **consumer_conf: Any) -> None:
+        self.settings = settings
+        self.routes = routes
+        self.group = group
+        self.stop_event = threading.Event()
+        self.summary = IngestSummary()
+        self._conn = self._connect()  # the writer thread's
+        self._writer = BatchWriter(self._conn, async_commit=settings.async_commit)
+        self.offsets = OffsetStore(group, settings.database_url, stop=self.stop_event)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-writer")
+        self._inflight: _InFlight | None = None
+        time_index = {
+            t: r.spec.columns.index(r.time_field) for t, r in routes.items() if r.time_field in r.spec.columns
+        }
+        self.observer = IngestObserver(group, time_index, enabled=settings.metrics_enabled)
+        conf = {**consumer_config(settings, group), "error_cb": self.observer.kafka_error, **consumer_conf}
+        self._consumer = Consumer(conf)
+        self._dlq = DeadLetters(base_config(settings), settings.dlq_topic, group)
+        self._checkpoint = Checkpoint(self.offsets, self._dlq, publish=not self.dry_run)
+        self._faults = FaultHooks(settings.fault_hooks)
+        self.parts = Partitions()
+        self._plausible = Plausibility(
+            int(settings.earliest_event_time.timestamp() * 1000), int(settings.max_future_skew_s * 1000)
+        )
+        self._batch = self._new_batch()
+        self._retry_pause = 0.0  # grows while batches fail for reasons nobody foresaw
+
+    # ------------------------------------------------------------------ plumbing
+    def _connect(self) -> psycopg.Connection[Any]:
+        return connect(self.settings.database_url, stop=self.stop_event)
+
+    def _reconnect_writer(self) -> None:
+        self._conn.close()
+        self._conn = self._connect()
+        self._writer = BatchWriter(self._conn, async_commit=self.settings.async_commit)
+        self._writer_reconnected()
+
+    def _new_batch(self) -> MicroBatch:
+        return MicroBatch(
+            self.routes, self.parts, plausible=self._plausible, accept=self.event_filter, on_end=self._at_end,
+            on_decode_error=self.observer.decode_error,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ writing
+    def _write(self, batch: MicroBatch, moves: Moves) -> tuple[WriteResult, list[Reject]]:
+        """Runs in the writer thread: rows, then the checkpoint, one transaction."""
+        sent: list[Reject] = []
+
+        def checkpoint(result: WriteResult) -> None:
+            refused = [Reject(r.origin, r.reason, r.detail, r.exception, r.sqlstate) for r in result.rejected]
+            sent[:] = self._checkpoint.commit(self._conn, moves, batch.rejects + refused)
+            self._faults.hit("before-commit")  # rows, dead letters and offsets written, not committed
+
+        result = self._writer.write(list(batch.tables.values()), checkpoint, upsert=self.upsert)
+        return result, sent
+
+    def _submit(self) -> None:
+        """Hand the open batch to the writer thread (after the previous one finished)."""
+        self._await()
+        batch = self._batch
+        if not batch.ends:
+            return
+        self._batch = self._new_batch()
+        moves = self.offsets.moves({tp: end for tp, end in batch.ends.items() if tp in self.parts.owned})
+        if moves:
+            fut = self._pool.submit(self._write, batch, moves)
+            self._inflight = _InFlight(fut, batch, moves, time.monotonic())
+
+    def _await(self) -> None:
+        """Wait for the batch in flight and act on its outcome."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is None:
+            return
+        moves = inflight.moves
+        try:
+            result, sent = inflight.future.result()
+        except FencedError as exc:
+            self.summary.fenced += 1
+            metrics.FENCED_BATCHES.inc()
+            metrics.BATCH_FAILURES.labels("fenced").inc()
+            log.warning(
+                "batch fenced: another member moved these offsets; rolled back",
+                partitions=fmt_parts(exc.partitions), offsets=_ranges(moves),
+            )  # fmt: skip
+            self._resync(list(moves))
+            return
+        except DeadLetterError as exc:
+            log.error("dead-letter topic unavailable; batch rolled back, will be retried", error=str(exc),
+                      offsets=_ranges(moves))  # fmt: skip
+            metrics.BATCH_FAILURES.labels("dead-letter").inc()
+            self._resync(list(moves))
+            time.sleep(1)
+            return
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            log.error(
+                "database error; batch rolled back, will be retried", error=str(exc).strip(), offsets=_ranges(moves)
+            )
+            self.observer.database(False, str(exc).strip()[:200])
+            metrics.BATCH_FAILURES.labels("database").inc()
+            self._reconnect_writer()
+            # The server may have crashed: with asynchronous commits, batches it had
+            # acknowledged may be gone (rows and offsets together). Read every owned
+            # partition again from what is stored now, not just this batch's.
+            self._resync(sorted(set(moves) | (self.parts.owned if self.settings.async_commit else set())))
+            return
+        except Exception:  # noqa: BLE001 - last resort: rows are isolated in the writer; keep running
+            log.exception("batch failed unexpectedly; rolled back, will be retried", offsets=_ranges(moves))
+            metrics.BATCH_FAILURES.labels("internal").inc()
+            self._resync(list(moves))
+            self._retry_pause = min(max(self._retry_pause * 2, 0.5), 30.0)
+            time.sleep(self._retry_pause)
+            return
+        self._retry_pause = 0.0
+        self.offsets.advanced(moves)  # (a dry run's too: inside its open transaction they moved)
+        self._account(inflight, result, sent)
+        self._faults.hit("after-commit")
+        self._committed(moves)
+
+    def _account(self, inflight: _InFlight, result: WriteResult, sent: list[Reject]) -> None:
+        """Summary, metrics and the log line of a committed batch."""
+        now = time.monotonic()
+        s = self.summary
+        s.last_commit_at = now
+        s.batches += 1
+        s.inserted += result.inserted
+        s.duplicates += result.duplicates
+        s.dead_lettered += len(sent)
+        self.observer.database(True)
+        metrics.BATCH_COMMIT_SECONDS.observe(now - inflight.submitted)
+        unmapped: dict[str, int] = {}
+        for reject in inflight.batch.rejects:
+            topic = cast(str, reject.msg.topic())
+            unmapped[topic] = unmapped.get(topic, 0) + 1
+        dead = [(cast(str, r.msg.topic()), r.reason) for r in sent]
+        self.observer.committed(inflight.batch.tables, result, dead, inflight.moves, unmapped)
+        if result.duplicates:
+            log.info("duplicate events skipped", duplicates=result.duplicates)
+        log.debug(
+            "batch committed", rows=result.inserted, duplicates=result.duplicates, dead_lettered=len(sent),
+            offsets=_ranges(inflight.moves), commit_ms=round((now - inflight.submitted) * 1000, 1),
+        )  # fmt: skip
+
+    def _flush(self) -> None:
+        self._submit()
+        self._await()
+
+    def _resync(self, parts: list[TP]) -> None:
+        """After a rolled-back batch: read those partitions again from the stored offsets."""
+        owned = [tp for tp in parts if tp in self.parts.owned]
+        self._batch.drop(set(owned))
+        for tp, off in self.offsets.reload(owned).items():
+            try:
+                self._consumer.seek(TopicPartition(tp[0], tp[1], self.parts.seek(tp, off)))
+            except KafkaException as exc:
+                log.warning("seek failed; partition re-read after the next rebalance", tp=_k(tp), error=str(exc))
+
+    def ready(self) -> tuple[bool, str]:
+        """For /readyz: broker and database reachable."""
+        return self.observer.ready(self.parts)
+
+    # ------------------------------------------------------------------ main loop
+    def request_stop(self, *_: Any) -> None:
+        self.stop_event.set()
+
+    def run(self) -> IngestSummary:
+        on_stop_signals(self.request_stop)
+        started = time.monotonic()
+        self._start()
+        max_rows, max_age = self.settings.batch_max_rows, self.settings.batch_max_ms / 1000
+        try:
+            while not self.stop_event.is_set():
+                batch = self._batch
+                timeout = 0.1
+                if batch.ends:
+                    timeout = max(0.0, min(timeout, batch.started + max_age - time.monotonic()))
+                msgs = self._consumer.consume(
+                    num_messages=max(1, min(self.poll_max, max_rows - batch.count)), timeout=timeout
+                )
+                now = time.monotonic()
+                if msgs:
+                    if self.summary.first_event_at is None:
+                        self.summary.first_event_at = now
+                    self.summary.consumed += self._batch.add_many(msgs)
+                batch = self._batch
+                if batch.ends and (batch.count >= max_rows or now - batch.started >= max_age):
+                    self._submit()
+                elif self._inflight is not None and self._inflight.future.done():
+                    self._await()
+                self.observer.tick(
+                    self._consumer, self.parts.owned, self.offsets.expected, self._batch.pending_timestamps,
+                    self.offsets.ping,
+                )  # fmt: skip
+                if self._done(bool(msgs), idle=not self._batch.ends and self._inflight is None):
+                    break
+            self._flush()
+        finally:
+            self.summary.seconds = time.monotonic() - started
+            self._close()
+        log.info(f"{self.kind} stopped", **self.summary.report())
+        return self.summary
+
+    def _close(self) -> None:
+        try:
+            self._await()
+        except Exception:  # noqa: BLE001 - closing anyway; offsets were not advanced
+            pass
+        self._closing()
+        try:
+            self._consumer.close()  # leaves the group: partitions move at once
+        except (KafkaException, RuntimeError):
+            pass
+        self._pool.shutdown(wait=True)
+        self._dlq.close()
+        self._conn.close()
+        self.offsets.close()
+
+    # ------------------------------------------------------------------ the driver's hooks
+    kind = "ingest"  # for log lines
+    # which decoded events to keep (a skipped one still moves the offsets); None: all.
+    # A driver sets it before this class's __init__ runs.
+    event_filter: Callable[[Message, dict[str, Any]], bool] | None = None
+
+    def _start(self) -> None:
+        """Subscribe or assign; called once, before the loop."""
+        raise NotImplementedError
+
+    def _done(self, got_messages: bool, *, idle: bool) -> bool:
+        """After each loop turn: whether to stop (``idle``: nothing held, nothing in flight)."""
+        raise NotImplementedError
+
+    def _at_end(self, topic: str, partition: int, high_watermark: int) -> None:
+        """End of partition reached (only where the driver enabled ``enable.partition.eof``)."""
+
+    def _committed(self, moves: Moves) -> None:
+        """A batch committed (called in the loop's thread)."""
+
+    def _writer_reconnected(self) -> None:
+        """The writer's connection was replaced after a database error."""
+
+    def _closing(self) -> None:
+        """The loop ended; the consumer is still open."""
+
+
+def _ranges(moves: Moves) -> dict[str, list[int | None]]:
+    """topic[partition] -> [first offset, end offset) of a batch, for log lines."""
+    return {_k(tp): [start, end] for tp, (start, end) in moves.items()}
+
+
+def _k(tp: TP) -> str:
+    return f"{tp[0]}[{tp[1]}]"
+
+
+def fmt_parts(parts: list[TP]) -> dict[str, list[int]]:
+    """Partitions grouped by topic, for compact log lines."""
+    out: dict[str, list[int]] = {}
+    for t, p in sorted(parts):
+        out.setdefault(t, []).append(p)
+    return out
