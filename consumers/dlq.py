@@ -19,7 +19,6 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from gatestream.consumers.decoder import DecodeError, Decoder
 from gatestream.kafka import base_config, consumer_config
-from gatestream.schemas import SchemaCatalog
 from gatestream.schemas.registry import make_registry, reader_schema
 from gatestream.settings import IngestSettings
 
@@ -101,7 +100,7 @@ def decoded(settings: IngestSettings, letter: DeadLetter) -> dict[str, Any]:
     event_type = settings.event_topics().get(topic)
     if event_type is None:
         return {"undecoded": f"{topic!r} is not an event topic"}
-    catalog = SchemaCatalog(settings.schema_dir)
+    catalog = settings.catalog()
     registry = make_registry(settings.schema_registry_url, catalog)
     try:
         reader = reader_schema(registry, catalog, event_type, f"{topic}-value")

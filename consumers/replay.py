@@ -87,6 +87,10 @@ def plan(settings: IngestSettings, selection: ReplaySelection) -> list[Partition
     """Partition ranges to read: the selection's offsets, or the start-time lookup."""
     if selection.since and selection.since > datetime.now(UTC) + selection.skew_margin:
         raise ReplayError(f"the start {selection.since.isoformat()} is in the future")
+    known = settings.catalog().event_types()
+    unknown = [t for t in selection.event_types if t not in known]
+    if unknown:
+        raise ReplayError(f"unknown event type {', '.join(unknown)}; the schema catalog has: {', '.join(known)}")
     c = Consumer(consumer_config(settings, f"gatestream-replay-plan-{time.monotonic_ns()}"))
     try:
         ranges: list[PartitionRange] = []

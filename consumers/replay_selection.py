@@ -16,7 +16,6 @@ from typing import Any
 from confluent_kafka import Message
 
 from gatestream.consumers.routes import Route
-from gatestream.schemas import EventType
 
 
 class ReplayError(Exception):
@@ -71,7 +70,7 @@ def parse_duration(text: str) -> timedelta:
 
 @dataclass(frozen=True)
 class ReplaySelection:
-    event_types: tuple[EventType, ...] = tuple(EventType)
+    event_types: tuple[str, ...]  # from the schema catalog
     partitions: tuple[int, ...] | None = None  # None = all
     from_offset: int | None = None
     to_offset: int | None = None  # exclusive
@@ -101,7 +100,7 @@ class ReplaySelection:
     def describe(self) -> dict[str, Any]:
         """The selection as JSON: stored with a run, and its default name's source."""
         return {
-            "types": sorted(e.value for e in self.event_types),
+            "types": sorted(self.event_types),
             "partitions": sorted(self.partitions) if self.partitions is not None else None,
             "from_offset": self.from_offset, "to_offset": self.to_offset,
             "since": self.since.isoformat() if self.since else None,
@@ -113,7 +112,7 @@ class ReplaySelection:
     @classmethod
     def from_description(cls, d: dict[str, Any]) -> ReplaySelection:
         return cls(
-            event_types=tuple(EventType(t) for t in d["types"]),
+            event_types=tuple(d["types"]),
             partitions=tuple(d["partitions"]) if d.get("partitions") is not None else None,
             from_offset=d.get("from_offset"), to_offset=d.get("to_offset"),
             since=datetime.fromisoformat(d["since"]) if d.get("since") else None,

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
 from gatestream.consumers.decoder import Decoder
-from gatestream.consumers.tables import TableSpec, describe_table, table_for
-from gatestream.schemas import EventType, SchemaCatalog
+from gatestream.consumers.tables import TableSpec, describe_table
 from gatestream.schemas.registry import make_registry, reader_schema
 from gatestream.settings import CommonSettings
 
@@ -34,16 +34,18 @@ def event_time_field(schema: dict[str, Any]) -> str:
 def build_routes(
     conn: psycopg.Connection[Any],
     settings: CommonSettings,
-    topics: dict[str, EventType],
+    topics: Mapping[str, str],
     tables: dict[str, tuple[str, str]] | None = None,
 ) -> dict[str, Route]:
-    """Topic -> (decoder, hypertable). ``tables`` overrides the target table per topic."""
-    catalog = SchemaCatalog(settings.schema_dir)
+    """Topic -> (decoder, hypertable) for ``topics`` (topic -> event type); the table is
+    the catalog's, unless ``tables`` overrides it for a topic."""
+    catalog = settings.catalog()
     registry = make_registry(settings.schema_registry_url, catalog)
     routes: dict[str, Route] = {}
     for topic, et in topics.items():
         reader = reader_schema(registry, catalog, et, f"{topic}-value")
-        schema, table = (tables or {}).get(topic, table_for(et))
+        info = catalog.info(et)
+        schema, table = (tables or {}).get(topic, (info.schema, info.table))
         spec = describe_table(conn, schema, table, [f["name"] for f in reader["fields"]])
         routes[topic] = Route(topic, Decoder(registry, reader), spec, event_time_field(reader))
     return routes

@@ -15,10 +15,6 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from gatestream.schemas import EventType
-
-MONITORING_SCHEMA = "monitoring"
-
 
 @dataclass(frozen=True)
 class TableSpec:
@@ -67,7 +63,3 @@ def describe_table(conn: psycopg.Connection[Any], schema: str, table: str, field
         type_oids=tuple(int(c[1]) for c in cols),
         row_of=getter,
     )
-
-
-def table_for(event_type: EventType) -> tuple[str, str]:
-    return MONITORING_SCHEMA, event_type.value

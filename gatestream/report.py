@@ -7,7 +7,6 @@ from psycopg import sql
 
 from gatestream.consumers.routes import event_time_field
 from gatestream.edition import timescaledb_edition
-from gatestream.schemas import EventType, SchemaCatalog
 from gatestream.settings import CommonSettings
 
 
@@ -16,20 +15,22 @@ def print_report(settings: CommonSettings) -> None:
         edition = timescaledb_edition(conn)
         version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
         print(f"TimescaleDB {version[0] if version else '?'} ({edition} edition)\n")
-        catalog = SchemaCatalog(settings.schema_dir)
+        catalog = settings.catalog()
         print(f"{'hypertable':<36}{'rows':>10}{'orgs':>6}{'chunks':>8}  newest event")
-        for et in EventType:
+        for et in catalog.event_types():
+            info = catalog.info(et)
             time_col = event_time_field(catalog.latest(et).schema)
-            q = sql.SQL("SELECT count(*), count(DISTINCT organization_id), max({}) FROM monitoring.{}").format(
-                sql.Identifier(time_col), sql.Identifier(et.value)
+            q = sql.SQL("SELECT count(*), count(DISTINCT organization_id), max({}) FROM {}.{}").format(
+                sql.Identifier(time_col), sql.Identifier(info.schema), sql.Identifier(info.table)
             )
             rows, orgs, newest = conn.execute(q).fetchone() or (0, 0, None)
             chunks = conn.execute(
-                "SELECT count(*) FROM timescaledb_information.chunks "
-                "WHERE hypertable_schema = 'monitoring' AND hypertable_name = %s",
-                (et.value,),
+                "SELECT count(*) FROM timescaledb_information.chunks WHERE hypertable_schema = %s "
+                "AND hypertable_name = %s",
+                (info.schema, info.table),
             ).fetchone()
-            print(f"{'monitoring.' + et.value:<36}{rows:>10}{orgs:>6}{chunks[0] if chunks else 0:>8}  {newest or '-'}")
+            name = f"{info.schema}.{info.table}"
+            print(f"{name:<36}{rows:>10}{orgs:>6}{chunks[0] if chunks else 0:>8}  {newest or '-'}")
         print("\nconsumer offsets (stored with the rows):")
         offs = conn.execute(
             "SELECT consumer_group, topic, count(*), sum(next_offset) FROM gatestream.consumer_offsets "

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gatestream.schemas import EventType
+from gatestream.schemas import SchemaCatalog
 
 
 class CommonSettings(BaseSettings):
@@ -41,11 +41,16 @@ class CommonSettings(BaseSettings):
             raise ValueError(f"{value!r}: Kafka topic names take only ASCII letters, digits, '.', '_' and '-'")
         return value
 
-    def topic_for(self, event_type: EventType) -> str:
-        return f"{self.topic_prefix}{event_type.value}"
+    def topic_for(self, event_type: str) -> str:
+        return f"{self.topic_prefix}{event_type}"
 
-    def event_topics(self) -> dict[str, EventType]:
-        return {self.topic_for(et): et for et in EventType}
+    def catalog(self) -> SchemaCatalog:
+        """The schema catalog these settings name (``schema_dir``, else the shipped one)."""
+        return SchemaCatalog(self.schema_dir)
+
+    def event_topics(self) -> dict[str, str]:
+        """Topic -> event type, for every event type of the catalog."""
+        return {self.topic_for(et): et for et in self.catalog().event_types()}
 
 
 class KafkaClientSettings(CommonSettings):

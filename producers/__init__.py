@@ -1,4 +1,4 @@
-"""Gateway-side publishing: typed events -> Avro -> one Kafka topic per event type.
+"""Gateway-side publishing: events -> Avro -> one Kafka topic per event type.
 
 ``Publisher`` writes every event to a durable SQLite spool first, then to Kafka
 (idempotent, keyed by device), and forgets it only when the broker acknowledged it.
@@ -6,6 +6,7 @@
 
 from gatestream.producers.events import (
     ActiveWindow,
+    CatalogEvent,
     Event,
     GatewayStatusSnapshot,
     Screenshot,
@@ -16,6 +17,7 @@ from gatestream.producers.publisher import Publisher
 
 __all__ = [
     "ActiveWindow",
+    "CatalogEvent",
     "Event",
     "GatewayStatusSnapshot",
     "Publisher",

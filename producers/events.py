@@ -1,4 +1,6 @@
-"""Typed gateway events, one class per event type; field names are the Avro schema's."""
+"""Gateway events: a typed class per shipped event type (field names are the Avro
+schema's), and ``CatalogEvent`` for any type the schema catalog declares, typed or not.
+The publisher takes either (``Publishable``)."""
 
 from __future__ import annotations
 
@@ -6,9 +8,36 @@ import dataclasses
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from gatestream.schemas import EventType
+
+
+class Publishable(Protocol):
+    """What the publisher needs of an event."""
+
+    @property
+    def event_type(self) -> str: ...
+
+    def key(self) -> bytes: ...
+
+    def to_record(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEvent:
+    """An event of any type the catalog declares, as a record of its schema's fields;
+    ``key_field`` is the catalog's key of the type (``Publisher.event`` fills it in)."""
+
+    event_type: str
+    record: dict[str, Any]
+    key_field: str
+
+    def key(self) -> bytes:
+        return str(self.record[self.key_field]).encode()
+
+    def to_record(self) -> dict[str, Any]:
+        return self.record
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,23 +1,27 @@
-"""Realistic synthetic gateway events, for demos, tests and benchmarks."""
+"""Synthetic gateway events, for demos, tests and benchmarks: realistic ones for the
+shipped event types, and plausible records built from the schema for any other type the
+catalog declares (so a new type can be demonstrated before anyone writes a generator)."""
 
 from __future__ import annotations
 
 import hashlib
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from gatestream.producers.events import (
     ActiveWindow,
+    CatalogEvent,
     Event,
     GatewayStatusSnapshot,
     Screenshot,
     UserSession,
     VisitedSite,
 )
-from gatestream.schemas import EventType
+from gatestream.schemas import EventType, SchemaCatalog
 
 PROCESSES = [
     ("chrome.exe", "Inbox - Mail"),
@@ -140,21 +144,82 @@ def make_event(
     )
 
 
+WORDS = ["north", "main", "lab", "front", "archive", "server", "east", "lobby", "dock", "office"]
+
+
+def _value(ftype: Any, name: str, rnd: random.Random, ids: dict[str, Any], when: datetime) -> Any:
+    """A plausible value of an Avro field type (ids: values for the fleet's identifier fields)."""
+    if name in ids:
+        return ids[name]
+    if isinstance(ftype, list):  # a union: the first non-null branch
+        return _value(next((t for t in ftype if t != "null"), "null"), name, rnd, ids, when)
+    if isinstance(ftype, dict):
+        logical = ftype.get("logicalType")
+        if logical in ("timestamp-millis", "timestamp-micros"):
+            return when
+        if logical == "uuid":
+            return uuid.UUID(int=rnd.getrandbits(128), version=4)
+        if ftype.get("type") == "enum":
+            return rnd.choice(ftype["symbols"])
+        return _value(ftype.get("type"), name, rnd, ids, when)
+    simple: dict[str, Any] = {
+        "null": lambda: None,
+        "boolean": lambda: rnd.random() < 0.5,
+        "int": lambda: rnd.randint(1, 10_000),
+        "long": lambda: rnd.randint(1, 10_000_000),
+        "float": lambda: round(rnd.uniform(0, 100), 2),
+        "double": lambda: round(rnd.uniform(0, 100), 2),
+        "string": lambda: f"{rnd.choice(WORDS)}-{rnd.randint(1, 99)}",
+        "bytes": lambda: rnd.randbytes(8),
+    }
+    if ftype not in simple:
+        raise ValueError(f"cannot generate values of Avro type {ftype!r} (field {name})")
+    return simple[ftype]()
+
+
+def make_record(
+    schema: dict[str, Any],
+    rnd: random.Random,
+    fleet_devices: list[tuple[int, int]],
+    fleet_gateways: list[tuple[int, uuid.UUID]],
+    when: datetime,
+) -> dict[str, Any]:
+    """A record of ``schema``: the fleet's identifiers where the field names say so
+    (organization_id, users_on_computers_id, gateway_id), plausible values elsewhere."""
+    org, device = rnd.choice(fleet_devices)
+    gateways = [g for o, g in fleet_gateways if o == org] or [uuid.UUID(int=rnd.getrandbits(128), version=4)]
+    ids = {"organization_id": org, "users_on_computers_id": device, "gateway_id": rnd.choice(gateways)}
+    return {f["name"]: _value(f["type"], f["name"], rnd, ids, when) for f in schema["fields"]}
+
+
 def generate(
     count: int,
     fleet: Fleet,
-    types: list[EventType],
+    types: Sequence[str],
     *,
     seed: int = 1,
     start: datetime | None = None,
     spread: timedelta = timedelta(hours=1),
-) -> Iterator[Event]:
-    """``count`` events, types round-robin, event times spread over ``spread`` before ``start``."""
+    catalog: SchemaCatalog | None = None,
+) -> Iterator[Event | CatalogEvent]:
+    """``count`` events, types round-robin, event times spread over ``spread`` before
+    ``start``. A type without a typed class is generated from ``catalog``'s schema
+    (default: the shipped catalog)."""
     rnd = random.Random(seed)
     devices, gateways = fleet.devices(), fleet.gateways()
     end = start or datetime.now(UTC)
     span_ms = max(int(spread.total_seconds() * 1000), 1)
+    shipped = {t.value: t for t in EventType}
+    generic = [t for t in types if t not in shipped]
+    if generic:
+        catalog = catalog or SchemaCatalog()
+        schemas = {t: (catalog.latest(t).schema, catalog.info(t).key_field) for t in generic}
     for i in range(count):
         when = end - timedelta(milliseconds=rnd.randrange(span_ms))
         when = when.replace(microsecond=(when.microsecond // 1000) * 1000)  # Avro carries milliseconds
-        yield make_event(types[i % len(types)], rnd, devices, gateways, when)
+        et = types[i % len(types)]
+        if et in shipped:
+            yield make_event(shipped[et], rnd, devices, gateways, when)
+        else:
+            schema, key = schemas[et]
+            yield CatalogEvent(et, make_record(schema, rnd, devices, gateways, when), key)

@@ -15,9 +15,8 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from gatestream.kafka import producer_config
 from gatestream.producers import metrics
-from gatestream.producers.events import Event
+from gatestream.producers.events import CatalogEvent, Publishable
 from gatestream.producers.spool import Spool
-from gatestream.schemas import EventType, SchemaCatalog
 from gatestream.schemas.registry import make_registry
 from gatestream.settings import ProducerSettings
 
@@ -43,12 +42,12 @@ class Publisher:
         on success) from within ``poll``; a failed event stays spooled and is resent."""
         self.settings = settings
         self.on_delivery = on_delivery
-        self.catalog = SchemaCatalog(settings.schema_dir)
+        self.catalog = settings.catalog()
         self.registry = registry or make_registry(settings.schema_registry_url, self.catalog)
         self.spool = Spool(settings.spool_path, settings.spool_synchronous)
         metrics.SPOOL_DEPTH.set_function(lambda: self.spool.depth)
         self._producer = Producer(producer_config(settings))
-        self._serializers: dict[EventType, tuple[AvroSerializer, SerializationContext]] = {}
+        self._serializers: dict[str, tuple[AvroSerializer, SerializationContext]] = {}
         first = self.spool.min_seq()
         self._sent_upto = (first - 1) if first is not None else 0
         self._in_flight = 0
@@ -61,7 +60,11 @@ class Publisher:
         self.last_error: str | None = None
 
     # ------------------------------------------------------------------ accepting
-    def _serializer(self, event: Event) -> tuple[AvroSerializer, SerializationContext]:
+    def event(self, event_type: str, record: dict[str, Any]) -> CatalogEvent:
+        """An event of any type in the catalog, from its record (keyed by the catalog's key field)."""
+        return CatalogEvent(event_type, record, self.catalog.info(event_type).key_field)
+
+    def _serializer(self, event: Publishable) -> tuple[AvroSerializer, SerializationContext]:
         """The serializer of the event type's newest schema (a field added with a default
         is filled from its default for events built by older code)."""
         found = self._serializers.get(event.event_type)
@@ -77,17 +80,17 @@ class Publisher:
             self._serializers[event.event_type] = found
         return found
 
-    def encode(self, event: Event) -> tuple[str, bytes, bytes]:
+    def encode(self, event: Publishable) -> tuple[str, bytes, bytes]:
         """(topic, key, Confluent-framed Avro value) for an event."""
         ser, ctx = self._serializer(event)
         value = ser(event.to_record(), ctx)
         assert value is not None
         return ctx.topic, event.key(), value
 
-    def publish(self, event: Event) -> None:
+    def publish(self, event: Publishable) -> None:
         self.publish_many([event])
 
-    def publish_many(self, events: Iterable[Event]) -> None:
+    def publish_many(self, events: Iterable[Publishable]) -> None:
         self.publish_encoded([self.encode(e) for e in events])
 
     def publish_encoded(self, encoded: list[tuple[str, bytes, bytes]]) -> None:

@@ -1,4 +1,10 @@
-"""The catalog of shipped schemas: event type -> versions, each with a stable id.
+"""The catalog: the event types, and their schema versions, each with a stable id.
+
+``catalog.json`` declares each event type (its hypertable and the record field that is
+its Kafka key) and lists the schema files. Everything downstream follows from it: the
+topic (``<prefix><type>``), the table mapping, the metrics' labels and the commands'
+``--types`` choices. A new event type is an entry here, its ``.avsc`` file and a
+migration that creates its table (see README, "Adding an event type").
 
 Ids are stable across processes and machines because they are written in
 ``catalog.json`` (append-only), not assigned at run time. A process that meets an id it
@@ -9,6 +15,7 @@ consumers run is picked up without a restart.
 from __future__ import annotations
 
 import json
+import re
 import threading
 from dataclasses import dataclass
 from enum import StrEnum
@@ -19,6 +26,10 @@ DEFAULT_DIR = Path(__file__).resolve().parent
 
 
 class EventType(StrEnum):
+    """The event types gatestream ships (its catalog declares them), for the typed producer
+    events and for tests. The pipeline takes event types from the catalog
+    (``SchemaCatalog.event_types``), never from this list."""
+
     ACTIVE_WINDOWS = "active_windows"
     VISITED_SITES = "visited_sites"
     SCREENSHOTS = "screenshots"
@@ -30,10 +41,21 @@ class SchemaCatalogError(Exception):
     """The catalog folder is inconsistent (bad JSON, a missing file, a changed id)."""
 
 
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")  # a topic suffix and a table name without quoting
+
+
+@dataclass(frozen=True, slots=True)
+class EventTypeInfo:
+    name: str
+    schema: str  # where its rows go: schema.table
+    table: str
+    key_field: str  # the record field whose value is the Kafka key
+
+
 @dataclass(frozen=True, slots=True)
 class CatalogEntry:
     schema_id: int
-    event_type: EventType
+    event_type: str
     version: int
     schema: dict[str, Any]
     schema_str: str
@@ -53,6 +75,7 @@ class SchemaCatalog:
         self._lock = threading.Lock()
         self._by_id: dict[int, CatalogEntry] = {}
         self._by_content: dict[str, CatalogEntry] = {}
+        self._types: dict[str, EventTypeInfo] = {}
         self._load()
 
     def _load(self) -> None:
@@ -61,6 +84,7 @@ class SchemaCatalog:
             index = json.loads(index_path.read_text())
         except (OSError, ValueError) as exc:
             raise SchemaCatalogError(f"cannot read schema catalog {index_path}: {exc}") from exc
+        types = self._read_types(index, index_path)
         by_id: dict[int, CatalogEntry] = {}
         for item in index.get("schemas", []):
             try:
@@ -68,13 +92,20 @@ class SchemaCatalog:
                 text = path.read_text()
                 entry = CatalogEntry(
                     schema_id=int(item["id"]),
-                    event_type=EventType(item["event_type"]),
+                    event_type=str(item["event_type"]),
                     version=int(item["version"]),
                     schema=json.loads(text),
                     schema_str=text,
                 )
             except (KeyError, OSError, ValueError) as exc:
                 raise SchemaCatalogError(f"bad catalog entry {item!r} in {index_path}: {exc}") from exc
+            info = types.get(entry.event_type)
+            if info is None:
+                raise SchemaCatalogError(
+                    f"{item['file']}: event type {entry.event_type!r} is not declared in event_types of {index_path}"
+                )
+            if info.key_field not in {f.get("name") for f in entry.schema.get("fields", [])}:
+                raise SchemaCatalogError(f"{item['file']}: no field {info.key_field!r}, the key of {info.name}")
             if entry.schema_id in by_id:
                 raise SchemaCatalogError(f"schema id {entry.schema_id} is listed twice in {index_path}")
             old = self._by_id.get(entry.schema_id)
@@ -83,8 +114,28 @@ class SchemaCatalog:
                     f"schema id {entry.schema_id} changed content; ids are append-only, add a new id instead"
                 )
             by_id[entry.schema_id] = entry
+        unused = sorted(set(types) - {e.event_type for e in by_id.values()})
+        if unused:
+            raise SchemaCatalogError(f"event types without a schema in {index_path}: {', '.join(unused)}")
+        self._types = types
         self._by_id = by_id
         self._by_content = {normalized(e.schema): e for e in by_id.values()}
+
+    @staticmethod
+    def _read_types(index: dict[str, Any], index_path: Path) -> dict[str, EventTypeInfo]:
+        types: dict[str, EventTypeInfo] = {}
+        for name, decl in (index.get("event_types") or {}).items():
+            table = str(decl.get("table", "")) if isinstance(decl, dict) else ""
+            schema, _, tname = table.partition(".")
+            if not (_NAME.fullmatch(name) and _NAME.fullmatch(schema) and _NAME.fullmatch(tname)):
+                raise SchemaCatalogError(
+                    f"event type {name!r} in {index_path}: names are lower-case letters, digits and '_', "
+                    f"and 'table' is schema.table (got {table!r})"
+                )
+            types[name] = EventTypeInfo(name, schema, tname, str(decl.get("key", "users_on_computers_id")))
+        if not types:
+            raise SchemaCatalogError(f"{index_path} declares no event_types")
+        return types
 
     def reload(self) -> None:
         with self._lock:
@@ -105,7 +156,19 @@ class SchemaCatalog:
             entry = self._by_content.get(key)
         return entry
 
-    def latest(self, event_type: EventType) -> CatalogEntry:
+    def event_types(self) -> list[str]:
+        """The declared event types, in the catalog's order."""
+        return list(self._types)
+
+    def info(self, event_type: str) -> EventTypeInfo:
+        found = self._types.get(event_type)
+        if found is None:
+            raise SchemaCatalogError(
+                f"unknown event type {event_type!r}; the catalog {self.directory} has: {', '.join(self._types)}"
+            )
+        return found
+
+    def latest(self, event_type: str) -> CatalogEntry:
         versions = [e for e in self._by_id.values() if e.event_type == event_type]
         if not versions:
             raise SchemaCatalogError(f"no schema for event type {event_type} in {self.directory}")

@@ -15,7 +15,7 @@ from typing import Any
 from confluent_kafka.schema_registry import RegisteredSchema, Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from gatestream.schemas.catalog import CatalogEntry, EventType, SchemaCatalog
+from gatestream.schemas.catalog import CatalogEntry, SchemaCatalog
 
 
 class CatalogRegistry:
@@ -77,7 +77,7 @@ def make_registry(url: str | None, catalog: SchemaCatalog) -> Any:
     return CatalogRegistry(catalog)
 
 
-def reader_schema(registry: Any, catalog: SchemaCatalog, event_type: EventType, subject: str) -> dict[str, Any]:
+def reader_schema(registry: Any, catalog: SchemaCatalog, event_type: str, subject: str) -> dict[str, Any]:
     """The schema a consumer reads with: the registry's latest for the subject, else the catalog's."""
     if isinstance(registry, CatalogRegistry):
         return catalog.latest(event_type).schema

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from gatestream import logs
 from gatestream.cli import bench, db, dlq, ingest, policy, produce, replay
+from gatestream.cli.args import UsageError
 from gatestream.database import DatabaseSettingError
 from gatestream.settings import CommonSettings
 
@@ -75,6 +76,9 @@ def main(argv: list[str] | None = None) -> None:
         code = 0
     except ValidationError as exc:  # a process's own settings model
         _bad_settings(exc)
+    except UsageError as exc:
+        print(f"gatestream {args.command}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     except DatabaseSettingError as exc:  # waiting cannot fix it: say what is wrong, once
         print(f"gatestream {args.command}: {exc} (check GATESTREAM_DATABASE_URL)", file=sys.stderr)
         raise SystemExit(2) from None

@@ -5,18 +5,46 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from gatestream.schemas import EventType
+from pydantic import ValidationError
+
+from gatestream.schemas import SchemaCatalogError
+from gatestream.settings import CommonSettings
+
+
+class UsageError(Exception):
+    """A command's arguments cannot work (e.g. an event type the catalog does not have): exit 2."""
 
 
 def overrides(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 
 
-def event_types(value: str) -> list[EventType]:
+def event_types(value: str) -> list[str]:
+    """``--types``: comma-separated names, checked against the catalog by ``catalog_types``."""
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("no event type given")
+    return names
+
+
+def catalog_types(settings: CommonSettings, names: list[str] | None) -> list[str]:
+    """``names`` (None: all) checked against the schema catalog the settings name."""
+    known = settings.catalog().event_types()
+    if names is None:
+        return known
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UsageError(f"unknown event type {', '.join(unknown)}; the schema catalog has: {', '.join(known)}")
+    return names
+
+
+def types_help(what: str) -> str:
+    """``--types`` help naming the catalog's event types (GATESTREAM_SCHEMA_DIR's, else the shipped)."""
     try:
-        return [EventType(v.strip()) for v in value.split(",") if v.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{exc}; known types: {', '.join(e.value for e in EventType)}") from exc
+        known = ", ".join(CommonSettings().catalog().event_types())
+    except (ValidationError, SchemaCatalogError):
+        known = "those of the schema catalog"
+    return f"comma-separated event types to {what} (default: all): {known}"
 
 
 def int_list(value: str) -> tuple[int, ...]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import structlog
 
-from gatestream.cli.args import event_types, overrides, serve
+from gatestream.cli.args import catalog_types, event_types, overrides, serve, types_help
 from gatestream.settings import IngestSettings
 
 log = structlog.get_logger("gatestream.ingest")
@@ -38,9 +38,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             ],
         )
     )
-    topics = settings.event_topics()
-    if args.types:
-        topics = {t: et for t, et in topics.items() if et in args.types}
+    topics = {settings.topic_for(et): et for et in catalog_types(settings, args.types)}
     # The ops server first: while the database is still unreachable, /healthz answers and
     # /readyz says what the process is waiting for.
     ready: list[Callable[[], tuple[bool, str]]] = [lambda: (False, "starting: waiting for the database")]
@@ -91,7 +89,7 @@ def _registry_unreachable(exc: BaseException) -> bool:
 def add_parsers(sub: Any) -> None:
     ing = sub.add_parser("ingest", help="run an ingest consumer-group member (start more to scale)")
     ing.add_argument("--group", dest="group_id", help="consumer group (default gatestream-ingest)")
-    ing.add_argument("--types", type=event_types, help="only these event types (default: all)")
+    ing.add_argument("--types", type=event_types, help=types_help("ingest"))
     ing.add_argument("--batch-rows", dest="batch_max_rows", type=int, help="rows per micro-batch (default 5000)")
     ing.add_argument("--batch-ms", dest="batch_max_ms", type=int, help="max age of a micro-batch (default 500)")
     ing.add_argument(

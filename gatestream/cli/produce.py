@@ -9,8 +9,7 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from gatestream.cli.args import event_types, overrides, serve
-from gatestream.schemas import EventType
+from gatestream.cli.args import catalog_types, event_types, overrides, serve, types_help
 from gatestream.settings import ProducerSettings
 
 
@@ -20,13 +19,16 @@ def cmd_produce(args: argparse.Namespace) -> int:
     from gatestream.ratelimit import RateLimiter
 
     settings = ProducerSettings(**overrides(args, ["spool_path", "metrics_port"]))
+    types = catalog_types(settings, args.types)
     fleet = Fleet(orgs=args.orgs, devices_per_org=args.devices, gateways_per_org=args.gateways, seed=args.seed)
     pub = Publisher(settings)
     server = serve(settings.metrics_port)
     limiter = RateLimiter(args.rate)
     started = time.monotonic()
     chunk: list[Any] = []
-    events = generate(args.count, fleet, args.types, seed=args.seed, spread=timedelta(hours=args.spread_hours))
+    events = generate(
+        args.count, fleet, types, seed=args.seed, spread=timedelta(hours=args.spread_hours), catalog=pub.catalog
+    )
     step = max(1, min(1000, int(args.rate / 20) if args.rate else 1000))
     for ev in events:
         chunk.append(ev)
@@ -64,9 +66,7 @@ def add_parsers(sub: Any) -> None:
     pr.add_argument("--orgs", type=int, default=3, help="organizations (default 3)")
     pr.add_argument("--devices", type=int, default=20, help="desktop seats per organization (default 20)")
     pr.add_argument("--gateways", type=int, default=2, help="gateways per organization (default 2)")
-    pr.add_argument(
-        "--types", type=event_types, default=list(EventType), help="comma-separated event types (default: all)"
-    )
+    pr.add_argument("--types", type=event_types, help=types_help("produce"))
     pr.add_argument("--spread-hours", type=float, default=1.0, help="event times spread over the last N hours")
     pr.add_argument("--seed", type=int, default=1, help="random seed (same seed, same events)")
     pr.add_argument("--spool-path", dest="spool_path", help="SQLite spool file (default gatestream-spool.sqlite3)")

@@ -7,8 +7,7 @@ import json
 import sys
 from typing import Any
 
-from gatestream.cli.args import event_types, int_list, offset, overrides, rate, serve
-from gatestream.schemas import EventType
+from gatestream.cli.args import catalog_types, event_types, int_list, offset, overrides, rate, serve, types_help
 from gatestream.settings import CommonSettings, IngestSettings
 
 
@@ -27,7 +26,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     settings = IngestSettings(**overrides(args, ["metrics_port"]))
     server = serve(settings.metrics_port)
-    sel: dict[str, Any] = {"event_types": tuple(args.types or EventType)}
+    sel: dict[str, Any] = {"event_types": tuple(catalog_types(settings, args.types))}
     if args.partitions is not None:
         sel["partitions"] = args.partitions
     if args.orgs is not None:
@@ -35,7 +34,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     # The selection as typed: a rerun of the same command line finds its unfinished run
     # even when its times are relative ("-30h" resolves once, when the run starts).
     spec = {
-        "types": sorted(e.value for e in sel["event_types"]),
+        "types": sorted(sel["event_types"]),
         "partitions": sorted(args.partitions) if args.partitions is not None else None,
         "from": args.start, "to": args.end, "from_offset": args.from_offset, "to_offset": args.to_offset,
         "orgs": sorted(args.orgs) if args.orgs is not None else None,
@@ -128,7 +127,7 @@ def add_parsers(sub: Any) -> None:
         "one completed (a rerun after a restore restores again). "
         "Exit status: 0 done, 2 bad selection, 130 interrupted (run again to continue), 1 error.",
     )
-    rp.add_argument("--types", type=event_types, help="event types to replay (default: all)")
+    rp.add_argument("--types", type=event_types, help=types_help("replay"))
     rp.add_argument("--partitions", type=int_list, help="only these partitions, e.g. 0,3 (default: all)")
     rp.add_argument(
         "--from", dest="start", metavar="TIME",

@@ -7,8 +7,10 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka.schema_registry import topic_subject_name_strategy
@@ -20,7 +22,7 @@ from psycopg.types.uuid import UUIDBinaryDumper
 from gatestream.consumers.decoder import DecodeError, Decoder
 from gatestream.consumers.pgtypes import MillisTimestamptzBinaryDumper, UuidTextBinaryDumper, strip_logical_types
 from gatestream.migrate import discover
-from gatestream.producers.events import ActiveWindow, GatewayStatusSnapshot
+from gatestream.producers.events import EVENT_CLASSES, ActiveWindow, GatewayStatusSnapshot
 from gatestream.producers.spool import Spool
 from gatestream.schemas import EventType, SchemaCatalog, SchemaCatalogError
 from gatestream.schemas.catalog import DEFAULT_DIR
@@ -45,10 +47,49 @@ def test_catalog_ids_are_unique_and_every_event_type_has_a_schema() -> None:
     cat = SchemaCatalog()
     ids = [e.schema_id for e in cat.entries()]
     assert len(ids) == len(set(ids))
+    assert cat.event_types() == [et.value for et in EventType], "the shipped catalog declares the shipped types"
     assert {cat.latest(et).event_type for et in EventType} == set(EventType)
     for et in EventType:
         names = [f["name"] for f in cat.latest(et).schema["fields"]]
         assert names[:2] == ["event_id", "organization_id"]
+        info = cat.info(et)
+        assert (info.schema, info.table) == ("monitoring", et.value)
+        assert info.key_field == EVENT_CLASSES[et].key_field, "typed events are keyed as the catalog says"
+
+
+def _catalog_copy(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    d = tmp_path / "s"
+    shutil.copytree(DEFAULT_DIR, d, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    return d, json.loads((d / "catalog.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda idx: idx["event_types"].pop("screenshots"), "'screenshots' is not declared"),
+        (lambda idx: idx["event_types"].update(door_events={"table": "monitoring.door_events"}), "without a schema"),
+        (lambda idx: idx["event_types"].update({"Bad-Name": {"table": "monitoring.x"}}), "lower-case letters"),
+        (lambda idx: idx["event_types"]["screenshots"].update(table="monitoring.x; DROP TABLE y"), "schema.table"),
+        (lambda idx: idx["event_types"]["screenshots"].update(key="no_such_field"), "no field 'no_such_field'"),
+    ],
+)
+def test_catalog_refuses_an_event_type_it_cannot_route(
+    tmp_path: Path, change: Callable[[dict[str, Any]], object], message: str
+) -> None:
+    d, index = _catalog_copy(tmp_path)
+    change(index)
+    (d / "catalog.json").write_text(json.dumps(index))
+    with pytest.raises(SchemaCatalogError, match=message):
+        SchemaCatalog(d)
+
+
+def test_unknown_event_type_names_what_the_catalog_has() -> None:
+    from gatestream.cli.args import UsageError, catalog_types
+    from gatestream.settings import CommonSettings
+
+    with pytest.raises(UsageError, match="unknown event type nope; the schema catalog has: active_windows, "):
+        catalog_types(CommonSettings(), ["active_windows", "nope"])
+    assert catalog_types(CommonSettings(), None) == [et.value for et in EventType]
 
 
 def test_catalog_refuses_an_id_whose_content_changed(tmp_path: Path) -> None:
@@ -178,7 +219,7 @@ def test_cli_help_lists_the_commands_and_bad_flags_get_a_clear_error() -> None:
         [sys.executable, "-m", "gatestream", "produce", "--types", "clicks"], capture_output=True, text=True, cwd=ROOT
     )
     assert bad.returncode == 2
-    assert "known types" in bad.stderr and "active_windows" in bad.stderr
+    assert "unknown event type clicks; the schema catalog has: active_windows" in bad.stderr
 
 
 def test_policy_events_are_validated() -> None:
@@ -235,10 +276,11 @@ def test_replay_times_parse_iso_and_relative_and_refuse_the_rest() -> None:
             parse_time(hostile)
     from gatestream.consumers.replay import default_name
 
-    a = ReplaySelection(organizations=frozenset({1, 2}), since=now)
+    types = ("active_windows", "screenshots")
+    a = ReplaySelection(types, organizations=frozenset({1, 2}), since=now)
     name = default_name(a.describe())
-    assert name == default_name(ReplaySelection(organizations=frozenset({2, 1}), since=now).describe())
-    assert name != default_name(ReplaySelection(organizations=frozenset({1}), since=now).describe())
+    assert name == default_name(ReplaySelection(types[::-1], organizations=frozenset({2, 1}), since=now).describe())
+    assert name != default_name(ReplaySelection(types, organizations=frozenset({1}), since=now).describe())
     assert ReplaySelection.from_description(a.describe()).describe() == a.describe(), "stored = what it ran"
 
 
