@@ -27,7 +27,7 @@ from gatestream.consumers.batch_writer import BatchWriter, TableBatch
 from gatestream.consumers.deadletter import Reason
 from gatestream.consumers.decoder import DecodeError, Decoder
 from gatestream.consumers.pgtypes import strip_logical_types
-from gatestream.consumers.tables import describe_table, table_for
+from gatestream.consumers.tables import describe_table
 from gatestream.schemas import EventType, SchemaCatalog
 from gatestream.schemas.registry import CatalogRegistry
 
@@ -99,8 +99,8 @@ def test_each_event_lands_exactly_or_is_refused_with_a_reason(db_url: str, event
     outcomes: dict[str, int] = {}
 
     with psycopg.connect(db_url, autocommit=True) as conn:
-        schema_name, table = table_for(event_type)
-        spec = describe_table(conn, schema_name, table, list(fields))
+        info = SchemaCatalog().info(event_type)
+        spec = describe_table(conn, info.schema, info.table, list(fields))
         bw = BatchWriter(conn)
 
         @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), database=None)
