@@ -169,6 +169,17 @@ def test_a_change_through_the_topic_changes_only_that_and_drift_is_repaired(env:
         dead = read_topic(env.services.bootstrap_servers, env.dlq_topic, expected=1, timeout=15)
         assert [dict(m.headers())["gatestream.reason"] for m in dead] == [b"invalid-policy-event"]
         assert b"unknown resource_type" in dict(dead[0].headers())["gatestream.error"]
+        # through the checkpoint every consumer shares: recorded once for the policy group,
+        # and the stored offset moved past it in the reconcile's transaction
+        group = settings.policy_group_id
+        assert conn.execute("SELECT consumer_group, reason FROM gatestream.dead_letters").fetchall() == [
+            (group, "invalid-policy-event")
+        ]
+        stored = conn.execute(
+            "SELECT next_offset FROM gatestream.consumer_offsets WHERE consumer_group = %s AND topic = %s",
+            (group, settings.policy_topic),
+        ).fetchone()
+        assert stored == (int(dict(dead[0].headers())["gatestream.source.offset"]) + 1,)
     finally:
         pc.request_stop()
         t.join(20)
