@@ -97,10 +97,10 @@ def summary(letters: list[DeadLetter]) -> dict[tuple[str, str], int]:
 def decoded(settings: IngestSettings, letter: DeadLetter) -> dict[str, Any]:
     """The record as far as it decodes now, or why not (with the registry as it is now)."""
     topic = letter.source[0]
-    event_type = settings.event_topics().get(topic)
+    catalog = settings.catalog()
+    event_type = next((t for t in catalog.event_types() if settings.topic_for(t) == topic), None)
     if event_type is None:
         return {"undecoded": f"{topic!r} is not an event topic"}
-    catalog = settings.catalog()
     registry = make_registry(settings.schema_registry_url, catalog)
     try:
         reader = reader_schema(registry, catalog, event_type, f"{topic}-value")

@@ -257,7 +257,10 @@ def replay(
     )  # fmt: skip
     if reader_hook is not None:
         reader_hook(reader)
-    log.info("replay started", name=prepared.name, run=run and run.run_id, group=group, dry_run=dry_run)
+    log.info(
+        "replay started", name=prepared.name, run=run and run.run_id, group=group, topics=list(routes),
+        dry_run=dry_run,
+    )  # fmt: skip
     try:
         s = reader.run()
     except BaseException:

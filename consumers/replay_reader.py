@@ -69,7 +69,6 @@ class RangeReader(BatchPipeline):
         self._consumer.assign(assignment)
         resumed = sum(1 for o in claimed.values() if o is not None)
         log.info("partition ranges assigned", partitions=fmt_parts(list(claimed)), resumed=resumed)
-        log.info("replay reading started", group=self.group, topics=list(self.routes), dry_run=self.dry_run)
 
     @property
     def complete(self) -> bool:

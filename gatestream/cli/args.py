@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 from typing import Any
 
 from pydantic import ValidationError
@@ -38,13 +39,18 @@ def catalog_types(settings: CommonSettings, names: list[str] | None) -> list[str
     return names
 
 
+@functools.cache
+def _known_types() -> str:
+    """The catalog's event types for help texts, read once per process."""
+    try:
+        return ", ".join(CommonSettings().catalog().event_types())
+    except (ValidationError, SchemaCatalogError):
+        return "those of the schema catalog"
+
+
 def types_help(what: str) -> str:
     """``--types`` help naming the catalog's event types (GATESTREAM_SCHEMA_DIR's, else the shipped)."""
-    try:
-        known = ", ".join(CommonSettings().catalog().event_types())
-    except (ValidationError, SchemaCatalogError):
-        known = "those of the schema catalog"
-    return f"comma-separated event types to {what} (default: all): {known}"
+    return f"comma-separated event types to {what} (default: all): {_known_types()}"
 
 
 def int_list(value: str) -> tuple[int, ...]:

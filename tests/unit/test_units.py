@@ -93,8 +93,7 @@ def test_unknown_event_type_names_what_the_catalog_has() -> None:
 
 
 def test_catalog_refuses_an_id_whose_content_changed(tmp_path: Path) -> None:
-    d = tmp_path / "s"
-    shutil.copytree(DEFAULT_DIR, d, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    d, _ = _catalog_copy(tmp_path)
     cat = SchemaCatalog(d)
     path = d / "active_windows.v1.avsc"
     schema = json.loads(path.read_text())
