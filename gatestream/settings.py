@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gatestream.cron import EXPRESSIBLE, unschedulable
 from gatestream.schemas import SchemaCatalog
 
 
@@ -140,6 +141,18 @@ class PolicySettings(GroupMemberSettings):
     row_retention_interval_s: int = Field(
         3600, ge=60, description="How often each organization's expired rows are deleted (its maximum delay)."
     )
+
+    @field_validator("chunk_retention_interval_s", "row_retention_interval_s")
+    @classmethod
+    def _cron_repeats_it_exactly(cls, value: int) -> int:
+        """These jobs run on pg_cron under the Apache edition, which repeats only some
+        intervals exactly (gatestream.cron): refused at start on either edition, so one
+        configuration works on both."""
+        problem = unschedulable(value)
+        if problem is not None:
+            raise ValueError(f"{problem}; pg_cron can run a job exactly every {EXPRESSIBLE}")
+        return value
+
     compression_interval_s: int = Field(43200, ge=60)
     full_reconcile_interval_s: float = Field(300, gt=0, description="Full reconcile (drift repair) period.")
     metrics_port: int | None = Field(None, description="Serve /metrics, /healthz and /readyz on this port.")

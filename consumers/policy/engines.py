@@ -24,6 +24,8 @@ import psycopg
 from psycopg import sql
 
 from gatestream.consumers.policy.model import DesiredJob, JobKind
+from gatestream.cron import UnschedulableInterval
+from gatestream.cron import cron_line as cron_line  # re-exported: the line each pg_cron job gets
 
 SQL_TSL_DIR = Path(__file__).parents[2] / "sql" / "tsl"  # gatestream/consumers/policy -> gatestream/sql/tsl
 CRON_PREFIX = "gatestream:"
@@ -194,17 +196,21 @@ def _days(value: Any) -> int | None:
 
 
 # ---------------------------------------------------------------------- pg_cron
-def cron_line(key: str, every_s: int) -> str:
-    """A cron schedule for 'every ``every_s`` seconds', minutes spread by the job's key."""
-    spread = int(hashlib.sha256(key.encode()).hexdigest(), 16)
-    minute = spread % 60
-    if every_s < 3600:
-        step = max(1, round(every_s / 60))
-        return f"*/{step} * * * *"
-    if every_s < 86400:
-        hours = max(1, round(every_s / 3600))
-        return f"{minute} */{hours} * * *" if hours > 1 else f"{minute} * * * *"
-    return f"{minute} {spread // 60 % 24} * * *"
+# The setting behind each pg_cron job's interval (the Apache edition runs only these kinds).
+INTERVAL_SETTING = {
+    JobKind.RETENTION: "GATESTREAM_CHUNK_RETENTION_INTERVAL_S",
+    JobKind.ROW_RETENTION: "GATESTREAM_ROW_RETENTION_INTERVAL_S",
+}
+
+
+def cron_schedule(want: DesiredJob) -> str:
+    """``want``'s cron line; UnschedulableInterval naming the setting to change where cron
+    cannot repeat its interval exactly (PolicySettings refuses such values at start)."""
+    try:
+        return cron_line(want.key, want.schedule_s)
+    except UnschedulableInterval as exc:
+        setting = INTERVAL_SETTING.get(want.kind, "the job's interval")
+        raise UnschedulableInterval(f"{want.key} on pg_cron: {exc}; change {setting}") from None
 
 
 class CronJobs:
@@ -263,19 +269,19 @@ class CronJobs:
         return out
 
     def matches(self, want: DesiredJob, have: ActualJob) -> bool:
-        return (have.schedule == cron_line(want.key, want.schedule_s) and have.params.get("active") is True
+        return (have.schedule == cron_schedule(want) and have.params.get("active") is True
                 and have.params.get("command") == self.command(want))  # fmt: skip
 
     def add(self, want: DesiredJob) -> None:
         self.cron.execute(
             "SELECT cron.schedule_in_database(%s, %s, %s, %s)",
-            (self.job_name(want.key), cron_line(want.key, want.schedule_s), self.command(want), self.database),
+            (self.job_name(want.key), cron_schedule(want), self.command(want), self.database),
         )
 
     def alter(self, have: ActualJob, want: DesiredJob) -> None:
         self.cron.execute(
             "SELECT cron.alter_job(%s, schedule => %s, command => %s, active => true)",
-            (have.job_id, cron_line(want.key, want.schedule_s), self.command(want)),
+            (have.job_id, cron_schedule(want), self.command(want)),
         )
 
     def delete(self, have: ActualJob) -> None:
