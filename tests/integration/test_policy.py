@@ -7,8 +7,8 @@ server runs the Apache edition.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -210,7 +210,7 @@ def test_a_change_through_the_topic_changes_only_that_and_drift_is_repaired(env:
     assert make_plan(conn, settings, engine).changes == []
 
 
-def test_ten_thousand_organizations_reconcile_fast_with_jobs_per_hypertable(env: Env, conn: Any) -> None:
+def test_ten_thousand_organizations_reconcile_to_jobs_per_hypertable(env: Env, conn: Any) -> None:
     conn.execute(
         """INSERT INTO monitoring.retention_policies (organization_id, resource_type, retention_days)
            SELECT o, r.resource_type, 30 + (o * 7) % 700
@@ -221,20 +221,43 @@ def test_ten_thousand_organizations_reconcile_fast_with_jobs_per_hypertable(env:
     settings = _settings(env)
     engine = make_engine(conn, settings)
     engine.prepare()
-    t0 = time.perf_counter()
-    plan = reconcile(conn, settings, engine, with_impact=False)
-    first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    again = reconcile(conn, settings, engine, with_impact=False)
-    second = time.perf_counter() - t0
+    plans: list[Any] = []
+    # a hang detector, not a speed figure (how fast it is belongs in a bench)
+    worker = threading.Thread(
+        target=lambda: plans.extend(reconcile(conn, settings, engine, with_impact=False) for _ in range(2)), daemon=True
+    )
+    worker.start()
+    assert wait_for(lambda: not worker.is_alive(), 180), "two reconciles of 10,000 organizations did not finish"
+    assert len(plans) == 2, "a reconcile failed (see the thread's traceback above)"
+    plan, again = plans
     per_hypertable = 3 if _edition(conn) == "timescale" else 2
     extra = 2 if _edition(conn) == "timescale" else 0  # the daily aggregate's refresh and retention
     assert len(plan.state.jobs) == 5 * per_hypertable + extra
     assert len(engine.actual()) == len(plan.state.jobs)
     assert again.changes == []
     assert sum(p.overrides for p in plan.state.policies.values()) == 10000
-    assert first < 10 and second < 10, (first, second)
-    print(f"\n10,000 organizations: first reconcile {first:.3f} s, second {second:.3f} s, {len(plan.state.jobs)} jobs")
+
+
+def test_pg_cron_jobs_carry_a_schedule_that_keeps_the_configured_interval(env: Env, conn: Any) -> None:
+    """Every 15 minutes and every week, on pg_cron as the policy consumer schedules them."""
+    if _edition(conn) == "timescale":
+        pytest.skip("the Community edition schedules by interval, not cron lines")
+    from tests.unit.test_cron import fire_times
+
+    settings = _settings(env, row_retention_interval_s=900, chunk_retention_interval_s=7 * 86400)
+    pc, t = _start_consumer(settings)
+    try:
+        assert wait_for(lambda: pc.runs >= 1, 60), "no startup reconcile"
+    finally:
+        pc.request_stop()
+        t.join(20)
+    jobs = make_engine(conn, settings).actual()
+    aw = "monitoring.active_windows"
+    assert jobs[f"row-retention:{aw}"].schedule == "*/15 * * * *"
+    weekly = jobs[f"retention:{aw}"].schedule
+    assert re.fullmatch(r"\d{1,2} \d{1,2} \* \* [0-6]", weekly), weekly
+    fires = fire_times(weekly, datetime(2026, 1, 1, tzinfo=UTC), 35)
+    assert {(b - a).days for a, b in zip(fires, fires[1:], strict=False)} == {7}, weekly
 
 
 def test_hostile_values_are_rejected_without_executing_anything(env: Env, conn: Any) -> None:
