@@ -12,16 +12,21 @@ commit, so an event is never dropped silently; after a crash in between, the sam
 letter may be published twice (same source coordinates). An event too large to be
 published again with the headers (the broker's size limit) is dead-lettered without its
 value, with ``gatestream.value_omitted`` = its size: its coordinates still lead to it.
+gatestream.dead_letters also records what ``gatestream dlq redrive`` published back
+(``redriven_at``), so a redrive publishes each event once.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, NamedTuple, cast
 
 import psycopg
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Reason(StrEnum):
@@ -39,6 +44,15 @@ class Reason(StrEnum):
     REJECTED_BY_DATABASE = "rejected-by-database"  # a CHECK, a NUL byte, ... (SQLSTATE in the detail)
     INTERNAL_ERROR = "internal-error"  # failed for a reason nobody foresaw (exception class in the detail)
     INVALID_POLICY_EVENT = "invalid-policy-event"  # the policy consumer's change events
+
+
+def iso_ms(ms: int) -> str:
+    """Milliseconds since the epoch (Avro timestamp-millis) as ISO 8601 UTC, exactly; a
+    value past the calendar (year 1 to 9999) says so instead."""
+    try:
+        return (EPOCH + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds")
+    except OverflowError:
+        return f"{ms} ms since the epoch (outside the calendar)"
 
 
 class Reject(NamedTuple):
@@ -71,6 +85,52 @@ def first_time(conn: psycopg.Connection[Any], group: str, rejects: list[Reject])
     )
     new = set(cur.fetchall())
     return [r for r, c in zip(rejects, coords, strict=True) if c in new]
+
+
+Coords = tuple[str, int, int]  # source topic, partition, offset
+
+
+def redriven(conn: psycopg.Connection[Any], topics: Iterable[str]) -> dict[Coords, datetime]:
+    """When each dead-lettered event of ``topics`` was last redriven (``gatestream dlq
+    redrive``); events never redriven are absent."""
+    try:
+        rows = conn.execute(
+            """SELECT source_topic, source_partition, source_offset, redriven_at FROM gatestream.dead_letters
+                WHERE redriven_at IS NOT NULL AND source_topic = ANY(%s)""",
+            (sorted(set(topics)),),
+        ).fetchall()
+    except psycopg.errors.UndefinedColumn as exc:
+        raise DeadLetterError("the database has no redrive marks (sql/010): run gatestream db migrate") from exc
+    return {(t, p, o): at for t, p, o, at in rows}
+
+
+class Redriven(NamedTuple):
+    """One event published back to its source topic and acknowledged, with what its dead
+    letter says (for an event this database never recorded)."""
+
+    source: Coords
+    reason: str
+    group: str
+    dead_lettered_at: str | None  # ISO 8601, from the dead letter's header
+
+
+def mark_redriven(conn: psycopg.Connection[Any], done: list[Redriven]) -> None:
+    """Record ``done`` as redriven now, in one statement. An event dead-lettered before
+    this database recorded dead letters (or against another database) gets its row here."""
+    if not done:
+        return
+    conn.execute(
+        """INSERT INTO gatestream.dead_letters AS d (source_topic, source_partition, source_offset, reason,
+                  consumer_group, dead_lettered_at, redriven_at, redrives)
+           SELECT t, p, o, r, g, coalesce(a::timestamptz, now()), now(), 1
+             FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::text[], %s::text[], %s::text[]) AS v(t, p, o, r, g, a)
+           ON CONFLICT (source_topic, source_partition, source_offset)
+           DO UPDATE SET redriven_at = now(), redrives = d.redrives + 1""",
+        (
+            [d.source[0] for d in done], [d.source[1] for d in done], [d.source[2] for d in done],
+            [d.reason for d in done], [d.group for d in done], [d.dead_lettered_at for d in done],
+        ),
+    )  # fmt: skip
 
 
 class DeadLetters:

@@ -4,19 +4,26 @@ has fixed the cause (registered a schema, widened a window, fixed a table).
 
 Redriving is exactly-once in effect: a redriven event keeps its event_id, so an event
 that had landed after all is counted as a duplicate, never stored twice; one that is
-still refused is dead-lettered again, at its new offset.
+still refused is dead-lettered again, at its new offset (a new, pending dead letter).
+Each event redriven is marked in gatestream.dead_letters (``redriven_at``) once the broker
+acknowledged it, chunk by chunk, so a second redrive skips it (unless asked ``again``) and
+a crash between publish and mark resends at most a chunk, never loses one. An event
+dead-lettered twice (a crash before its offset committed) is published once.
 """
 
 from __future__ import annotations
 
+import functools
 import time
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+import psycopg
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
+from gatestream.consumers.deadletter import Coords, Redriven, iso_ms, mark_redriven, redriven
 from gatestream.consumers.decoder import DecodeError, Decoder
 from gatestream.kafka import base_config, consumer_config
 from gatestream.schemas.registry import make_registry, reader_schema
@@ -36,13 +43,20 @@ class DeadLetter:
         return self.headers.get("gatestream.reason", "")
 
     @property
-    def source(self) -> tuple[str, int, int]:
+    def source(self) -> Coords:
         h = self.headers
         return (
             h.get("gatestream.source.topic", ""),
             int(h.get("gatestream.source.partition", -1)),
             int(h.get("gatestream.source.offset", -1)),
         )
+
+    @property
+    def event(self) -> Coords:
+        """Which event this is: its source coordinates (the same for an event dead-lettered
+        twice), else where it sits in the dead-letter topic."""
+        src = self.source
+        return src if src[0] and src[2] >= 0 else ("", self.partition, self.offset)
 
 
 def read(settings: IngestSettings, timeout: float = 15.0) -> Iterator[DeadLetter]:
@@ -89,9 +103,27 @@ def _raw(v: Any) -> bytes | None:
     return v.encode() if isinstance(v, str) else v
 
 
-def summary(letters: list[DeadLetter]) -> dict[tuple[str, str], int]:
-    """Count per (reason, source topic)."""
-    return dict(Counter((d.reason, d.source[0]) for d in letters))
+@dataclass
+class Counts:
+    pending: int = 0
+    redriven: int = 0
+
+
+def summary(letters: list[DeadLetter], done: dict[Coords, datetime]) -> dict[tuple[str, str], Counts]:
+    """Events (not records: an event dead-lettered twice counts once) per (reason, source
+    topic), pending or redriven (``done``: see deadletter.redriven)."""
+    out: dict[tuple[str, str], Counts] = {}
+    seen: set[Coords] = set()
+    for d in letters:
+        if d.event in seen:
+            continue
+        seen.add(d.event)
+        counts = out.setdefault((d.reason, d.source[0]), Counts())
+        if d.event in done:
+            counts.redriven += 1
+        else:
+            counts.pending += 1
+    return out
 
 
 def decoded(settings: IngestSettings, letter: DeadLetter) -> dict[str, Any]:
@@ -104,30 +136,108 @@ def decoded(settings: IngestSettings, letter: DeadLetter) -> dict[str, Any]:
     registry = make_registry(settings.schema_registry_url, catalog)
     try:
         reader = reader_schema(registry, catalog, event_type, f"{topic}-value")
-        return {"event": Decoder(registry, reader).decode(letter.value)}
+        event = Decoder(registry, reader).decode(letter.value)
     except DecodeError as exc:
         return {"undecoded": f"{exc.reason}: {exc.detail}"}
+    for name in _timestamp_fields(reader):  # the decoder keeps them as int milliseconds
+        if isinstance(event.get(name), int):
+            event[name] = iso_ms(event[name])
+    return {"event": event}
 
 
-def redrive(settings: IngestSettings, letters: list[DeadLetter]) -> tuple[int, int]:
-    """Publish each letter's original key and value to its source topic (the dead-letter
-    topic itself excluded); returns (published, skipped: value omitted or no source)."""
-    producer = Producer({**base_config(settings), "enable.idempotence": True, "acks": "all"})
-    published = skipped = 0
-    errors: list[str] = []
+def _timestamp_fields(schema: dict[str, Any]) -> list[str]:
+    """The record's fields of logical type timestamp-millis (also inside a union)."""
+    out = []
+    for f in schema.get("fields", []):
+        types = f.get("type")
+        for t in types if isinstance(types, list) else [types]:
+            if isinstance(t, dict) and t.get("logicalType") == "timestamp-millis":
+                out.append(str(f["name"]))
+    return out
+
+
+@dataclass
+class Redrive:
+    """What a redrive did (or, planned only, would do)."""
+
+    published: int = 0
+    skipped: int = 0  # no value (too large when dead-lettered) or no source topic: cannot be published
+    already_redriven: int = 0  # redriven before: published again only when asked to
+    duplicates: int = 0  # the same event dead-lettered twice: published once
+    todo: list[DeadLetter] = field(default_factory=list, repr=False)
+
+    def report(self) -> dict[str, int]:
+        return {
+            "published": self.published, "skipped": self.skipped, "already_redriven": self.already_redriven,
+            "duplicates": self.duplicates,
+        }  # fmt: skip
+
+
+def plan(settings: IngestSettings, letters: list[DeadLetter], done: dict[Coords, datetime], again: bool) -> Redrive:
+    """Which of ``letters`` a redrive publishes: each event once, none already redriven
+    (``done``) unless ``again``, none without a value or a source topic."""
+    out = Redrive()
+    seen: set[Coords] = set()
     for d in letters:
         topic = d.source[0]
         if d.value is None or not topic or topic == settings.dlq_topic:
-            skipped += 1
-            continue
+            out.skipped += 1
+        elif d.event in seen:
+            out.duplicates += 1
+        elif d.event in done and not again:
+            out.already_redriven += 1
+        else:
+            out.todo.append(d)
+        seen.add(d.event)
+    return out
+
+
+def redrive(
+    settings: IngestSettings, conn: psycopg.Connection[Any], letters: list[DeadLetter], *, again: bool = False,
+    chunk: int = 1000,
+) -> Redrive:  # fmt: skip
+    """Publish each chosen event's original key and value to its source topic, ``chunk``
+    at a time: publish, wait for the broker's acknowledgement, then mark what was
+    acknowledged as redriven in ``conn``'s database."""
+    work = plan(settings, letters, {} if again else redriven(conn, {d.source[0] for d in letters}), again)
+    producer = Producer({**base_config(settings), "enable.idempotence": True, "acks": "all"})
+    for i in range(0, len(work.todo), chunk):
+        part = work.todo[i : i + chunk]
+        acked, errors = _publish(settings, producer, part)
+        mark_redriven(conn, [_mark(d) for d in acked])
+        work.published += len(acked)
+        if len(acked) < len(part):
+            raise RuntimeError(
+                f"redrive: {len(part) - len(acked)} of a chunk of {len(part)} not acknowledged ({errors[:3]}); "
+                f"{work.published} published and marked so far: run it again to publish the rest"
+            )
+    return work
+
+
+def _publish(
+    settings: IngestSettings, producer: Producer, part: list[DeadLetter]
+) -> tuple[list[DeadLetter], list[str]]:
+    """Publish ``part``; return the letters the broker acknowledged, and the errors."""
+    acked: list[DeadLetter] = []
+    errors: list[str] = []
+
+    def delivered(d: DeadLetter, err: KafkaError | None, _msg: Message) -> None:
+        if err is None:
+            acked.append(d)
+        else:
+            errors.append(str(err))
+
+    for d in part:
         origin = f"{settings.dlq_topic}[{d.partition}]@{d.offset}".encode()
         producer.produce(
-            topic, key=d.key, value=d.value, headers=[("gatestream.redriven_from", origin)],
-            on_delivery=lambda err, _m: errors.append(str(err)) if err is not None else None,
+            d.source[0], key=d.key, value=d.value, headers=[("gatestream.redriven_from", origin)],
+            on_delivery=functools.partial(delivered, d),
         )  # fmt: skip
-        published += 1
         producer.poll(0)
-    left = producer.flush(60)
-    if left or errors:
-        raise RuntimeError(f"redrive: {left} unacknowledged, errors: {errors[:3]}")
-    return published, skipped
+    producer.flush(60)
+    return acked, errors
+
+
+def _mark(d: DeadLetter) -> Redriven:
+    h = d.headers
+    return Redriven(d.source, d.reason, h.get("gatestream.consumer_group", ""), h.get("gatestream.dead_lettered_at"))
