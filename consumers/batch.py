@@ -16,7 +16,7 @@ import structlog
 from confluent_kafka import KafkaError, Message
 
 from gatestream.consumers.batch_writer import TableBatch
-from gatestream.consumers.deadletter import Reason, Reject
+from gatestream.consumers.deadletter import Reason, Reject, iso_ms
 from gatestream.consumers.decoder import DecodeError
 from gatestream.consumers.partitions import Partitions
 from gatestream.consumers.routes import Route
@@ -39,14 +39,25 @@ class Plausibility:
     def problem(self, time_field: str, record: dict[str, Any], now_ms: int) -> tuple[str, str] | None:
         t = record.get(time_field)
         if isinstance(t, int) and not self.earliest_ms <= t <= now_ms + self.max_future_ms:
-            return Reason.EVENT_TIME_OUT_OF_RANGE, (
-                f"{time_field} = {t} ms since the epoch; accepted: {self.earliest_ms} to now + {self.max_future_ms} ms"
-            )
+            return Reason.EVENT_TIME_OUT_OF_RANGE, self._out_of_range(time_field, t, now_ms)
         for name in self.ID_FIELDS:
             v = record.get(name)
             if isinstance(v, int) and v <= 0:
                 return Reason.INVALID_IDENTIFIER, f"{name} = {v}"
         return None
+
+    def _out_of_range(self, time_field: str, t: int, now_ms: int) -> str:
+        """Why, in times a person reads, and the setting that widens the window."""
+        if t < self.earliest_ms:
+            return (
+                f"{time_field} = {iso_ms(t)} is before the earliest accepted event time {iso_ms(self.earliest_ms)}; "
+                "to accept it, set GATESTREAM_EARLIEST_EVENT_TIME earlier"
+            )
+        return (
+            f"{time_field} = {iso_ms(t)} is {(t - now_ms) / 1000:.0f} s ahead of the consumer's clock "
+            f"({iso_ms(now_ms)}), more than the accepted {self.max_future_ms / 1000:.0f} s; to accept it, "
+            "raise GATESTREAM_MAX_FUTURE_SKEW_S"
+        )
 
 
 class MicroBatch:

@@ -327,8 +327,10 @@ def test_values_a_database_should_not_keep_are_dead_lettered_with_their_reason(e
 
 
 def test_dead_letters_can_be_counted_shown_and_redriven_once_the_cause_is_fixed(env: Env, tmp_path: Path) -> None:
-    """Events two days ahead are refused (the default window allows one day); the operator
-    widens the window and redrives them: they land, once, however often redriven."""
+    """Events two days ahead are refused (the default window allows one day) with a reason
+    in times a person reads that names the setting; the operator widens the window and
+    redrives them: each is published once however often redriven (again only when asked),
+    and the summary tells pending from redriven."""
     now = datetime.now(UTC).replace(microsecond=0)
     ahead = [
         ActiveWindow(organization_id=5, users_on_computers_id=9, datetime=now + timedelta(days=2, seconds=i), title="a")
@@ -349,18 +351,54 @@ def test_dead_letters_can_be_counted_shown_and_redriven_once_the_cause_is_fixed(
             timeout=90,
         )  # fmt: skip
 
-    summary = json.loads(gs("dlq", "summary", "--json").stdout)
-    assert summary == [
-        {"reason": "event-time-out-of-range", "source_topic": env.topic(EventType.ACTIVE_WINDOWS), "count": 30}
-    ]
+    topic = env.topic(EventType.ACTIVE_WINDOWS)
+
+    def on_topic() -> int:
+        """Messages on the source topic: the 30 published, plus every redriven copy."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        c = Consumer({"bootstrap.servers": env.services.bootstrap_servers, "group.id": f"count-{uuid.uuid4()}"})
+        try:
+            parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+            marks = [c.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in parts]
+        finally:
+            c.close()
+        return sum(high - low for low, high in marks)
+
+    def summary() -> list[dict[str, object]]:
+        out = gs("dlq", "summary", "--json")
+        assert out.returncode == 0, out.stderr[-1000:]
+        return list(json.loads(out.stdout))
+
+    pending = {"reason": "event-time-out-of-range", "source_topic": topic, "count": 30}
+    assert summary() == [{**pending, "pending": 30, "redriven": 0}]
     shown = [json.loads(line) for line in gs("dlq", "show", "--limit", "5").stdout.splitlines()]
     assert len(shown) == 5 and all(s["event"]["organization_id"] == 5 for s in shown), "decoded where possible"
+    for s in shown:  # times a person reads: the event's own, and in the reason
+        assert datetime.fromisoformat(s["event"]["datetime"]) >= now + timedelta(days=2), s
+        assert datetime.fromisoformat(s["source_timestamp"]) <= datetime.now(UTC), s
+        assert s["event"]["datetime"] in s["error"] and "GATESTREAM_MAX_FUTURE_SKEW_S" in s["error"], s["error"]
+        assert s["redriven_at"] is None
     assert gs("dlq", "redrive").returncode == 2, "redrive needs a choice"
+    assert on_topic() == 30
     # the cause fixed: a window of three days
     wide = {"max_future_skew_s": 3 * 86400}
-    for _ in range(2):  # redriving twice changes nothing more: event_id keeps it exactly-once
+    for published, total in ((30, 60), (0, 60)):  # a second redrive publishes nothing more
         out = gs("dlq", "redrive", "--reason", "event-time-out-of-range")
-        assert out.returncode == 0 and json.loads(out.stdout) == {"published": 30, "skipped": 0}, out.stderr[-1000:]
+        assert out.returncode == 0, out.stderr[-1000:]
+        assert json.loads(out.stdout) == {
+            "published": published, "skipped": 0, "already_redriven": 30 - published, "duplicates": 0
+        }  # fmt: skip
+        assert on_topic() == total
         done = gs("ingest", "--stop-after-idle", "2", **wide)
         assert done.returncode == 0, done.stderr[-2000:]
         assert count_rows(env.database_url, EventType.ACTIVE_WINDOWS) == 30
+        assert summary() == [{**pending, "pending": 0, "redriven": 30}]
+    shown = [json.loads(line) for line in gs("dlq", "show", "--limit", "1").stdout.splitlines()]
+    assert datetime.fromisoformat(shown[0]["redriven_at"]) <= datetime.now(UTC)
+    # asked to, it publishes them again; event_id keeps the rows exact
+    out = gs("dlq", "redrive", "--reason", "event-time-out-of-range", "--again")
+    assert out.returncode == 0 and json.loads(out.stdout)["published"] == 30, out.stderr[-1000:]
+    assert on_topic() == 90
+    assert gs("ingest", "--stop-after-idle", "2", **wide).returncode == 0
+    assert count_rows(env.database_url, EventType.ACTIVE_WINDOWS) == 30
