@@ -35,13 +35,15 @@ def fire_times(line: str, start: datetime, days: int) -> list[datetime]:
     under test: minute, hour, day-of-month, month, day-of-week with Sunday = 0)."""
     minute, hour, dom, month, dow = line.split()
     assert dom == "*" and month == "*", "no day-of-month or month schedules: months differ in length"
-    minutes, hours, weekdays = _field(minute, 0, 59), _field(hour, 0, 23), _field(dow, 0, 6)
-    out, t = [], start
-    while t < start + timedelta(days=days):
-        if t.minute in minutes and t.hour in hours and (t.isoweekday() % 7) in weekdays:
-            out.append(t)
-        t += timedelta(minutes=1)
-    return out
+    minutes, hours, weekdays = sorted(_field(minute, 0, 59)), sorted(_field(hour, 0, 23)), _field(dow, 0, 6)
+    midnight = start.replace(hour=0, minute=0, second=0, microsecond=0)
+    return [
+        day + timedelta(hours=h, minutes=m)
+        for day in (midnight + timedelta(days=d) for d in range(days))
+        if day.isoweekday() % 7 in weekdays
+        for h in hours
+        for m in minutes
+    ]
 
 
 @pytest.mark.parametrize(
