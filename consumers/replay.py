@@ -7,9 +7,9 @@ ingest, with three differences:
 
 - it reads partition ranges by manual assignment, never joining the live ingest group,
   and stores its progress (with the rows, in one transaction, like ingest) under a group
-  of its own, ``gatestream-replay-<run id>`` (``consumers.replay_runs``); a run is named
-  after its selection, so re-running the same command after Ctrl-C or a crash continues
-  where it stopped;
+  of its own (``consumers.replay_runs.run_group``, the one place that names it); a run is
+  named after its selection, so re-running the same command after Ctrl-C, a crash or a
+  failure continues where it stopped (and the run is running again);
 - an event whose ``event_id`` is already stored is left alone and counted as already
   present (the primary key makes a second row impossible);
 - it can keep only some organizations and an event-time range.
@@ -72,6 +72,7 @@ class ReplaySummary:
     seconds: float = 0.0
     dry_run: bool = False
     complete: bool = False
+    max_rate: float = 0.0  # the --max-rate the run read at (0: no limit)
     partitions: list[dict[str, Any]] = field(default_factory=list)
 
     def report(self) -> dict[str, Any]:
@@ -218,8 +219,10 @@ def replay(
         if run is None and not dry_run:
             resolved = {**selection.describe(), "ranges": [asdict(r) for r in ranges]}
             run = runs.start(conn, prepared.name, prepared.spec, resolved)
+        elif run is not None and not dry_run:
+            run = runs.resume(conn, run)  # running again, a failed run too
         # a dry run of a new run has no progress yet: a group nothing was ever stored under
-        group = run.group if run is not None else f"gatestream-replay-dry-{time.monotonic_ns()}"
+        group = run.group if run is not None else runs.dry_run_group()
         topics = {settings.topic_for(et): et for et in selection.event_types}
         routes = build_routes(conn, settings, topics)
     filters = {t: selection.accepts(r) for t, r in routes.items()}
@@ -272,6 +275,7 @@ def replay(
         name=prepared.name, run=run.run_id if run is not None else None, resumed=prepared.run is not None,
         read=s.consumed, inserted=s.inserted, already_present=s.duplicates,
         dead_lettered=s.dead_lettered, seconds=round(s.seconds, 2), dry_run=dry_run, complete=reader.complete,
+        max_rate=max_rate,
         partitions=[
             {"topic": r.topic, "partition": r.partition, "from": reader.parts.started_at.get((r.topic, r.partition)),
              "to": reader.parts.ends.get((r.topic, r.partition))}

@@ -2,14 +2,17 @@
 resolved when it started, its state, and when it started and ended.
 
 A run's per-partition progress lives in ``gatestream.consumer_offsets`` under the run's
-own group (``gatestream-replay-run-<id>``), committed with the rows. A name has at most
-one unfinished run (running or failed): a rerun resumes it. Once a run is complete, the
-same selection starts a new run, so a rerun after a restore restores again.
+own group (``run_group``: the one place that names it), committed with the rows. A name
+has at most one unfinished run (running or failed): a rerun resumes it, and it is
+running again. Once a run is complete, the same selection starts a new run, so a rerun
+after a restore restores again. ``forget`` keeps unfinished runs unless forced: their
+progress is what a rerun continues from.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,7 +21,10 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from gatestream.consumers.replay_selection import ReplayError
+
 UNFINISHED = ("running", "failed")
+GROUP_PREFIX = "gatestream-replay-"  # every replay group starts with it; no other group does
 
 
 @dataclass(frozen=True)
@@ -42,8 +48,13 @@ class ReplayRun:
 
 
 def run_group(run_id: int) -> str:
-    """The consumer group under which a run stores its progress."""
-    return f"gatestream-replay-run-{run_id}"
+    """The consumer group under which a run stores its progress (the only place that names it)."""
+    return f"{GROUP_PREFIX}run-{run_id}"
+
+
+def dry_run_group() -> str:
+    """The group of a dry run of a new run: one nothing was ever stored under."""
+    return f"{GROUP_PREFIX}dry-{time.monotonic_ns()}"
 
 
 def same_spec(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -85,6 +96,19 @@ def finish(conn: psycopg.Connection[Any], run: ReplayRun, state: str, summary: d
         )
 
 
+def resume(conn: psycopg.Connection[Any], run: ReplayRun) -> ReplayRun:
+    """A rerun continues the unfinished ``run``: it is running again (a failed one too)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            "UPDATE gatestream.replay_runs SET state = 'running', finished_at = NULL, summary = NULL "  # noqa: S608
+            f"WHERE run_id = %s RETURNING {_COLUMNS}",
+            (run.run_id,),
+        ).fetchone()
+    if row is None:
+        raise ReplayError(f"replay run #{run.run_id} is gone (forgotten with --force meanwhile?); run again")
+    return ReplayRun(**row)
+
+
 def abandon(conn: psycopg.Connection[Any], run: ReplayRun) -> None:
     """``--restart``: the unfinished run ends, abandoned; its progress stays for the record."""
     conn.execute(
@@ -114,23 +138,34 @@ def list_runs(conn: psycopg.Connection[Any], limit: int = 50) -> list[dict[str, 
             planned += size
             at = stored.get((x["topic"], x["partition"]), x["start"])
             done += size if r["state"] == "complete" else min(size, max(0, at - x["start"]))
-        out.append({**r, "planned": planned, "done": done})
+        out.append({**r, "group": run_group(r["run_id"]), "planned": planned, "done": done})
     return out
 
 
-def forget(conn: psycopg.Connection[Any], older_than: timedelta) -> int:
-    """Delete finished runs that ended more than ``older_than`` ago, with their progress rows."""
+@dataclass(frozen=True)
+class Forgotten:
+    forgotten: int  # runs deleted, with their progress
+    kept: int  # unfinished runs old enough that were kept (without ``force``)
+
+
+def forget(conn: psycopg.Connection[Any], older_than: timedelta, *, force: bool = False) -> Forgotten:
+    """Delete runs that ended (unfinished ones: started) more than ``older_than`` ago, with
+    their progress rows. Unfinished runs (running or failed) are kept unless ``force``:
+    a rerun of their command continues from that progress."""
+    old = "coalesce(finished_at, started_at) < now() - %(older)s"
+    unfinished = "state = ANY(%(unfinished)s)"
+    params = {"older": older_than, "unfinished": list(UNFINISHED)}
+    count_kept = f"SELECT count(*) FROM gatestream.replay_runs WHERE {old} AND {unfinished}"  # noqa: S608
+    which = old if force else f"{old} AND NOT {unfinished}"
+    delete = f"DELETE FROM gatestream.replay_runs WHERE {which} RETURNING run_id"  # noqa: S608
     with conn.transaction():
-        ids = [
-            r[0]
-            for r in conn.execute(
-                "DELETE FROM gatestream.replay_runs WHERE state <> 'running' AND finished_at IS NOT NULL "
-                "AND finished_at < now() - %s RETURNING run_id",
-                (older_than,),
-            ).fetchall()
-        ]
+        kept = 0
+        if not force:
+            count = conn.execute(count_kept, params).fetchone()
+            kept = int(count[0]) if count else 0
+        ids = [r[0] for r in conn.execute(delete, params).fetchall()]
         if ids:
             conn.execute(
                 "DELETE FROM gatestream.consumer_offsets WHERE consumer_group = ANY(%s)", ([run_group(i) for i in ids],)
             )
-    return len(ids)
+    return Forgotten(len(ids), kept)

@@ -215,7 +215,7 @@ def bench_metrics(settings: IngestSettings, *, events: int, runs: int, batch_row
     return 0
 
 
-def _replay_rate(d: BenchData, events: int) -> float:
+def _replay_rate(d: BenchData, events: int, max_rate: float = 0) -> float:
     from gatestream.consumers.replay import ReplaySelection, replay
     from gatestream.consumers.replay_reader import RangeReader
 
@@ -224,6 +224,7 @@ def _replay_rate(d: BenchData, events: int) -> float:
         d.settings,
         ReplaySelection(event_types=(EVENT_TYPE,)),
         restart=True,
+        max_rate=max_rate,
         name=f"bench-{uuid.uuid4().hex[:6]}",
         reader_hook=captured.append,
     )
@@ -233,8 +234,11 @@ def _replay_rate(d: BenchData, events: int) -> float:
     return events / (sm.last_commit_at - sm.first_event_at)
 
 
-def bench_replay(settings: IngestSettings, *, events: int, runs: int, batch_rows: int, partitions: int) -> int:
-    """Live ingest vs replay (into an empty table, and over a full one) on the same events."""
+def bench_replay(
+    settings: IngestSettings, *, events: int, runs: int, batch_rows: int, partitions: int, max_rate: float = 0
+) -> int:
+    """Live ingest vs replay (into an empty table, and over a full one) on the same events;
+    with ``max_rate``, also the rate a replay limited to it achieves (into an empty table)."""
     print(f"bench: {events} {EVENT_TYPE.value} events, batches of {batch_rows}, {partitions} partitions, {runs} runs")
     live, backfill, present = [], [], []
     with bench_data(settings, events, batch_rows, partitions, with_rows=False) as d:
@@ -247,6 +251,10 @@ def bench_replay(settings: IngestSettings, *, events: int, runs: int, batch_rows
                 f"  run {i + 1}: live ingest {live[-1]:>9,.0f}/s   replay, rows missing {backfill[-1]:>9,.0f}/s   "
                 f"replay, rows present {present[-1]:>9,.0f}/s"
             )
+        if max_rate > 0:
+            _truncate(d.url)
+            limited = _replay_rate(d, events, max_rate)
+            print(f"replay --max-rate {max_rate:,.0f}: achieved {limited:,.0f} events/s ({limited / max_rate:.0%})")
     lm, bm, pm = (statistics.median(x) for x in (live, backfill, present))
     print(
         f"median events/s: live ingest {lm:,.0f}, replay (rows missing) {bm:,.0f} = {bm / lm:.2f}x live, "

@@ -111,7 +111,8 @@ class IngestSettings(GroupMemberSettings):
     fault_hooks: str | None = Field(
         None,
         description="Fault-injection runs only: points where the process kills itself, with odds "
-        "(e.g. 'before-commit:0.05,on-revoke:0.2'; see gatestream.consumers.faults). Never set in production.",
+        "(e.g. 'before-commit:0.05,on-revoke:0.2'), or commits that fail ('fail-commit:1'); see "
+        "gatestream.consumers.faults. Never set in production.",
     )
     async_commit: bool = Field(
         False,

@@ -11,7 +11,12 @@ from gatestream.settings import IngestSettings
 def cmd_bench(args: argparse.Namespace) -> int:
     from gatestream.bench import bench_ingest, bench_metrics, bench_replay
 
-    fn = {"ingest": bench_ingest, "replay": bench_replay, "metrics": bench_metrics}[args.bench_command]
+    if args.bench_command == "replay":
+        return bench_replay(
+            IngestSettings(), events=args.events, runs=args.runs, batch_rows=args.batch_rows,
+            partitions=args.partitions, max_rate=args.max_rate,
+        )  # fmt: skip
+    fn = {"ingest": bench_ingest, "metrics": bench_metrics}[args.bench_command]
     return fn(
         IngestSettings(), events=args.events, runs=args.runs, batch_rows=args.batch_rows, partitions=args.partitions
     )
@@ -29,6 +34,11 @@ def add_parsers(sub: Any) -> None:
         bi.add_argument("--runs", type=int, default=3, help="runs; medians are reported (default 3)")
         bi.add_argument("--batch-rows", type=int, default=10_000, help="rows per batch in every path")
         bi.add_argument("--partitions", type=int, default=6, help="partitions of the bench topic")
+        if name == "replay":
+            bi.add_argument(
+                "--max-rate", type=float, default=0, metavar="EVENTS_PER_S",
+                help="also replay the events limited to this rate and report the rate achieved (default 0: skip)",
+            )  # fmt: skip
         bi.set_defaults(fn=cmd_bench)
 
     from gatestream.faultbench import SCENARIOS

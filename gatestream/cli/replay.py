@@ -111,8 +111,14 @@ def cmd_replays_forget(args: argparse.Namespace) -> int:
         print(f"gatestream replays forget: {exc}", file=sys.stderr)
         return 2
     with psycopg.connect(CommonSettings().database_url, autocommit=True) as conn:
-        n = forget(conn, older)
-    print(f"forgot {n} finished replay runs that ended more than {args.older_than} ago")
+        done = forget(conn, older, force=args.force)
+    which = "replay runs (unfinished ones too: --force)" if args.force else "finished replay runs"
+    print(f"forgot {done.forgotten} {which} that ended more than {args.older_than} ago")
+    if done.kept:
+        print(
+            f"kept {done.kept} unfinished replay runs (running or failed): rerunning their command continues them "
+            "from their progress; --force forgets them too"
+        )
     return 0
 
 
@@ -173,6 +179,17 @@ def add_parsers(sub: Any) -> None:
     rl.add_argument("--limit", type=int, default=50, help="at most this many runs (default 50)")
     rl.add_argument("--json", action="store_true", help="print JSON")
     rl.set_defaults(fn=cmd_replays_list)
-    rf = rrs.add_parser("forget", help="delete finished runs (and their progress) that ended long enough ago")
+    rf = rrs.add_parser(
+        "forget",
+        help="delete finished runs (and their progress) that ended long enough ago",
+        description="Delete replay runs that ended more than --older-than ago, with their stored progress. "
+        "Unfinished runs (running, or failed) are kept and counted: rerunning their command continues them "
+        "from that progress. --force deletes them too.",
+    )
     rf.add_argument("--older-than", required=True, metavar="DURATION", help="e.g. 30d, 12h, 0s (every finished run)")
+    rf.add_argument(
+        "--force", action="store_true",
+        help="also forget unfinished runs (running or failed) started more than --older-than ago, with their "
+        "progress: a rerun of their command then starts over. Never while such a run is still going",
+    )  # fmt: skip
     rf.set_defaults(fn=cmd_replays_forget)
