@@ -18,8 +18,9 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from bench.brokers import BROKER_SCRIPT as BROKER_SCRIPT  # re-exported: tests run ops/kafka/broker too
-from bench.brokers import PrivateBroker
+# re-exported: tests use the broker script and the private broker from here
+from bench.brokers import BROKER_SCRIPT as BROKER_SCRIPT
+from bench.brokers import PrivateBroker as PrivateBroker
 from tests.services import ROOT, Services, find_services
 
 # A killed member's partitions move after the session timeout: keep it at the broker's
