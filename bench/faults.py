@@ -106,7 +106,12 @@ def run_scenario(name: str, settings: IngestSettings, *, events: int, rate: int,
     bootstrap = settings.bootstrap_servers
     if name == "broker-kill-9":
         broker = PrivateBroker(work / "kafka")
-        broker.start()
+        try:
+            broker.start()
+        except RuntimeError as exc:  # the scenario cannot run: say so, and leave no broker behind
+            broker.kill()
+            out.note = f"FAILED: its own broker did not start ({exc}".splitlines()[0] + f"; logs: {work})"
+            return out
         bootstrap = broker.bootstrap
     prefix = f"faults.{uuid.uuid4().hex[:6]}."
     db = bench_database(settings.database_url, "faults")
