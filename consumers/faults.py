@@ -1,4 +1,4 @@
-"""Fault hooks for fault-injection runs (``gatestream bench faults``, tests): at a named
+"""Fault hooks for fault-injection runs (``python -m bench.faults``, tests): at a named
 point of the ingest path, the process kills itself with SIGKILL, with a set probability,
 or a commit fails in-process. Off unless the test setting ``GATESTREAM_FAULT_HOOKS``
 names them, e.g. ``before-commit:0.05,after-commit:0.05,on-assign:0.2,on-revoke:0.2``:

@@ -18,6 +18,9 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+# re-exported: tests use the broker script and the private broker from here
+from bench.brokers import BROKER_SCRIPT as BROKER_SCRIPT
+from bench.brokers import PrivateBroker as PrivateBroker
 from tests.services import ROOT, Services, find_services
 
 # A killed member's partitions move after the session timeout: keep it at the broker's
@@ -159,39 +162,6 @@ def free_port() -> int:
     port = int(s.getsockname()[1])
     s.close()
     return port
-
-
-BROKER_SCRIPT = ROOT / "ops" / "kafka" / "broker"
-
-
-class PrivateBroker:
-    """An Apache Kafka node of the test's own (ops/kafka/broker, its log on disk under the
-    test's tmp folder), to stop, kill -9 and start again at will."""
-
-    def __init__(self, state: Path) -> None:
-        self.state = state
-        self.port, self.controller_port = free_port(), free_port()
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def _run(self, *args: str, timeout: float = 120) -> None:
-        done = subprocess.run([str(BROKER_SCRIPT), *args], capture_output=True, text=True, timeout=timeout, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"ops/kafka/broker {' '.join(args)} failed: {done.stderr[-2000:]}")
-
-    def start(self) -> None:
-        """Start (or restart from its on-disk log); returns once the broker serves requests."""
-        self._run("start", str(self.state), str(self.port), str(self.controller_port))
-
-    def stop(self) -> None:
-        """Controlled shutdown (SIGTERM)."""
-        self._run("stop", str(self.state))
-
-    def kill(self) -> None:
-        """A crash: SIGKILL, no shutdown; what the log held on disk is all that survives."""
-        self._run("kill", str(self.state))
 
 
 @pytest.fixture

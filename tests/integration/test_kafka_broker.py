@@ -19,6 +19,7 @@ import pytest
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from bench.accounting import read_published, skipped_duplicates
 from gatestream.producers.loadgen import Fleet, generate
 from gatestream.producers.spool import Spool
 from gatestream.schemas import EventType
@@ -114,6 +115,8 @@ def test_broker_kill_9_mid_stream_and_restart_from_its_log_gives_exactly_n_rows(
             "stored offsets must equal the broker's end offsets"
         )
         assert Spool(spool).depth == 0, "nothing may stay in the producer's spool"
+        published = read_published(private_broker.bootstrap, topics)
+        assert len(published.ids) == total, "every event on the topics"
     finally:
         if producer.poll() is None:
             producer.kill()
@@ -121,6 +124,8 @@ def test_broker_kill_9_mid_stream_and_restart_from_its_log_gives_exactly_n_rows(
             p.send_signal(signal.SIGTERM)
         codes = [p.wait(60) for p in consumers]
     assert codes == [0, 0], "both consumers rode out the crash and exited cleanly"
+    # every message once: a row, or a copy the producer resent that ingest counted as a duplicate
+    assert skipped_duplicates(tmp_path / f"c{i}.log" for i in range(2)) == published.messages - total
 
 
 @pytest.mark.slow
@@ -291,10 +296,11 @@ def test_a_member_that_lost_its_partitions_while_holding_a_batch_is_fenced(
         ends = _non_empty(_end_offsets(env.services.bootstrap_servers, [topic]))
         assert wait_for(lambda: stored_offsets(env.database_url, f"{env.prefix}ingest") == ends, 90)
         assert count_rows(env.database_url, EventType.ACTIVE_WINDOWS) == n
+        assert b.summary.duplicates == 0, "B read nothing twice"
         wake.set()  # A wakes up holding a batch for partitions that B has moved on
         assert wait_for(lambda: a.summary.fenced >= 1, 30), "A's stale batch must be fenced"
         time.sleep(1.0)
-        assert a.summary.inserted == 0, "the fenced member committed no row"
+        assert (a.summary.inserted, a.summary.duplicates) == (0, 0), "the fenced member committed no row"
         assert count_rows(env.database_url, EventType.ACTIVE_WINDOWS) == n
         assert stored_offsets(env.database_url, f"{env.prefix}ingest") == ends
     finally:

@@ -1,0 +1,237 @@
+"""The real pipeline under faults, every topic message accounted for once.
+
+Run from a checkout (it drives the checkout's ``ops/kafka/broker`` and the local stack's
+PostgreSQL, so it is not part of the wheel)::
+
+    python -m bench.faults --short            # the CI form (tests/integration/test_faults.py)
+    python -m bench.faults --scenarios consumer-kill-9,broker-kill-9 --rounds 3
+
+Each scenario runs the load generator (through its spool), several ``gatestream ingest``
+processes, the broker and TimescaleDB, injects its faults while events flow
+(``bench.scenarios``), waits for the drain, then accounts for every message on the topics
+(``bench.accounting``): the stored offsets equal the end offsets, the rows equal the
+distinct events published, and ingest's ``duplicates`` counter equals the copies the
+producers resent (0 but in producer-kill-9). Peak RSS is each consumer process's
+high-water mark (VmHWM).
+
+Scenarios: consumer kill -9 at random times; kill -9 at exact points (fault hooks:
+between COPY and COMMIT, right after COMMIT, inside on_assign and on_revoke);
+PostgreSQL crashed (immediate stop) and restarted; the database unreachable for a while;
+connections killed mid-transaction (pg_terminate_backend); the broker killed -9 and
+restarted from its log (a broker of the bench's own); the producer killed -9 with events
+in its spool, then restarted; a rebalance storm (members joining and leaving).
+The PostgreSQL scenarios need the local stack's server (ops/stack), which they stop and
+start; elsewhere they are reported as skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bench.accounting import offsets_off, read_published, skipped_duplicates, stored_rows
+from bench.brokers import PrivateBroker
+from bench.scenarios import SCENARIOS, Run
+from gatestream.bench import bench_database
+from gatestream.schemas import EventType
+from gatestream.settings import IngestSettings, ProducerSettings
+from gatestream.topics import delete_topics, ensure_topics
+
+SHORT = ["consumer-kill-9", "fault-hooks", "connection-killed", "postgres-crash", "broker-kill-9", "producer-kill-9",
+         "rebalance-storm"]  # fmt: skip
+DRAIN_S = 180  # for the last rows to land
+OFFSETS_S = 30  # once every event is stored, for the offsets of trailing resent copies
+
+
+@dataclass
+class Outcome:
+    scenario: str
+    faults: int = 0
+    events: int = 0  # distinct events published
+    messages: int = 0  # messages on the topics (events + resent copies)
+    rows: int = 0
+    lost: int = 0  # published, never stored
+    offsets_off: int = 0  # partitions whose stored offset is not the topic's end offset
+    resent: int = 0  # copies the producers resent: messages - events
+    duplicates: int = 0  # ingest's own counter: events it found already stored
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+    note: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Every message accounted for once: each event stored, each offset at the end, and
+        no event read again beyond the resent copies."""
+        accounted = self.lost == 0 and self.rows == self.events and self.offsets_off == 0
+        return accounted and self.duplicates == self.resent and not self.note.startswith("FAILED")
+
+
+def _account(out: Outcome, run: Run, bootstrap: str, topics: list[str]) -> None:
+    """Wait for the drain, stop the members, then count (see bench.accounting)."""
+    published = read_published(bootstrap, topics)
+    out.events, out.messages = len(published.ids), published.messages
+    out.resent = out.messages - out.events
+    deadline = time.monotonic() + DRAIN_S
+    while True:
+        rows, stored = stored_rows(run.url)
+        off = offsets_off(run.url, run.group, published.ends)
+        missing = published.ids - stored
+        now = time.monotonic()
+        if (not missing and off == 0) or now > deadline:
+            break
+        if not missing:
+            deadline = min(deadline, now + OFFSETS_S)
+        time.sleep(1)
+    run.stop_all()  # their logs are complete now
+    out.rows, out.lost, out.offsets_off = rows, len(missing), off
+    out.duplicates = skipped_duplicates(run.consumer_logs())
+    if stored - published.ids:
+        out.note = f"FAILED: {len(stored - published.ids)} rows that were never published"
+
+
+def run_scenario(name: str, settings: IngestSettings, *, events: int, rate: int, seconds: float, seed: int) -> Outcome:
+    injector, env_extra = SCENARIOS[name]
+    rnd = random.Random(seed)
+    out = Outcome(name)
+    work = Path(tempfile.mkdtemp(prefix=f"gatestream-faults-{name}-"))
+    broker: PrivateBroker | None = None
+    bootstrap = settings.bootstrap_servers
+    if name == "broker-kill-9":
+        broker = PrivateBroker(work / "kafka")
+        try:
+            broker.start()
+        except RuntimeError as exc:  # the scenario cannot run: say so, and leave no broker behind
+            broker.kill()
+            out.note = f"FAILED: its own broker did not start ({exc}".splitlines()[0] + f"; logs: {work})"
+            return out
+        bootstrap = broker.bootstrap
+    prefix = f"faults.{uuid.uuid4().hex[:6]}."
+    db = bench_database(settings.database_url, "faults")
+    run = Run(settings, bootstrap, prefix, db, work, broker=broker, env_extra=dict(env_extra))
+    ps = ProducerSettings(bootstrap_servers=bootstrap, topic_prefix=prefix, kafka_extra=settings.kafka_extra)
+    topics = [ps.topic_for(et) for et in EventType]
+    ensure_topics(ps, [*topics, f"{prefix}dead-letter"], partitions=6)
+    started = time.monotonic()
+    try:
+        for _ in range(3):
+            run.start_consumer()
+        run.start_producer(count=events, rate=rate, seed=seed)
+        out.faults = injector(run, rnd, time.monotonic() + seconds)
+        if out.faults < 0:
+            out.note = "skipped: needs the local stack's PostgreSQL (ops/stack)"
+            out.faults = 0
+            return out
+        # the last producer drains its spool; every consumer still running drains the topics
+        if run.producer is not None:
+            run.producer.wait(180)
+        if name == "producer-kill-9":
+            flush = run.start_producer(count=0, rate=0, seed=0)
+            flush.wait(120)
+        if "GATESTREAM_FAULT_HOOKS" in run.env_extra:
+            # the faults are over: members still armed with the hooks leave, clean ones drain
+            run.env_extra.pop("GATESTREAM_FAULT_HOOKS")
+            run.stop_all()
+        while len(run.alive()) < 2:
+            run.start_consumer()
+        _account(out, run, bootstrap, topics)
+        spool = work / "spool.sqlite3"
+        if spool.exists():
+            from gatestream.producers.spool import Spool
+
+            if (depth := Spool(spool).depth) != 0:
+                out.note = f"FAILED: {depth} events left in the producer's spool"
+        return out
+    finally:
+        run.stop_all()
+        if run.producer is not None and run.producer.poll() is None:
+            run.producer.kill()
+        out.seconds = round(time.monotonic() - started, 1)
+        out.peak_rss_mb = round(run.peak_kb / 1024, 1)
+        try:
+            delete_topics(ps, [*topics, f"{prefix}dead-letter"])
+        except Exception:  # noqa: BLE001 - clean-up only
+            pass
+        if broker is not None:
+            broker.kill()
+        if out.ok:
+            shutil.rmtree(work, ignore_errors=True)
+        else:  # keep the processes' logs for a look
+            out.note = (out.note + f" (logs: {work})").strip()
+
+
+COLUMNS = (("scenario", 20), ("faults", 7), ("events", 8), ("messages", 9), ("rows", 8), ("lost", 6),
+           ("offsets_off", 12), ("resent", 7), ("duplicates", 11), ("seconds", 8), ("peak_rss_mb", 12))  # fmt: skip
+
+
+def _line(values: list[object]) -> str:
+    cells = [f"{v:>{w}}" for v, (_, w) in zip(values, COLUMNS, strict=True)]
+    cells[0] = f"{values[0]:<{COLUMNS[0][1]}}"
+    return "".join(cells)
+
+
+def bench_faults(
+    settings: IngestSettings, *, scenarios: list[str], events: int, rate: int, seconds: float, rounds: int, seed: int
+) -> int:
+    """Run the scenarios; print a table, a total and, last, one JSON line. 1 if any scenario failed."""
+    print(
+        f"bench faults: {', '.join(scenarios)}; {events} events per round at {rate}/s, faults for {seconds:.0f} s, "
+        f"{rounds} round(s)"
+    )
+    print(_line([name for name, _ in COLUMNS]) + "  note")
+    results: list[Outcome] = []
+    for r in range(rounds):
+        for name in scenarios:
+            o = run_scenario(name, settings, events=events, rate=rate, seconds=seconds, seed=seed + r)
+            results.append(o)
+            print(_line([getattr(o, col) for col, _ in COLUMNS]) + f"  {'' if o.ok else 'FAILED '}{o.note}", flush=True)
+    failed = [o for o in results if not o.ok]
+    total = {col: sum(getattr(o, col) for o in results) for col, _ in COLUMNS[1:-2]}
+    print("total: " + ", ".join(f"{v} {k}" for k, v in total.items()) + f"; {len(failed)} scenario run(s) failed")
+    report = {**total, "ok": not failed, "scenarios": [{**asdict(o), "ok": o.ok} for o in results]}
+    print(json.dumps(report))
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.faults",
+        description="The real pipeline under faults: runs the load generator, several ingest processes, the broker "
+        "and TimescaleDB, injects faults while events flow, then accounts for every topic message: stored offsets "
+        "= end offsets, rows = distinct events published, ingest's duplicates = copies the producers resent. "
+        "Exits 1 when a scenario fails that. Stops and starts the local stack's PostgreSQL in its postgres-crash "
+        "and database-away scenarios: never run those against a stack others use. Run from the checkout; "
+        'settings from GATESTREAM_* (eval "$(ops/stack env)").',
+    )
+    p.add_argument("--short", action="store_true", help=f"the CI form (under 3 minutes): {', '.join(SHORT)}")
+    p.add_argument("--scenarios", help=f"comma-separated (default: all): {', '.join(SCENARIOS)}")
+    p.add_argument("--events", type=int, default=20000, help="events per scenario round (default 20000)")
+    p.add_argument("--rate", type=int, default=2000, help="events per second from the load generator (2000)")
+    p.add_argument("--seconds", type=float, default=15, help="how long faults are injected per round (15)")
+    p.add_argument("--rounds", type=int, default=1, help="rounds of every scenario (default 1)")
+    p.add_argument("--seed", type=int, default=7, help="random seed of the fault timing")
+    args = p.parse_args(argv)
+    if args.short:
+        scenarios, events, rate, seconds = SHORT, 4000, 1000, 6.0
+    else:
+        scenarios = [s.strip() for s in args.scenarios.split(",")] if args.scenarios else list(SCENARIOS)
+        events, rate, seconds = args.events, args.rate, args.seconds
+    unknown = sorted(set(scenarios) - set(SCENARIOS))
+    if unknown:
+        print(f"bench faults: error: unknown scenarios {unknown}; known: {', '.join(SCENARIOS)}", file=sys.stderr)
+        return 2
+    return bench_faults(
+        IngestSettings(), scenarios=scenarios, events=events, rate=rate, seconds=seconds, rounds=args.rounds,
+        seed=args.seed,
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,252 @@
+"""The fault bench's scenarios: one run's processes, and the faults each scenario injects.
+
+A scenario is an injector (``Injector``: it gets the run, a seeded random generator and
+the time the faults must stop, and returns how many faults it injected, or -1 when it
+cannot run here) plus the environment its consumers get; ``SCENARIOS`` lists them by name.
+A new scenario is one function here and one entry in ``SCENARIOS``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+from bench.brokers import ROOT, PrivateBroker
+from gatestream.settings import IngestSettings
+
+
+@dataclass
+class Run:
+    """One scenario's processes, topics and database."""
+
+    settings: IngestSettings
+    bootstrap: str
+    prefix: str
+    url: str
+    workdir: Path
+    consumers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    producer: subprocess.Popen[bytes] | None = None
+    broker: PrivateBroker | None = None  # the broker-kill-9 scenario's own broker
+    peak_kb: int = 0
+    env_extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def group(self) -> str:
+        return f"{self.prefix}ingest"
+
+    def consumer_logs(self) -> list[Path]:
+        """Every ingest process's log (JSON lines), the killed ones' included."""
+        return sorted(self.workdir.glob("consumer-*.log"))
+
+    def env(self, **over: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GATESTREAM_")}
+        env.update({
+            "GATESTREAM_BOOTSTRAP_SERVERS": self.bootstrap, "GATESTREAM_DATABASE_URL": self.url,
+            "GATESTREAM_TOPIC_PREFIX": self.prefix, "GATESTREAM_DLQ_TOPIC": f"{self.prefix}dead-letter",
+            "GATESTREAM_GROUP_ID": self.group, "GATESTREAM_LOG_FORMAT": "json",
+            "GATESTREAM_SESSION_TIMEOUT_MS": "6000", "GATESTREAM_HEARTBEAT_INTERVAL_MS": "2000",
+            "GATESTREAM_BATCH_MAX_ROWS": "2000", "GATESTREAM_BATCH_MAX_MS": "200",
+        })  # fmt: skip
+        if self.settings.schema_registry_url:
+            env["GATESTREAM_SCHEMA_REGISTRY_URL"] = self.settings.schema_registry_url
+        env.update(self.env_extra)
+        env.update(over)
+        return env
+
+    def start_consumer(self, **over: str) -> subprocess.Popen[bytes]:
+        log = (self.workdir / f"consumer-{len(self.consumers)}.log").open("ab")
+        p = subprocess.Popen(
+            [sys.executable, "-m", "gatestream", "ingest"], env=self.env(**over), stdout=subprocess.DEVNULL, stderr=log
+        )
+        self.consumers.append(p)
+        return p
+
+    def alive(self) -> list[subprocess.Popen[bytes]]:
+        return [p for p in self.consumers if p.poll() is None]
+
+    def note_rss(self, p: subprocess.Popen[bytes]) -> None:
+        try:
+            for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    self.peak_kb = max(self.peak_kb, int(line.split()[1]))
+        except OSError:
+            pass
+
+    def kill(self, p: subprocess.Popen[bytes]) -> None:
+        self.note_rss(p)
+        p.send_signal(signal.SIGKILL)
+        p.wait(10)
+
+    def stop_all(self) -> None:
+        """SIGTERM every member still running (they leave the group), and wait for each."""
+        for p in self.alive():
+            self.note_rss(p)
+            p.send_signal(signal.SIGTERM)
+        for p in self.consumers:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill(p)
+
+    def start_producer(self, count: int, rate: int, seed: int) -> subprocess.Popen[bytes]:
+        self.producer = subprocess.Popen(
+            [sys.executable, "-m", "gatestream", "produce", "--count", str(count), "--rate", str(rate),
+             "--seed", str(seed), "--orgs", "5", "--devices", "30", "--gateways", "2",
+             "--spool-path", str(self.workdir / "spool.sqlite3"), "--flush-timeout", "120"],
+            env=self.env(), stdout=subprocess.DEVNULL, stderr=(self.workdir / "producer.log").open("ab"),
+        )  # fmt: skip
+        return self.producer
+
+
+def _pg_bindir(data: Path) -> Path | None:
+    """The server binaries of the data directory's major version (Debian keeps each under
+    /usr/lib/postgresql/<major>/bin), else those ``pg_config --bindir`` names."""
+    debian = Path("/usr/lib/postgresql") / (data / "PG_VERSION").read_text().strip() / "bin"
+    if (debian / "pg_ctl").exists():
+        return debian
+    if shutil.which("pg_config") is None:
+        return None
+    done = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, timeout=30)
+    found = Path(done.stdout.strip())
+    return found if done.returncode == 0 and (found / "pg_ctl").exists() else None
+
+
+def _pg_ctl(action: str, *extra: str) -> bool:
+    """Stop/start the local stack's PostgreSQL (the only one the bench may crash)."""
+    stack = Path(os.environ.get("GATESTREAM_STACK_DIR", ROOT / ".stack"))
+    data = (stack / "pg").resolve() / "data"
+    if not (data / "PG_VERSION").exists() or shutil.which("runuser") is None:
+        return False
+    bindir = _pg_bindir(data)
+    if bindir is None:
+        return False
+    cmd = ["runuser", "-u", "postgres", "--", str(bindir / "pg_ctl"), "-D", str(data), *extra, action]
+    if action == "start":
+        cmd[5:5] = ["-l", str(data.parent / "postgres.log"), "-w"]
+    return subprocess.run(cmd, capture_output=True, timeout=120).returncode == 0
+
+
+Injector = Callable[[Run, random.Random, float], int]  # -> faults injected
+
+
+def _kill_consumers(run: Run, rnd: random.Random, until: float) -> int:
+    n = 0
+    while time.monotonic() < until:
+        time.sleep(rnd.uniform(0.5, 2.5))
+        alive = run.alive()
+        if alive:
+            run.kill(rnd.choice(alive))
+            n += 1
+        run.start_consumer()
+    return n
+
+
+def _hooks(run: Run, rnd: random.Random, until: float) -> int:
+    """Consumers kill themselves at the hook points; a supervisor restarts them."""
+    n = 0
+    while time.monotonic() < until:
+        time.sleep(0.3)
+        n = sum(1 for p in run.consumers if p.poll() is not None)  # every one that died has been a fault
+        while len(run.alive()) < 3:
+            run.start_consumer()
+    return n
+
+
+def _pg_crash(run: Run, rnd: random.Random, until: float) -> int:
+    n = 0
+    while time.monotonic() < until - 3:
+        time.sleep(rnd.uniform(1.5, 3.5))
+        if not _pg_ctl("stop", "-m", "immediate"):
+            return -1
+        _pg_ctl("start")
+        n += 1
+    return n
+
+
+def _db_away(run: Run, rnd: random.Random, until: float) -> int:
+    time.sleep(1.5)
+    if not _pg_ctl("stop", "-m", "fast"):
+        return -1
+    time.sleep(max(1.0, min(30.0, until - time.monotonic())))
+    _pg_ctl("start")
+    return 1
+
+
+def _terminate(run: Run, rnd: random.Random, until: float) -> int:
+    n = 0
+    dbname = psycopg.conninfo.conninfo_to_dict(run.url)["dbname"]
+    admin = psycopg.conninfo.make_conninfo(run.url, dbname="postgres")
+    while time.monotonic() < until:
+        time.sleep(rnd.uniform(0.3, 1.2))
+        with psycopg.connect(admin, autocommit=True) as conn:
+            n += len(conn.execute(
+                # every client connection of the bench database: mid-COPY, mid-transaction or idle
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid() "
+                "AND backend_type = 'client backend'",
+                (dbname,)).fetchall())  # fmt: skip
+    return n
+
+
+def _broker_kill(run: Run, rnd: random.Random, until: float) -> int:
+    assert run.broker is not None
+    n = 0
+    while time.monotonic() < until:
+        time.sleep(rnd.uniform(2.0, 4.0))
+        run.broker.kill()
+        time.sleep(rnd.uniform(0.5, 2.0))
+        run.broker.start()
+        n += 1
+    return n
+
+
+def _producer_kill(run: Run, rnd: random.Random, until: float) -> int:
+    n = 0
+    seed = 1000
+    while time.monotonic() < until:
+        time.sleep(rnd.uniform(1.0, 2.5))
+        if run.producer is not None and run.producer.poll() is None:
+            run.producer.send_signal(signal.SIGKILL)
+            run.producer.wait(10)
+            n += 1
+        seed += 1
+        run.start_producer(count=3000, rate=1500, seed=seed)  # resends its spool first
+    return n
+
+
+def _storm(run: Run, rnd: random.Random, until: float) -> int:
+    n = 0
+    while time.monotonic() < until:
+        time.sleep(rnd.uniform(0.5, 1.5))
+        run.start_consumer()
+        alive = run.alive()
+        if len(alive) > 2:
+            victim = rnd.choice(alive)
+            run.note_rss(victim)
+            victim.send_signal(signal.SIGTERM)
+        n += 1
+    return n
+
+
+SCENARIOS: dict[str, tuple[Injector, dict[str, str]]] = {
+    "consumer-kill-9": (_kill_consumers, {}),
+    "fault-hooks": (
+        _hooks,
+        {"GATESTREAM_FAULT_HOOKS": "before-commit:0.08,after-commit:0.08,on-assign:0.2,on-revoke:0.2"},
+    ),
+    "postgres-crash": (_pg_crash, {}),
+    "database-away": (_db_away, {}),
+    "connection-killed": (_terminate, {}),
+    "broker-kill-9": (_broker_kill, {}),  # against a broker of its own (run_scenario starts it)
+    "producer-kill-9": (_producer_kill, {}),
+    "rebalance-storm": (_storm, {}),
+}
