@@ -125,6 +125,12 @@ class IngestSettings(GroupMemberSettings):
     )
     metrics_port: int | None = Field(None, description="Serve /metrics, /healthz and /readyz on this port.")
     metrics_enabled: bool = Field(True, description="Record metrics (off only to measure their cost).")
+    stop_grace_s: float = Field(
+        5.0,
+        gt=0,
+        description="On SIGTERM/SIGINT the batch in hand gets this long to commit; past that a database that does "
+        "not answer is cut off (the batch rolls back, the next owner reads it again) so the process still ends.",
+    )
 
 
 class PolicySettings(GroupMemberSettings):
