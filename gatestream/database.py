@@ -2,12 +2,13 @@
 
 - ``connect``: for long-running processes. Transient failures (nothing answers, the
   server is starting or shutting down) are waited out with ``gatestream.waiting`` until
-  ``stop`` is set; TCP keepalives find a vanished peer.
+  ``stop`` is set.
 - ``connect_once``: for commands. One attempt; a database that does not answer gives
   ``DatabaseUnavailable`` with one line saying where and why, at once.
 
 Both always carry a ``connect_timeout`` (libpq has none by default: a server that
-accepts the TCP connection and never answers would block the caller for ever). A
+accepts the TCP connection and never answers would block the caller for ever) and TCP
+keepalives (a vanished peer is found, not waited for). A
 connection that hangs later, in a query, is ended from another thread with ``sever``,
 or after a deadline with ``bounded``. Permanent failures (a malformed URL, a wrong
 password, a database or role that does not exist) cannot get better by waiting: they
@@ -71,13 +72,13 @@ def where(url: str) -> str:
     return f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}/{info.get('dbname') or ''}"
 
 
-def _params(url: str, kwargs: dict[str, Any], *, keepalives: bool, statement_timeout_s: float | None) -> dict[str, Any]:
+def _params(url: str, kwargs: dict[str, Any], statement_timeout_s: float | None) -> dict[str, Any]:
     """Connection keywords: ours as defaults under what the URL and the caller say."""
     try:
         in_url = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.Error:
         in_url = {}
-    ours: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S, **(KEEPALIVES if keepalives else {})}
+    ours: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S, **KEEPALIVES}
     if statement_timeout_s is not None and "options" not in in_url and "options" not in kwargs:
         ours["options"] = f"-c statement_timeout={int(statement_timeout_s * 1000)}"
     return {**{k: v for k, v in ours.items() if k not in in_url}, **kwargs}
@@ -98,7 +99,7 @@ def connect(
     """A connection for a long-running process, waiting out transient failures (until
     ``stop`` is set: then the last psycopg error is raised); DatabaseSettingError for
     permanent ones."""
-    params = _params(url, kwargs, keepalives=True, statement_timeout_s=None)
+    params = _params(url, kwargs, None)
     return wait_for_service(
         "database",
         lambda: _one_attempt(url, autocommit, params),
@@ -114,7 +115,7 @@ def connect_once(
     """A connection for a command: one attempt, ``DatabaseUnavailable`` (one line) if
     nothing answers within the connect timeout, DatabaseSettingError if the settings are
     wrong. ``statement_timeout_s``: the server cancels any statement that runs longer."""
-    params = _params(url, kwargs, keepalives=False, statement_timeout_s=statement_timeout_s)
+    params = _params(url, kwargs, statement_timeout_s)
     try:
         return _one_attempt(url, autocommit, params)
     except psycopg.OperationalError as exc:

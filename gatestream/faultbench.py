@@ -37,6 +37,7 @@ import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
 from gatestream.bench import bench_database
+from gatestream.database import connect_once
 from gatestream.schemas import EventType
 from gatestream.settings import IngestSettings, ProducerSettings
 from gatestream.topics import delete_topics, ensure_topics
@@ -168,7 +169,7 @@ def _published(bootstrap: str, topics: list[str]) -> set[str]:
 
 
 def _stored(url: str) -> tuple[int, set[str]]:
-    with psycopg.connect(url) as conn:
+    with connect_once(url, autocommit=False) as conn:
         rows, ids = 0, set[str]()
         for et in EventType:
             got = conn.execute(
@@ -268,7 +269,7 @@ def _terminate(run: Run, rnd: random.Random, until: float) -> int:
     admin = psycopg.conninfo.make_conninfo(run.url, dbname="postgres")
     while time.monotonic() < until:
         time.sleep(rnd.uniform(0.3, 1.2))
-        with psycopg.connect(admin, autocommit=True) as conn:
+        with connect_once(admin) as conn:
             n += len(conn.execute(
                 # every client connection of the bench database: mid-COPY, mid-transaction or idle
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid() "

@@ -28,7 +28,7 @@ from gatestream.consumers.offsets import FencedError, Moves, OffsetStore, start_
 from gatestream.consumers.policy import metrics
 from gatestream.consumers.policy.model import PolicyError
 from gatestream.consumers.policy.reconcile import Plan, impact, make_engine, reconcile
-from gatestream.database import connect
+from gatestream.database import connect, connect_once
 from gatestream.kafka import base_config, group_config
 from gatestream.settings import PolicySettings
 from gatestream.signals import on_stop_signals
@@ -184,7 +184,7 @@ class PolicyConsumer:
     def _reconnect(self) -> None:
         try:
             self.conn.close()
-            self.conn = psycopg.connect(self.settings.database_url, autocommit=True)
+            self.conn = connect_once(self.settings.database_url)
             self.engine = make_engine(self.conn, self.settings)
         except psycopg.OperationalError:
             pass  # still down: the loop retries
