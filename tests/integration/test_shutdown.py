@@ -91,14 +91,20 @@ def test_sigterm_ends_an_ingest_member_while_the_database_is_away(
         stdout=out.open("wb"),
         stderr=err.open("wb"),
     )
-    readyz = lambda: http_get(f"http://127.0.0.1:{port}/readyz")  # noqa: E731
+
+    def unready() -> bool:
+        return http_get(f"http://127.0.0.1:{port}/readyz")[0] == 503
+
     try:
         publish(env, tmp_path / "s1.sqlite3", list(generate(200, Fleet(), list(EventType), seed=31)))
         assert wait_for(lambda: sum(count_all(env.database_url).values()) == 200, 60), err.read_text()[-3000:]
-        db_proxy.hang() if outage == "hang" else db_proxy.refuse()
+        if outage == "hang":
+            db_proxy.hang()
+        else:
+            db_proxy.refuse()
         # events arrive while the database is away: a batch is in hand when the stop comes
         publish(env, tmp_path / "s2.sqlite3", list(generate(200, Fleet(), list(EventType), seed=32)))
-        wait_for(lambda: readyz()[0] == 503, 15)  # the member noticed (if it can tell)
+        wait_for(unready, 15)  # the member noticed (if it can tell)
         proc.send_signal(signal.SIGTERM)
         try:
             code = proc.wait(STOP_BOUND_S)
