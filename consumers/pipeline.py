@@ -42,7 +42,7 @@ from gatestream.database import connect, sever
 from gatestream.kafka import base_config, consumer_config
 from gatestream.settings import IngestSettings
 from gatestream.signals import on_stop_signals
-from gatestream.waiting import first_line
+from gatestream.waiting import after_stuck_stop, first_line
 
 log = structlog.get_logger("gatestream.ingest")
 
@@ -260,7 +260,7 @@ class BatchPipeline:
         on_stop_signals(self.request_stop)
         started = time.monotonic()
         finished = threading.Event()
-        threading.Thread(target=self._cut_when_stuck, args=(finished,), name="stop-watch", daemon=True).start()
+        after_stuck_stop(self.stop_event, finished, self.settings.stop_grace_s, self._cut_database)
         max_rows, max_age = self.settings.batch_max_rows, self.settings.batch_max_ms / 1000
         unreachable = ""
         try:
@@ -304,16 +304,12 @@ class BatchPipeline:
         log.info(f"{self.kind} stopped", **self.summary.report(), **away)
         return self.summary
 
-    def _cut_when_stuck(self, finished: threading.Event) -> None:
-        """Once stop is asked, the batch in hand gets ``stop_grace_s`` to commit; past
-        that a database that does not answer must not keep the process: cut its links,
-        the calls blocked on them fail at once and the transaction is rolled back."""
-        while not self.stop_event.wait(0.5):
-            if finished.is_set():
-                return
-        if not finished.wait(self.settings.stop_grace_s):
-            sever(self._conn)
-            self.offsets.sever()
+    def _cut_database(self) -> None:
+        """Stopping, and the batch in hand did not commit within ``stop_grace_s``: a
+        database that does not answer must not keep the process. Cut its links: the calls
+        blocked on them fail at once, the transaction rolls back."""
+        sever(self._conn)
+        self.offsets.sever()
 
     def _close(self) -> None:
         try:

@@ -22,10 +22,12 @@ import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gatestream.database import DatabaseSettingError, connect_once
+from gatestream.database import DatabaseSettingError, bounded, connect_once
 from gatestream.edition import timescaledb_edition
 
 log = structlog.get_logger("gatestream.dbmetrics")
+
+SCRAPE_TIMEOUT_S = 20
 
 DEFAULT_RETENTION_DAYS = 365
 
@@ -86,8 +88,10 @@ class DatabaseCollector(Collector):
     def _collect_now(self) -> list[Metric]:
         up = GaugeMetricFamily("gatestream_db_up", "1 if the database answered the last scrape.")
         try:
-            with connect_once(self.database_url) as conn:
-                metrics = self._gather(conn)
+            # a scrape never hangs: the server cancels a slow statement, a hung server is cut off
+            with connect_once(self.database_url, statement_timeout_s=SCRAPE_TIMEOUT_S) as conn:
+                with bounded(conn, SCRAPE_TIMEOUT_S + 5):
+                    metrics = self._gather(conn)
             up.add_metric([], 1)
             return [up, *metrics]
         except (psycopg.Error, DatabaseSettingError) as exc:

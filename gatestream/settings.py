@@ -76,6 +76,13 @@ class GroupMemberSettings(KafkaClientSettings):
     group_protocol: GroupProtocol = Field("classic", description=GROUP_PROTOCOL_HELP)
     session_timeout_ms: int = Field(10000, description="classic protocol only: a silent member's partitions move.")
     heartbeat_interval_ms: int = Field(3000, description="classic protocol only.")
+    stop_grace_s: float = Field(
+        5.0,
+        gt=0,
+        description="On SIGTERM/SIGINT the work in hand (a batch, a reconcile) gets this long to commit; past "
+        "that a database that does not answer is cut off (its transaction rolls back, the next owner reads the "
+        "events again) so the process still ends.",
+    )
 
 
 class ProducerSettings(KafkaClientSettings):
@@ -125,12 +132,6 @@ class IngestSettings(GroupMemberSettings):
     )
     metrics_port: int | None = Field(None, description="Serve /metrics, /healthz and /readyz on this port.")
     metrics_enabled: bool = Field(True, description="Record metrics (off only to measure their cost).")
-    stop_grace_s: float = Field(
-        5.0,
-        gt=0,
-        description="On SIGTERM/SIGINT the batch in hand gets this long to commit; past that a database that does "
-        "not answer is cut off (the batch rolls back, the next owner reads it again) so the process still ends.",
-    )
 
 
 class PolicySettings(GroupMemberSettings):

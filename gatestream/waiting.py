@@ -28,6 +28,25 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
+def after_stuck_stop(
+    stop: threading.Event, finished: threading.Event, grace_s: float, cut: Callable[[], None]
+) -> threading.Thread:
+    """A watcher: once ``stop`` is set, the process has ``grace_s`` to finish (set
+    ``finished``); past that ``cut()`` runs (e.g. sever the database connections a hung
+    server holds the process on). Returns at once if ``finished`` is set first."""
+
+    def watch() -> None:
+        while not stop.wait(0.5):
+            if finished.is_set():
+                return
+        if not finished.wait(grace_s):
+            cut()
+
+    t = threading.Thread(target=watch, name="stop-watch", daemon=True)
+    t.start()
+    return t
+
+
 def wait_for_service(
     what: str,
     attempt: Callable[[], T],
