@@ -249,6 +249,9 @@ class PolicyConsumer:
         the database links a hung server holds the process on (the transaction rolls back)."""
         sever(self.conn)
         self.offsets.sever()
+        cron = getattr(self.engine, "cron", None)  # pg_cron's own database, when it is another one
+        if isinstance(cron, psycopg.Connection) and cron is not self.conn:
+            sever(cron)
 
     def ready(self) -> tuple[bool, str]:
         if self.last_plan is None:

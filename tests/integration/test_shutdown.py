@@ -126,3 +126,49 @@ def test_sigterm_ends_an_ingest_member_while_the_database_is_away(
     drained = run_gatestream(env.environ(), "ingest", "--stop-after-idle", "2", timeout=120)
     assert drained.returncode == 0, drained.stderr[-3000:]
     assert sum(count_all(env.database_url).values()) == 400
+
+
+def test_sigterm_ends_the_policy_consumer_in_the_middle_of_a_reconcile_the_database_never_answers(
+    env: Env, db_proxy: TcpProxy, tmp_path: Path
+) -> None:
+    from confluent_kafka import Producer
+
+    topic, group = f"{env.prefix}policy-changes", f"{env.prefix}policy"
+    err = tmp_path / "policy.err"
+    proc = subprocess.Popen(
+        gatestream_cmd("policy-consumer", "--full-interval", "3600"),
+        env=env.environ(database_url=through(env, db_proxy), policy_topic=topic, policy_group_id=group),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=err.open("wb"),
+    )
+    try:
+        assert wait_for(lambda: '"reconciled"' in err.read_text(), 60), err.read_text()[-3000:]
+        db_proxy.hang()
+        p = Producer({"bootstrap.servers": env.services.bootstrap_servers})
+        p.produce(topic, value=b'{"resource_type": "active_windows", "op": "set"}')
+        assert p.flush(10) == 0
+        # the change event is read; its reconcile waits on a database that never answers
+        assert wait_for(lambda: '"policy change event"' in err.read_text(), 30), err.read_text()[-3000:]
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(STOP_BOUND_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running {STOP_BOUND_S} s after SIGTERM in a reconcile the database never answers")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        _unschedule_cron_jobs(env.database_url)
+    stderr = err.read_text()
+    assert code == 0 and "Traceback" not in stderr, stderr[-3000:]
+    assert len([line for line in _lines(stderr) if '"policy consumer stopped"' in line]) == 1, stderr[-3000:]
+
+
+def _unschedule_cron_jobs(db_url: str) -> None:
+    """pg_cron keeps its jobs in its own database: remove those made for this test's database."""
+    with psycopg.connect(db_url, autocommit=True) as c:
+        row = c.execute("SELECT current_setting('cron.database_name', true), current_database()").fetchone()
+        if row and row[0] and row[0] != row[1]:
+            with psycopg.connect(psycopg.conninfo.make_conninfo(db_url, dbname=row[0]), autocommit=True) as cron:
+                cron.execute("SELECT cron.unschedule(jobid) FROM cron.job WHERE database = %s", (row[1],))
