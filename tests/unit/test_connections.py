@@ -26,7 +26,7 @@ import pytest
 from gatestream.consumers.partitions import Partitions
 from gatestream.consumers.pipeline import BatchPipeline, IngestSummary, _InFlight
 from gatestream.database import DatabaseUnavailable, connect_once
-from gatestream.waiting import wait_for_service
+from gatestream.waiting import after_stuck_stop, wait_for_service
 
 ROOT = Path(__file__).resolve().parents[2]
 # gatestream/consumers, producers and schemas are links to these: walk the real folders
@@ -148,6 +148,27 @@ def test_wait_for_service_ends_with_the_last_error_once_stop_is_set() -> None:
 
 def _refuse() -> None:
     raise ConnectionRefusedError("refused")
+
+
+def test_a_stop_that_does_not_finish_within_its_grace_cuts_and_one_that_does_does_not() -> None:
+    stop, finished, cut = threading.Event(), threading.Event(), threading.Event()
+    watcher = after_stuck_stop(stop, finished, 0.05, cut.set)
+    stop.set()  # ... and the work in hand never finishes
+    assert cut.wait(10), "nothing was cut"
+    watcher.join(10)
+
+    stop, finished, cut = threading.Event(), threading.Event(), threading.Event()
+    watcher = after_stuck_stop(stop, finished, 60, cut.set)
+    stop.set()
+    finished.set()  # finished within the grace
+    watcher.join(10)
+    assert not watcher.is_alive() and not cut.is_set()
+
+    stop, finished, cut = threading.Event(), threading.Event(), threading.Event()
+    watcher = after_stuck_stop(stop, finished, 0.05, cut.set)
+    finished.set()  # ended on its own (idle, a replay's end): the watcher goes away
+    watcher.join(10)
+    assert not watcher.is_alive() and not cut.is_set()
 
 
 # ---------------------------------------------------------------------- the pipeline's pauses
