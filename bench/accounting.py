@@ -24,6 +24,7 @@ from pathlib import Path
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
 
+from gatestream.database import connect_once
 from gatestream.schemas import EventType
 
 TP = tuple[str, int]
@@ -74,7 +75,7 @@ def read_published(bootstrap: str, topics: list[str], timeout: float = 60) -> Pu
 def stored_rows(url: str) -> tuple[int, set[str]]:
     """Rows in every hypertable, and their distinct event_ids."""
     rows, ids = 0, set[str]()
-    with psycopg.connect(url, connect_timeout=10) as conn:
+    with connect_once(url, autocommit=False) as conn:
         for et in EventType:
             got = conn.execute(
                 psycopg.sql.SQL("SELECT event_id::text FROM monitoring.{}").format(psycopg.sql.Identifier(et.value))
@@ -86,7 +87,7 @@ def stored_rows(url: str) -> tuple[int, set[str]]:
 
 def offsets_off(url: str, group: str, ends: dict[TP, int]) -> int:
     """Partitions whose stored next offset is not their end offset (an empty partition has none stored)."""
-    with psycopg.connect(url, connect_timeout=10) as conn:
+    with connect_once(url, autocommit=False) as conn:
         got = conn.execute(
             "SELECT topic, partition, next_offset FROM gatestream.consumer_offsets WHERE consumer_group = %s", (group,)
         ).fetchall()

@@ -22,6 +22,7 @@ from pathlib import Path
 import psycopg
 
 from bench.brokers import ROOT, PrivateBroker
+from gatestream.database import connect_once
 from gatestream.settings import IngestSettings
 
 
@@ -188,7 +189,7 @@ def _terminate(run: Run, rnd: random.Random, until: float) -> int:
     admin = psycopg.conninfo.make_conninfo(run.url, dbname="postgres")
     while time.monotonic() < until:
         time.sleep(rnd.uniform(0.3, 1.2))
-        with psycopg.connect(admin, autocommit=True) as conn:
+        with connect_once(admin) as conn:
             n += len(conn.execute(
                 # every client connection of the bench database: mid-COPY, mid-transaction or idle
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid() "

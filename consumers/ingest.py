@@ -12,6 +12,7 @@ rebalance callbacks, mirroring stored offsets to Kafka for tools, and when to st
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -38,10 +39,14 @@ class Ingestor(BatchPipeline):
         *,
         group_id: str | None = None,
         stop_when: Callable[[IngestSummary], bool] | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         """``stop_when`` ends the run once it returns true (checked after each loop turn);
-        ``settings.stop_after_idle_s`` ends it after that long without an event."""
+        ``settings.stop_after_idle_s`` ends it after that long without an event; ``stop``
+        (set by a signal handler) ends it at once."""
         self.stop_when = stop_when
+        if stop is not None:
+            self.stop_event = stop
         super().__init__(settings, routes, group_id or settings.group_id)
         self._last_event = time.monotonic()
         self._assigned_once = False

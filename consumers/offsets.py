@@ -23,7 +23,8 @@ from typing import Any
 import psycopg
 import structlog
 
-from gatestream.database import connect
+from gatestream.database import bounded, connect, connect_once, sever
+from gatestream.waiting import wait_for_service
 
 log = structlog.get_logger("gatestream.offsets")
 
@@ -33,6 +34,7 @@ Moves = dict[TopicPartition, tuple[int | None, int]]  # partition -> (expected, 
 FROM_BEGINNING = -2  # where to start when nothing is stored: the partition's first message
 # (confluent_kafka.OFFSET_BEGINNING has the same value)
 UNKNOWN = -1  # "the next offset is not known yet": nothing read, nothing stored
+PING_TIMEOUT_S = 2  # a health check's connect and query each get this long
 
 
 def start_of(stored: int | None) -> int:
@@ -117,27 +119,34 @@ class OffsetStore:
         return self._conn
 
     def read(self, parts: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        """The stored next offsets of ``parts`` (those that have one); waits out a database outage."""
+        """The stored next offsets of ``parts`` (those that have one); waits out a database
+        outage (until ``stop`` is set: then the last error is raised)."""
         parts = list(parts)
-        while True:
-            try:
-                return read_offsets(self._reader(), self.group, parts)
-            except psycopg.OperationalError as exc:
-                if self._stop.is_set():
-                    raise
-                log.warning("cannot read offsets; reconnecting", group=self.group, error=str(exc).strip())
-                self.close()
-                self._stop.wait(1)
+        return wait_for_service(
+            "database (offsets)",
+            lambda: read_offsets(self._reader(), self.group, parts),
+            retry=lambda exc: isinstance(exc, psycopg.OperationalError),
+            on_failure=lambda _: self.close(),
+            stop=self._stop,
+            first_delay=1.0,
+            logger=log.bind(group=self.group),
+        )
 
     def ping(self) -> None:
-        """Raise if the database cannot be reached (for health checks: fails fast, never waits)."""
+        """Raise if the database cannot be reached (for health checks: fails fast, never
+        waits: a server that accepts the connection and then says nothing is cut off)."""
         try:
             if self._conn is None or self._conn.closed:
-                self._conn = psycopg.connect(self._url, autocommit=True, connect_timeout=2)
-            self._conn.execute("SELECT 1")
+                self._conn = connect_once(self._url, connect_timeout=PING_TIMEOUT_S)
+            with bounded(self._conn, PING_TIMEOUT_S):
+                self._conn.execute("SELECT 1")
         except psycopg.Error:
             self.close()
             raise
+
+    def sever(self) -> None:
+        """Cut the reading connection from another thread (see ``gatestream.database.sever``)."""
+        sever(self._conn)
 
     # ------------------------------------------------------------------ this member's claims
     def claim(self, parts: Iterable[TopicPartition]) -> dict[TopicPartition, int | None]:

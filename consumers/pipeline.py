@@ -38,10 +38,11 @@ from gatestream.consumers.observe import IngestObserver
 from gatestream.consumers.offsets import FencedError, Moves, OffsetStore
 from gatestream.consumers.partitions import Partitions
 from gatestream.consumers.routes import Route
-from gatestream.database import connect
+from gatestream.database import connect, sever
 from gatestream.kafka import base_config, consumer_config
 from gatestream.settings import IngestSettings
 from gatestream.signals import on_stop_signals
+from gatestream.waiting import after_stuck_stop, first_line
 
 log = structlog.get_logger("gatestream.ingest")
 
@@ -84,11 +85,16 @@ class BatchPipeline:
     dry_run = False  # nothing is published; the driver rolls the writes back
     poll_max = 10000  # messages per poll at most
 
+    # the event that ends the run; a driver may set it first (e.g. to the one the
+    # command's signal handlers set while it was still starting)
+    stop_event: threading.Event
+
     def __init__(self, settings: IngestSettings, routes: dict[str, Route], group: str, **consumer_conf: Any) -> None:
         self.settings = settings
         self.routes = routes
         self.group = group
-        self.stop_event = threading.Event()
+        if not hasattr(self, "stop_event"):
+            self.stop_event = threading.Event()
         self.summary = IngestSummary()
         self._conn = self._connect()  # the writer thread's
         self._writer = BatchWriter(self._conn, async_commit=settings.async_commit)
@@ -175,7 +181,7 @@ class BatchPipeline:
                       offsets=_ranges(moves))  # fmt: skip
             metrics.BATCH_FAILURES.labels("dead-letter").inc()
             self._resync(list(moves))
-            time.sleep(1)
+            self.stop_event.wait(1)
             return
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             log.error(
@@ -183,6 +189,8 @@ class BatchPipeline:
             )
             self.observer.database(False, str(exc).strip()[:200])
             metrics.BATCH_FAILURES.labels("database").inc()
+            if self.stop_event.is_set():
+                return  # stopping: the next owner reads these partitions from the stored offsets
             self._reconnect_writer()
             # The server may have crashed: with asynchronous commits, batches it had
             # acknowledged may be gone (rows and offsets together). Read every owned
@@ -194,7 +202,7 @@ class BatchPipeline:
             metrics.BATCH_FAILURES.labels("internal").inc()
             self._resync(list(moves))
             self._retry_pause = min(max(self._retry_pause * 2, 0.5), 30.0)
-            time.sleep(self._retry_pause)
+            self.stop_event.wait(self._retry_pause)
             return
         self._retry_pause = 0.0
         self.offsets.advanced(moves)  # (a dry run's too: inside its open transaction they moved)
@@ -251,9 +259,12 @@ class BatchPipeline:
     def run(self) -> IngestSummary:
         on_stop_signals(self.request_stop)
         started = time.monotonic()
-        self._start()
+        finished = threading.Event()
+        after_stuck_stop(self.stop_event, finished, self.settings.stop_grace_s, self._cut_database)
         max_rows, max_age = self.settings.batch_max_rows, self.settings.batch_max_ms / 1000
+        unreachable = ""
         try:
+            self._start()
             while not self.stop_event.is_set():
                 batch = self._batch
                 timeout = 0.1
@@ -279,11 +290,26 @@ class BatchPipeline:
                 if self._done(bool(msgs), idle=not self._batch.ends and self._inflight is None):
                     break
             self._flush()
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            if not self.stop_event.is_set():
+                raise
+            unreachable = first_line(exc)  # asked to stop while the database was away: that is a stop
         finally:
             self.summary.seconds = time.monotonic() - started
             self._close()
-        log.info(f"{self.kind} stopped", **self.summary.report())
+            finished.set()
+        # one line, also when the database was away at the stop (then the batch in hand
+        # rolled back; whoever reads these partitions next starts at the stored offsets)
+        away = {"database": f"unreachable, batch in hand not committed: {unreachable}"} if unreachable else {}
+        log.info(f"{self.kind} stopped", **self.summary.report(), **away)
         return self.summary
+
+    def _cut_database(self) -> None:
+        """Stopping, and the batch in hand did not commit within ``stop_grace_s``: a
+        database that does not answer must not keep the process. Cut its links: the calls
+        blocked on them fail at once, the transaction rolls back."""
+        sever(self._conn)
+        self.offsets.sever()
 
     def _close(self) -> None:
         try:
@@ -293,7 +319,7 @@ class BatchPipeline:
         self._closing()
         try:
             self._consumer.close()  # leaves the group: partitions move at once
-        except (KafkaException, RuntimeError):
+        except (KafkaException, RuntimeError, psycopg.Error):  # a revoke's flush while the database is away
             pass
         self._pool.shutdown(wait=True)
         self._dlq.close()

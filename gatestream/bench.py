@@ -35,6 +35,7 @@ from gatestream.consumers.ingest import Ingestor, Route
 from gatestream.consumers.pgtypes import register_wire_dumpers
 from gatestream.consumers.routes import event_time_field
 from gatestream.consumers.tables import TableSpec, describe_table
+from gatestream.database import connect_once
 from gatestream.kafka import base_config
 from gatestream.migrate import migrate
 from gatestream.producers.loadgen import Fleet, generate
@@ -62,7 +63,7 @@ def bench_database(url: str, suffix: str = "bench") -> str:
     info = psycopg.conninfo.conninfo_to_dict(url)
     name = f"{info.get('dbname') or 'gatestream'}_{suffix}"
     admin = psycopg.conninfo.make_conninfo(url, dbname="postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
+    with connect_once(admin) as conn:
         conn.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(psycopg.sql.Identifier(name)))
         conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
     bench_url = psycopg.conninfo.make_conninfo(url, dbname=name)
@@ -92,7 +93,7 @@ def _produce(settings: ProducerSettings, topic: str, encoded: list[tuple[str, by
 
 
 def _raw_copy(url: str, spec: TableSpec, rows: list[tuple[Any, ...]], batch: int) -> float:
-    with psycopg.connect(url, autocommit=True) as conn:
+    with connect_once(url) as conn:
         register_wire_dumpers(conn)
         conn.execute("TRUNCATE monitoring.active_windows")
         cols = psycopg.sql.SQL(", ").join(map(psycopg.sql.Identifier, spec.columns))
@@ -142,7 +143,7 @@ def bench_data(
     topic = settings.topic_for(EVENT_TYPE)
     catalog = settings.catalog()
     reader = catalog.latest(EVENT_TYPE).schema
-    with psycopg.connect(url) as conn:
+    with connect_once(url, autocommit=False) as conn:
         spec = describe_table(conn, "monitoring", EVENT_TYPE.value, [f["name"] for f in reader["fields"]])
     registry = make_registry(settings.schema_registry_url, catalog)  # the one the producer registers with
     route = Route(topic, Decoder(registry, reader), spec, event_time_field(reader))
@@ -158,7 +159,7 @@ def bench_data(
 
 
 def _truncate(url: str) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
+    with connect_once(url) as conn:
         conn.execute("TRUNCATE monitoring.active_windows")
 
 

@@ -1,22 +1,41 @@
-"""Connecting to the database the way a long-running process should.
+"""Every database connection of gatestream comes from here, and none waits for ever.
 
-Transient failures (nothing answers, the server is starting or shutting down) are
-retried with backoff and a clear log line, for as long as it takes or until ``stop``
-is set. Permanent ones (a malformed URL, a wrong password, a database or role that does
-not exist) cannot get better by waiting: they raise ``DatabaseSettingError`` with one
-line that says what to fix.
+- ``connect``: for long-running processes. Transient failures (nothing answers, the
+  server is starting or shutting down) are waited out with ``gatestream.waiting`` until
+  ``stop`` is set.
+- ``connect_once``: for commands. One attempt; a database that does not answer gives
+  ``DatabaseUnavailable`` with one line saying where and why, at once.
+
+Both always carry a ``connect_timeout`` (libpq has none by default: a server that
+accepts the TCP connection and never answers would block the caller for ever) and TCP
+keepalives (a vanished peer is found, not waited for). A
+connection that hangs later, in a query, is ended from another thread with ``sever``,
+or after a deadline with ``bounded``. Permanent failures (a malformed URL, a wrong
+password, a database or role that does not exist) cannot get better by waiting: they
+raise ``DatabaseSettingError`` with one line that says what to fix.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 import structlog
 
+from gatestream.waiting import first_line, wait_for_service
+
 log = structlog.get_logger("gatestream.database")
+
+CONNECT_TIMEOUT_S = 5  # per attempt; a URL's own connect_timeout wins
+# A peer that vanished (host down, network cut) is found within ~25 s of silence, and a
+# write nobody acknowledges fails after 30 s; a URL's own settings win.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+              "tcp_user_timeout": 30000}  # fmt: skip
 
 # What a server says while it cannot take connections *yet* (libpq reports the server's
 # FATAL message on connect; psycopg gives no SQLSTATE there)
@@ -30,6 +49,10 @@ class DatabaseSettingError(Exception):
     """The database settings are wrong; retrying will not help."""
 
 
+class DatabaseUnavailable(psycopg.OperationalError):
+    """The database did not answer (a command's one attempt, or a deadline passed)."""
+
+
 def permanent(exc: psycopg.Error) -> bool:
     """The server answered and refused (a password, a database or role name), or the URL is bad."""
     if isinstance(exc, psycopg.ProgrammingError):  # e.g. an invalid connection string
@@ -40,20 +63,102 @@ def permanent(exc: psycopg.Error) -> bool:
     return False
 
 
+def where(url: str) -> str:
+    """host:port/dbname of ``url``, for messages (never the password)."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error:
+        return "the database"
+    return f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}/{info.get('dbname') or ''}"
+
+
+def _params(url: str, kwargs: dict[str, Any], statement_timeout_s: float | None) -> dict[str, Any]:
+    """Connection keywords: ours as defaults under what the URL and the caller say."""
+    try:
+        in_url = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error:
+        in_url = {}
+    ours: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S, **KEEPALIVES}
+    if statement_timeout_s is not None and "options" not in in_url and "options" not in kwargs:
+        ours["options"] = f"-c statement_timeout={int(statement_timeout_s * 1000)}"
+    return {**{k: v for k, v in ours.items() if k not in in_url}, **kwargs}
+
+
+def _one_attempt(url: str, autocommit: bool, params: dict[str, Any]) -> psycopg.Connection[Any]:
+    try:
+        return psycopg.connect(url, autocommit=autocommit, **params)
+    except psycopg.Error as exc:
+        if permanent(exc):
+            raise DatabaseSettingError(f"the database refused the connection: {first_line(exc)}") from exc
+        raise
+
+
 def connect(
     url: str, *, stop: threading.Event | None = None, autocommit: bool = True, **kwargs: Any
 ) -> psycopg.Connection[Any]:
-    """A connection, waiting out transient failures; DatabaseSettingError for permanent ones."""
-    delay = 0.5
-    while True:
-        try:
-            return psycopg.connect(url, autocommit=autocommit, connect_timeout=5, **kwargs)
-        except psycopg.Error as exc:
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            if permanent(exc):
-                raise DatabaseSettingError(f"the database refused the connection: {message}") from exc
-            if stop is not None and stop.is_set():
-                raise
-            log.warning("database unreachable; retrying", error=message[:300], retry_in_s=delay)
-            (stop.wait(delay) if stop is not None else time.sleep(delay))
-            delay = min(delay * 2, 10)
+    """A connection for a long-running process, waiting out transient failures (until
+    ``stop`` is set: then the last psycopg error is raised); DatabaseSettingError for
+    permanent ones."""
+    params = _params(url, kwargs, None)
+    return wait_for_service(
+        "database",
+        lambda: _one_attempt(url, autocommit, params),
+        retry=lambda exc: isinstance(exc, psycopg.Error),
+        stop=stop,
+        logger=log,
+    )
+
+
+def connect_once(
+    url: str, *, autocommit: bool = True, statement_timeout_s: float | None = None, **kwargs: Any
+) -> psycopg.Connection[Any]:
+    """A connection for a command: one attempt, ``DatabaseUnavailable`` (one line) if
+    nothing answers within the connect timeout, DatabaseSettingError if the settings are
+    wrong. ``statement_timeout_s``: the server cancels any statement that runs longer."""
+    params = _params(url, kwargs, statement_timeout_s)
+    try:
+        return _one_attempt(url, autocommit, params)
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"the database at {where(url)} is unreachable: {first_line(exc)}") from exc
+
+
+def sever(conn: psycopg.Connection[Any] | None) -> None:
+    """End ``conn``'s link from any thread: a call blocked on it (a query a hung server
+    never answers) returns at once with OperationalError; the server, if it ever reads
+    again, rolls the open transaction back. Use only on a connection that is not being
+    closed meanwhile."""
+    if conn is None or conn.closed:
+        return
+    try:
+        fd = conn.fileno()
+    except psycopg.Error:
+        return
+    try:
+        with socket.socket(fileno=os.dup(fd)) as s:
+            s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already gone
+
+
+@contextmanager
+def bounded(conn: psycopg.Connection[Any], seconds: float, what: str = "the database") -> Iterator[None]:
+    """What runs inside gets ``seconds`` of the server's time: past that the connection
+    is severed and ``DatabaseUnavailable`` raised (a server that accepted the connection
+    and then stopped answering cannot enforce a statement_timeout itself)."""
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        sever(conn)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        if expired.is_set():
+            raise DatabaseUnavailable(f"{what} did not answer within {seconds:g} s") from exc
+        raise
+    finally:
+        timer.cancel()

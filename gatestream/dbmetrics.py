@@ -22,9 +22,12 @@ import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gatestream.database import DatabaseSettingError, bounded, connect_once
 from gatestream.edition import timescaledb_edition
 
 log = structlog.get_logger("gatestream.dbmetrics")
+
+SCRAPE_TIMEOUT_S = 20
 
 DEFAULT_RETENTION_DAYS = 365
 
@@ -85,11 +88,13 @@ class DatabaseCollector(Collector):
     def _collect_now(self) -> list[Metric]:
         up = GaugeMetricFamily("gatestream_db_up", "1 if the database answered the last scrape.")
         try:
-            with psycopg.connect(self.database_url, connect_timeout=5, autocommit=True) as conn:
-                metrics = self._gather(conn)
+            # a scrape never hangs: the server cancels a slow statement, a hung server is cut off
+            with connect_once(self.database_url, statement_timeout_s=SCRAPE_TIMEOUT_S) as conn:
+                with bounded(conn, SCRAPE_TIMEOUT_S + 5):
+                    metrics = self._gather(conn)
             up.add_metric([], 1)
             return [up, *metrics]
-        except psycopg.Error as exc:
+        except (psycopg.Error, DatabaseSettingError) as exc:
             log.warning("database metrics unavailable", error=str(exc).strip())
             up.add_metric([], 0)
             return [up]
@@ -215,8 +220,7 @@ class DatabaseCollector(Collector):
             cron_db, here = str(row[0]), str(row[1])
             with (
                 contextlib.nullcontext(conn) if cron_db == here
-                else psycopg.connect(psycopg.conninfo.make_conninfo(self.database_url, dbname=cron_db),
-                                     connect_timeout=5, autocommit=True)
+                else connect_once(psycopg.conninfo.make_conninfo(self.database_url, dbname=cron_db))
             ) as cron:  # fmt: skip
                 rows = cron.execute(
                     """SELECT j.jobid, j.jobname,

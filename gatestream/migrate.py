@@ -11,9 +11,9 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
 import structlog
 
+from gatestream.database import connect_once
 from gatestream.edition import Edition, timescaledb_edition
 
 SQL_DIR = Path(__file__).parent / "sql"  # package data gatestream.sql (in a checkout: a link to sql/)
@@ -60,7 +60,7 @@ def migrate(database_url: str, sql_dir: Path = SQL_DIR) -> list[str]:
     recorded; on another edition they are neither applied nor recorded, so they apply
     once the server runs the edition that has what they need."""
     applied_now: list[str] = []
-    with psycopg.connect(database_url, autocommit=True) as conn:
+    with connect_once(database_url) as conn:
         migrations = discover(sql_dir, timescaledb_edition(conn))
         conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
         try:

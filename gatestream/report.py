@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import psycopg
 from psycopg import sql
 
 from gatestream.consumers.routes import event_time_field
+from gatestream.database import connect_once
 from gatestream.edition import timescaledb_edition
 from gatestream.settings import CommonSettings
 
 
 def print_report(settings: CommonSettings) -> None:
-    with psycopg.connect(settings.database_url) as conn:
+    with connect_once(settings.database_url, autocommit=False) as conn:
         edition = timescaledb_edition(conn)
         version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
         print(f"TimescaleDB {version[0] if version else '?'} ({edition} edition)\n")

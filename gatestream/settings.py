@@ -77,6 +77,13 @@ class GroupMemberSettings(KafkaClientSettings):
     group_protocol: GroupProtocol = Field("classic", description=GROUP_PROTOCOL_HELP)
     session_timeout_ms: int = Field(10000, description="classic protocol only: a silent member's partitions move.")
     heartbeat_interval_ms: int = Field(3000, description="classic protocol only.")
+    stop_grace_s: float = Field(
+        5.0,
+        gt=0,
+        description="On SIGTERM/SIGINT the work in hand (a batch, a reconcile) gets this long to commit; past "
+        "that a database that does not answer is cut off (its transaction rolls back, the next owner reads the "
+        "events again) so the process still ends.",
+    )
 
 
 class ProducerSettings(KafkaClientSettings):

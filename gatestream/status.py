@@ -1,21 +1,54 @@
 """``gatestream status``: per partition, where a group stands against the topic's end.
 
 The stored offset is the database's (the source of truth), the end is the broker's high
-watermark, lag in seconds is the age of the first event not yet ingested.
+watermark, lag in seconds is the age of the first event not yet ingested. A group that
+never stored an offset is said to be unknown (its "lag" would be whole topics), with the
+groups that did; a database that does not answer is reported within seconds.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
-
 from gatestream.consumers.watermarks import end_offsets, timestamps_at
+from gatestream.database import bounded, connect_once
 from gatestream.settings import IngestSettings
 
+QUERY_TIMEOUT_S = 10  # the server cancels a statement after this; the client gives up a bit later
 
-def group_status(settings: IngestSettings, group: str) -> list[dict[str, Any]]:
+
+@dataclass
+class GroupStatus:
+    group: str
+    rows: list[dict[str, Any]]
+    groups: list[str] = field(default_factory=list)  # every group with stored offsets
+
+    @property
+    def known(self) -> bool:
+        return self.group in self.groups
+
+
+def _stored(settings: IngestSettings, group: str) -> tuple[dict[tuple[str, int], int], list[str]]:
+    """The group's stored next offsets, and which groups have any."""
+    with connect_once(settings.database_url, statement_timeout_s=QUERY_TIMEOUT_S) as conn:
+        with bounded(conn, QUERY_TIMEOUT_S + 5):
+            stored = {
+                (t, p): int(o)
+                for t, p, o in conn.execute(
+                    "SELECT topic, partition, next_offset FROM gatestream.consumer_offsets WHERE consumer_group = %s",
+                    (group,),
+                ).fetchall()
+            }
+            groups = [str(r[0]) for r in conn.execute(
+                "SELECT DISTINCT consumer_group FROM gatestream.consumer_offsets ORDER BY 1").fetchall()]  # fmt: skip
+    return stored, groups
+
+
+def status_of(settings: IngestSettings, group: str) -> GroupStatus:
     topics = list(settings.event_topics())
     from confluent_kafka import Consumer
 
@@ -27,14 +60,7 @@ def group_status(settings: IngestSettings, group: str) -> list[dict[str, Any]]:
         parts = [(t, p) for t in topics if t in md.topics for p in sorted(md.topics[t].partitions)]
     finally:
         c.close()
-    with psycopg.connect(settings.database_url) as conn:
-        stored = {
-            (t, p): o
-            for t, p, o in conn.execute(
-                "SELECT topic, partition, next_offset FROM gatestream.consumer_offsets WHERE consumer_group = %s",
-                (group,),
-            ).fetchall()
-        }
+    stored, groups = _stored(settings, group)
     ends = end_offsets(settings, parts)
     behind = {tp: stored.get(tp, 0) for tp in parts if ends[tp] > stored.get(tp, 0)}
     ages = timestamps_at(settings, behind)
@@ -47,20 +73,40 @@ def group_status(settings: IngestSettings, group: str) -> list[dict[str, Any]]:
             "topic": tp[0], "partition": tp[1], "stored_offset": stored.get(tp), "high_watermark": ends[tp],
             "lag_messages": lag, "lag_seconds": round(max(0.0, now - age), 1) if lag and age else 0.0,
         })  # fmt: skip
-    return rows
+    return GroupStatus(group, rows, groups)
 
 
-def print_status(settings: IngestSettings, group: str) -> int:
-    rows = group_status(settings, group)
-    print(f"group {group}")
-    print(f"{'topic':<44}{'part':>5}{'stored':>12}{'end':>12}{'lag':>10}{'lag s':>10}")
-    for r in rows:
-        stored = "-" if r["stored_offset"] is None else r["stored_offset"]
-        print(
-            f"{r['topic']:<44}{r['partition']:>5}{stored:>12}{r['high_watermark']:>12}"
-            f"{r['lag_messages']:>10}{r['lag_seconds']:>10}"
-        )
-    total = sum(r["lag_messages"] for r in rows)
-    worst = max((r["lag_seconds"] for r in rows), default=0.0)
-    print(f"total lag {total} messages, oldest unread event {worst} s old")
+def group_status(settings: IngestSettings, group: str) -> list[dict[str, Any]]:
+    return status_of(settings, group).rows
+
+
+def unknown_group(st: GroupStatus) -> str:
+    """The line that says a group never stored an offset, naming those that did."""
+    listed = ", ".join(st.groups[:20]) + (f" (+{len(st.groups) - 20} more)" if len(st.groups) > 20 else "")
+    return (
+        f"group {st.group!r} has no stored offsets: no consumer of that group has committed a batch "
+        f"(its lag counts whole topics); groups with stored offsets: {listed or 'none'}"
+    )
+
+
+def print_status(settings: IngestSettings, group: str, *, as_json: bool = False) -> int:
+    """The table (or JSON); exit code 1 if the group never stored an offset."""
+    st = status_of(settings, group)
+    if as_json:
+        print(json.dumps(st.rows))
+    else:
+        print(f"group {group}")
+        print(f"{'topic':<44}{'part':>5}{'stored':>12}{'end':>12}{'lag':>10}{'lag s':>10}")
+        for r in st.rows:
+            stored = "-" if r["stored_offset"] is None else r["stored_offset"]
+            print(
+                f"{r['topic']:<44}{r['partition']:>5}{stored:>12}{r['high_watermark']:>12}"
+                f"{r['lag_messages']:>10}{r['lag_seconds']:>10}"
+            )
+        total = sum(r["lag_messages"] for r in st.rows)
+        worst = max((r["lag_seconds"] for r in st.rows), default=0.0)
+        print(f"total lag {total} messages, oldest unread event {worst} s old")
+    if not st.known:
+        print(f"gatestream status: {unknown_group(st)}", file=sys.stderr)
+        return 1
     return 0

@@ -28,11 +28,12 @@ from gatestream.consumers.offsets import FencedError, Moves, OffsetStore, start_
 from gatestream.consumers.policy import metrics
 from gatestream.consumers.policy.model import PolicyError
 from gatestream.consumers.policy.reconcile import Plan, impact, make_engine, reconcile
-from gatestream.database import connect
+from gatestream.database import connect, connect_once, sever
 from gatestream.kafka import base_config, group_config
 from gatestream.settings import PolicySettings
 from gatestream.signals import on_stop_signals
 from gatestream.topics import ensure_topics
+from gatestream.waiting import after_stuck_stop
 
 log = structlog.get_logger("gatestream.policy")
 
@@ -184,7 +185,7 @@ class PolicyConsumer:
     def _reconnect(self) -> None:
         try:
             self.conn.close()
-            self.conn = psycopg.connect(self.settings.database_url, autocommit=True)
+            self.conn = connect_once(self.settings.database_url)
             self.engine = make_engine(self.conn, self.settings)
         except psycopg.OperationalError:
             pass  # still down: the loop retries
@@ -206,6 +207,8 @@ class PolicyConsumer:
         self.consumer.subscribe([self.settings.policy_topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         log.info("policy consumer started", engine=self.engine.name, topic=self.settings.policy_topic)
         next_full = 0.0  # a full reconcile at start
+        finished = threading.Event()
+        after_stuck_stop(self.stop_event, finished, self.settings.stop_grace_s, self._cut_database)
         try:
             while not self.stop_event.is_set():
                 try:
@@ -219,19 +222,36 @@ class PolicyConsumer:
                     pass  # logged; retried on the next event or period
                 except psycopg.OperationalError as exc:
                     log.error("database unreachable; retrying", error=str(exc).strip())
-                    self.stop_event.wait(2)
+                    if self.stop_event.wait(2):
+                        break
                     self._reconnect()
                     self._rewind()
                 except DeadLetterError as exc:
                     log.error("dead-letter topic unavailable; change events will be read again", error=str(exc))
                     self.stop_event.wait(2)
                     self._rewind()
+        except (psycopg.OperationalError, psycopg.InterfaceError):  # while stopping: that is the stop
+            if not self.stop_event.is_set():
+                raise
         finally:
-            self.consumer.close()
+            try:
+                self.consumer.close()
+            except (KafkaException, RuntimeError, psycopg.Error):
+                pass
             self.dead_letters.close()
             self.offsets.close()
             self.conn.close()
+            finished.set()
         log.info("policy consumer stopped", reconciles=self.runs)
+
+    def _cut_database(self) -> None:
+        """Stopping, and the reconcile in hand did not end within ``stop_grace_s``: cut
+        the database links a hung server holds the process on (the transaction rolls back)."""
+        sever(self.conn)
+        self.offsets.sever()
+        cron = getattr(self.engine, "cron", None)  # pg_cron's own database, when it is another one
+        if isinstance(cron, psycopg.Connection) and cron is not self.conn:
+            sever(cron)
 
     def ready(self) -> tuple[bool, str]:
         if self.last_plan is None:

@@ -26,6 +26,7 @@ from psycopg import sql
 from gatestream.consumers.policy.model import DesiredJob, JobKind
 from gatestream.cron import UnschedulableInterval
 from gatestream.cron import cron_line as cron_line  # re-exported: the line each pg_cron job gets
+from gatestream.database import connect_once
 
 SQL_TSL_DIR = Path(__file__).parents[2] / "sql" / "tsl"  # gatestream/consumers/policy -> gatestream/sql/tsl
 CRON_PREFIX = "gatestream:"
@@ -230,7 +231,7 @@ class CronJobs:
                 "the Apache edition of TimescaleDB has no job scheduler of its own"
             )
         cron_db, here = str(row[0]), str(row[1])
-        cron_conn = conn if cron_db == here else psycopg.connect(
+        cron_conn = conn if cron_db == here else connect_once(
             psycopg.conninfo.make_conninfo(database_url, dbname=cron_db), autocommit=True)  # fmt: skip
         return cls(conn, cron_conn, here)
 

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from gatestream import logs
 from gatestream.cli import bench, db, dlq, ingest, policy, produce, replay
 from gatestream.cli.args import UsageError
-from gatestream.database import DatabaseSettingError
+from gatestream.database import DatabaseSettingError, DatabaseUnavailable
 from gatestream.settings import CommonSettings
 
 log = structlog.get_logger("gatestream.cli")
@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> None:
     except DatabaseSettingError as exc:  # waiting cannot fix it: say what is wrong, once
         print(f"gatestream {args.command}: {exc} (check GATESTREAM_DATABASE_URL)", file=sys.stderr)
         raise SystemExit(2) from None
+    except DatabaseUnavailable as exc:  # a command does not wait: one line, not a traceback
+        print(f"gatestream {args.command}: {exc}", file=sys.stderr)
+        code = 1
     except Exception as exc:  # a clear one-line error for operators, the trace in the log
         log.error("command failed", command=args.command, error=f"{type(exc).__name__}: {exc}", exc_info=True)
         print(f"gatestream {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 from gatestream.cli.args import overrides, serve
@@ -30,13 +29,10 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from gatestream.status import group_status, print_status
+    from gatestream.status import print_status
 
     settings = IngestSettings(**overrides(args, ["group_id"]))
-    if args.json:
-        print(json.dumps(group_status(settings, settings.group_id)))
-        return 0
-    return print_status(settings, settings.group_id)
+    return print_status(settings, settings.group_id, as_json=args.json)
 
 
 def cmd_db_exporter(args: argparse.Namespace) -> int:
@@ -84,7 +80,13 @@ def add_parsers(sub: Any) -> None:
     te.add_argument("--partitions", type=int, help="partitions per new topic (default 6)")
     te.set_defaults(fn=cmd_topics)
 
-    st = sub.add_parser("status", help="per partition: stored offset, end, lag in messages and seconds")
+    st = sub.add_parser(
+        "status",
+        help="per partition: stored offset, end, lag in messages and seconds",
+        description="Where a consumer group stands: per partition its offset stored in the database, the "
+        "topic's end and the lag. Exits 1 if the group never stored an offset (the groups that did are "
+        "named), and with one line if the database does not answer within a few seconds.",
+    )
     st.add_argument("--group", dest="group_id", help="consumer group (default gatestream-ingest)")
     st.add_argument("--json", action="store_true", help="print JSON")
     st.set_defaults(fn=cmd_status)

@@ -19,9 +19,10 @@ log = structlog.get_logger("gatestream.ingest")
 def cmd_ingest(args: argparse.Namespace) -> int:
     import psycopg
 
-    from gatestream.consumers.ingest import Ingestor, build_routes
+    from gatestream.consumers.ingest import Ingestor, Route, build_routes
     from gatestream.database import connect
     from gatestream.signals import on_stop_signals
+    from gatestream.waiting import wait_for_service
 
     settings = IngestSettings(
         **overrides(
@@ -45,29 +46,29 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     server = serve(settings.metrics_port, lambda: ready[0]())
     stop = threading.Event()
     on_stop_signals(stop.set)
+
+    def load_routes() -> dict[str, Route]:
+        with connect(settings.database_url, stop=stop) as conn:  # waits for the database
+            return build_routes(conn, settings, topics)  # needs the schema registry
+
+    def waiting_for_registry(_: BaseException) -> None:
+        ready[0] = lambda: (False, "starting: waiting for the schema registry")
+
     try:
-        delay = 0.5
-        while True:
-            try:
-                with connect(settings.database_url, stop=stop) as conn:
-                    routes = build_routes(conn, settings, topics)
-                break
-            except psycopg.OperationalError:
-                if stop.is_set():
-                    return 0  # asked to stop while waiting for the database
+        ingestor: Ingestor | None = None
+        try:
+            routes = wait_for_service(
+                "schema registry", load_routes, retry=_registry_unreachable, stop=stop,
+                on_failure=waiting_for_registry, logger=log,
+            )  # fmt: skip
+            if not stop.is_set():
+                ingestor = Ingestor(settings, routes, stop=stop)
+        except Exception as exc:
+            if not (stop.is_set() and (isinstance(exc, psycopg.OperationalError) or _registry_unreachable(exc))):
                 raise
-            except Exception as exc:
-                if stop.is_set() and _registry_unreachable(exc):
-                    return 0  # asked to stop while waiting for the schema registry
-                if not _registry_unreachable(exc):
-                    raise
-                ready[0] = lambda: (False, "starting: waiting for the schema registry")
-                log.warning("schema registry unreachable; retrying", error=str(exc)[:300], retry_in_s=delay)
-                stop.wait(delay)
-                delay = min(delay * 2, 10)
-        if stop.is_set():
+        if ingestor is None:  # asked to stop while waiting for the database or the registry
+            log.info("ingest stopped before it started")
             return 0
-        ingestor = Ingestor(settings, routes)
         ready[0] = ingestor.ready
         summary = ingestor.run()
     finally:

@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 
 from gatestream.consumers.policy.model import JobKind
+from gatestream.database import connect_once
 from gatestream.settings import PolicySettings
 
 
@@ -56,7 +57,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from gatestream.consumers.policy.reconcile import impact, make_plan
 
     settings = PolicySettings()
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+    with connect_once(settings.database_url) as conn:
         plan = make_plan(conn, settings, _engine(conn, settings))
         if not args.no_impact:
             plan.impact = impact(conn, plan.state.policies)
@@ -82,7 +83,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from gatestream.consumers.policy.reconcile import reconcile
 
     settings = PolicySettings()
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+    with connect_once(settings.database_url) as conn:
         plan = reconcile(conn, settings, _engine(conn, settings))
     print_plan(plan)
     print("applied" if plan.changes else "nothing to change")
@@ -104,7 +105,7 @@ def _publish(settings: PolicySettings, event: dict[str, Any]) -> None:
 
 def cmd_set(args: argparse.Namespace) -> int:
     settings = PolicySettings()
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+    with connect_once(settings.database_url) as conn:
         try:
             conn.execute(
                 """INSERT INTO monitoring.retention_policies (organization_id, resource_type, retention_days, action)
@@ -128,7 +129,7 @@ def cmd_set(args: argparse.Namespace) -> int:
 
 def cmd_delete(args: argparse.Namespace) -> int:
     settings = PolicySettings()
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+    with connect_once(settings.database_url) as conn:
         n = conn.execute(
             "DELETE FROM monitoring.retention_policies WHERE resource_type = %s "
             "AND organization_id IS NOT DISTINCT FROM %s",
@@ -144,7 +145,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     settings = PolicySettings()
-    with psycopg.connect(settings.database_url) as conn:
+    with connect_once(settings.database_url, autocommit=False) as conn:
         rows = conn.execute(
             "SELECT resource_type, organization_id, retention_days, action, updated_at "
             "FROM monitoring.retention_policies ORDER BY 1, 2 NULLS FIRST"
@@ -158,7 +159,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_run_jobs(args: argparse.Namespace) -> int:
     settings = PolicySettings()
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+    with connect_once(settings.database_url) as conn:
         engine = _engine(conn, settings)
         jobs = engine.actual()
         for key in sorted(jobs, key=lambda k: (not k.startswith("retention:"), k)):  # whole chunks first

@@ -78,12 +78,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_replays_list(args: argparse.Namespace) -> int:
-    import psycopg
-
     from gatestream.consumers.replay_runs import list_runs
+    from gatestream.database import connect_once
 
     settings = CommonSettings()
-    with psycopg.connect(settings.database_url) as conn:
+    with connect_once(settings.database_url, autocommit=False) as conn:
         rows = list_runs(conn, args.limit)
     if args.json:
         print(json.dumps(rows, default=str))
@@ -100,17 +99,16 @@ def cmd_replays_list(args: argparse.Namespace) -> int:
 
 
 def cmd_replays_forget(args: argparse.Namespace) -> int:
-    import psycopg
-
     from gatestream.consumers.replay import ReplayError, parse_duration
     from gatestream.consumers.replay_runs import forget
+    from gatestream.database import connect_once
 
     try:
         older = parse_duration(args.older_than)
     except ReplayError as exc:
         print(f"gatestream replays forget: {exc}", file=sys.stderr)
         return 2
-    with psycopg.connect(CommonSettings().database_url, autocommit=True) as conn:
+    with connect_once(CommonSettings().database_url) as conn:
         done = forget(conn, older, force=args.force)
     which = "replay runs (unfinished ones too: --force)" if args.force else "finished replay runs"
     print(f"forgot {done.forgotten} {which} that ended more than {args.older_than} ago")
