@@ -33,6 +33,8 @@ class IngestObserver:
         self.broker_error = ""
         self.db_ok = True
         self.db_error = ""
+        self.registry_ok = True
+        self.registry_error = ""
         self._next_tick = 0.0
         self._lagging_since: dict[TP, float] = {}
 
@@ -46,13 +48,19 @@ class IngestObserver:
     def database(self, ok: bool, error: str = "") -> None:
         self.db_ok, self.db_error = ok, error
 
+    def registry(self, ok: bool, error: str = "") -> None:
+        self.registry_ok, self.registry_error = ok, error
+
     def ready(self, parts: Partitions) -> tuple[bool, str]:
-        """Ready = can work: broker and database reachable. Owning no partitions is not a
+        """Ready = can work: broker, database and (when ingest needs it) the schema
+        registry reachable. Owning no partitions is not a
         fault (a standby member, or between rebalances) and must not flap readiness."""
         if not self.db_ok:
             return False, f"database unreachable: {self.db_error}"
         if not self.broker_ok:
             return False, f"broker unreachable: {self.broker_error}"
+        if not self.registry_ok:
+            return False, f"schema registry unreachable, ingest paused: {self.registry_error}"
         return True, f"ok: {len(parts.owned)} partitions assigned"
 
     # ------------------------------------------------------------------ per batch
