@@ -85,7 +85,7 @@ def _windows(n: int, title: str, start: datetime) -> list[ActiveWindow]:
     ]
 
 
-def _v2_serializer(url: str) -> AvroSerializer:
+def _v2_serializer(url: str) -> Any:
     """A serializer of a new compatible version (an optional field more), registered directly."""
     v1 = SchemaCatalog().latest(EventType.ACTIVE_WINDOWS).schema
     v2 = {**v1, "fields": [*v1["fields"], {"name": "window_class", "type": ["null", "string"], "default": None}]}
@@ -108,7 +108,10 @@ def test_a_registry_outage_pauses_ingest_and_every_event_of_a_new_version_lands(
     publish(env, tmp_path / "s.sqlite3", _windows(40, "v1", now))  # v1 registered, directly
     port = free_port()
     log = tmp_path / "ingest.log"
-    readyz = lambda: http_get(f"http://127.0.0.1:{port}/readyz")  # noqa: E731
+
+    def readyz() -> tuple[int, str]:
+        return http_get(f"http://127.0.0.1:{port}/readyz")
+
     with proxied(*target_of(url)) as proxy:
         proc = _ingest(env, port, log, schema_registry_url=via_proxy(url, proxy), schema_registry_timeout_s=2)
         try:
