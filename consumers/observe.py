@@ -14,6 +14,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from gatestream.consumers import metrics
 from gatestream.consumers.batch_writer import TableBatch, WriteResult
+from gatestream.kafka_log import ClientLog
 
 if TYPE_CHECKING:
     from gatestream.consumers.partitions import Partitions
@@ -23,8 +24,12 @@ TP = tuple[str, int]
 
 
 class IngestObserver:
-    def __init__(self, group: str, time_index: dict[str, int], *, enabled: bool = True, every_s: float = 2.0) -> None:
-        """``time_index``: per topic, where the event time sits in a row."""
+    def __init__(
+        self, group: str, time_index: dict[str, int], *, enabled: bool = True, every_s: float = 2.0,
+        client: str = "ingest",
+    ) -> None:  # fmt: skip
+        """``time_index``: per topic, where the event time sits in a row; ``client``: the
+        consumer's kind, the label of its broker-reachability metric."""
         self.group = group
         self.time_index = time_index
         self.enabled = enabled
@@ -37,6 +42,7 @@ class IngestObserver:
         self.registry_error = ""
         self._next_tick = 0.0
         self._lagging_since: dict[TP, float] = {}
+        self.kafka_log = ClientLog(client)  # the consumer's librdkafka ``logger``
 
     # ------------------------------------------------------------------ health
     def kafka_error(self, err: KafkaError) -> None:
@@ -44,6 +50,7 @@ class IngestObserver:
         if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE):
             self.broker_ok = False
             self.broker_error = str(err)
+            self.kafka_log.unreachable()
 
     def database(self, ok: bool, error: str = "") -> None:
         self.db_ok, self.db_error = ok, error
@@ -124,8 +131,10 @@ class IngestObserver:
         try:
             consumer.list_topics(timeout=1.0)
             self.broker_ok, self.broker_error = True, ""
+            self.kafka_log.reachable()
         except KafkaException as exc:
             self.broker_ok, self.broker_error = False, str(exc)[:200]
+            self.kafka_log.unreachable()
         if not self.enabled:
             return
         wall = time.time()

@@ -99,8 +99,11 @@ class BatchPipeline:
         time_index = {
             t: r.spec.columns.index(r.time_field) for t, r in routes.items() if r.time_field in r.spec.columns
         }
-        self.observer = IngestObserver(group, time_index, enabled=settings.metrics_enabled)
-        conf = {**consumer_config(settings, group), "error_cb": self.observer.kafka_error, **consumer_conf}
+        self.observer = IngestObserver(group, time_index, enabled=settings.metrics_enabled, client=self.kind)
+        conf = {
+            **consumer_config(settings, group), "error_cb": self.observer.kafka_error,
+            "logger": self.observer.kafka_log, **consumer_conf,
+        }  # fmt: skip
         self._consumer = Consumer(conf)
         self._dlq = DeadLetters(base_config(settings), settings.dlq_topic, group)
         self._checkpoint = Checkpoint(self.offsets, self._dlq, publish=not self.dry_run)
