@@ -19,9 +19,11 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from prometheus_client.parser import text_string_to_metric_families
 
 from gatestream.producers.events import ActiveWindow
+from gatestream.producers.loadgen import Fleet, generate
 from gatestream.schemas import EventType, SchemaCatalog
-from tests.conftest import Env, free_port, gatestream_cmd
-from tests.helpers import count_rows, http_get, publish, wait_for
+from gatestream.topics import ensure_topics
+from tests.conftest import Env, PrivateBroker, free_port, gatestream_cmd
+from tests.helpers import count_all, count_rows, http_get, publish, wait_for
 from tests.proxy import proxied, target_of, via_proxy
 from tests.services import ROOT
 
@@ -147,3 +149,45 @@ def test_a_registry_outage_pauses_ingest_and_every_event_of_a_new_version_lands(
     if outage == "hang":
         assert "timeout" in down[0]["error"].lower(), "a frozen registry is a time-out, not a hang"
     assert any(str(x.get("event", "")).startswith("schema registry reachable again") for x in lines)
+
+
+def _client_errors(log: Path) -> list[dict[str, Any]]:
+    """librdkafka's warning and error lines in a log."""
+    return [x for x in _log_lines(log) if x.get("logger") == "librdkafka" and x.get("level") in ("warning", "error")]
+
+
+@pytest.mark.slow
+def test_a_dead_broker_costs_a_few_log_lines_with_a_count_and_its_reachability_is_a_metric(
+    env: Env, private_broker: PrivateBroker, tmp_path: Path
+) -> None:
+    over = {"bootstrap_servers": private_broker.bootstrap}
+    ps = env.producer(tmp_path / "unused", **over)
+    ensure_topics(ps, [*ps.event_topics(), env.dlq_topic], partitions=2)
+    penv = Env(env.services, env.database_url, env.prefix, over)
+    publish(penv, tmp_path / "s1.sqlite3", list(generate(200, Fleet(), list(EventType), seed=41)))
+    port = free_port()
+    log = tmp_path / "ingest.log"
+    proc = _ingest(env, port, log, **over)
+
+    def up() -> float | None:
+        return _metric(port, "gatestream_kafka_broker_up", client="ingest")
+
+    try:
+        assert wait_for(lambda: sum(count_all(env.database_url).values()) == 200, 60)
+        up_before = up()
+        private_broker.kill()
+        assert wait_for(lambda: len(_client_errors(log)) > 0, 30), "the consumer reports the broker's absence"
+        down = wait_for(lambda: up() == 0, 20)
+        private_broker.start()  # a few seconds of a JVM starting: librdkafka retries all along
+        publish(penv, tmp_path / "s2.sqlite3", list(generate(200, Fleet(), list(EventType), seed=42)))
+        assert wait_for(lambda: sum(count_all(env.database_url).values()) == 400, 90), "ingest resumed"
+        up_again = wait_for(lambda: up() == 1, 30)
+    finally:
+        code = _stop(proc)
+    assert code == 0
+    errors = _client_errors(log)
+    assert len(errors) <= 10, f"{len(errors)} client error lines for one outage: {errors[:3]} ..."
+    back = [x for x in _log_lines(log) if str(x.get("event", "")).startswith("broker reachable again after")]
+    assert back, "the recovery is logged"  # (a restarting broker may drop a connection or two more: a 2nd line)
+    assert back[0]["suppressed"] > 0, "the recovery line counts what was left out"
+    assert (up_before, down, up_again) == (1, True, True), "gatestream_kafka_broker_up went 1, 0, 1"
