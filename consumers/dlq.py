@@ -17,7 +17,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from gatestream.consumers.decoder import DecodeError, Decoder
+from gatestream.consumers.decoder import DecodeError, Decoder, RegistryUnavailable
 from gatestream.kafka import base_config, consumer_config
 from gatestream.schemas.registry import make_registry, reader_schema
 from gatestream.settings import IngestSettings
@@ -107,6 +107,8 @@ def decoded(settings: IngestSettings, letter: DeadLetter) -> dict[str, Any]:
         return {"event": Decoder(registry, reader).decode(letter.value)}
     except DecodeError as exc:
         return {"undecoded": f"{exc.reason}: {exc.detail}"}
+    except RegistryUnavailable as exc:  # says nothing about the letter
+        return {"undecoded": f"schema registry unreachable: {exc}"}
 
 
 def redrive(settings: IngestSettings, letters: list[DeadLetter]) -> tuple[int, int]:
