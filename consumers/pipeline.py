@@ -262,7 +262,7 @@ class BatchPipeline:
         self.stop_event.wait(wait)
 
     def ready(self) -> tuple[bool, str]:
-        """For /readyz: broker and database reachable."""
+        """For /readyz: broker, database and schema registry reachable."""
         return self.observer.ready(self.parts)
 
     # ------------------------------------------------------------------ main loop
