@@ -3,6 +3,9 @@
 Messages from before a revoke or a seek, and past the end of a bounded range, are left
 out; undecodable ones are kept as rejects for the dead-letter topic; the batch records,
 per partition, the offset it moves to (the end of what it read, filtered events included).
+An event whose schema the registry could not be asked about stops the batch there: it
+records, per partition, the first offset it did not read (``stalled``), for the
+pipeline to read again from there once the registry answers.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from confluent_kafka import KafkaError, Message
 
 from gatestream.consumers.batch_writer import TableBatch
 from gatestream.consumers.deadletter import Reason, Reject, iso_ms
-from gatestream.consumers.decoder import DecodeError
+from gatestream.consumers.decoder import DecodeError, RegistryUnavailable
 from gatestream.consumers.partitions import Partitions
 from gatestream.consumers.routes import Route
 
@@ -82,6 +85,8 @@ class MicroBatch:
         self.rejects: list[Reject] = []
         self.count = 0
         self.started = 0.0
+        self.stalled: dict[TP, int] = {}  # where reading stopped, per partition (see stall)
+        self.stall: RegistryUnavailable | None = None
 
     def add_many(self, msgs: list[Message]) -> int:
         """Add what is ours of ``msgs``; return how many events were read (errors and stale excluded)."""
@@ -92,7 +97,7 @@ class MicroBatch:
         if not ends:
             self.started = time.monotonic()
         added = read = 0
-        for msg in msgs:
+        for i, msg in enumerate(msgs):
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
@@ -109,22 +114,33 @@ class MicroBatch:
                 end = limits.get(tp)
                 if end is not None and offset >= end:
                     continue  # past the end of a bounded range: not read, as far as anyone counts
-            read += 1
-            nxt[tp] = ends[tp] = offset + 1
             route = routes[topic]
             try:
                 record = route.decoder.decode(msg.value())
+            except RegistryUnavailable as exc:
+                self._stop_at(msgs, i, exc)
+                break
+            except DecodeError as exc:
+                read += 1
+                nxt[tp] = ends[tp] = offset + 1
+                rejects.append(Reject(msg, exc.reason, exc.detail, _cause(exc)))
+                if self.on_decode_error is not None:
+                    self.on_decode_error(topic, exc.reason)
+                continue
+            except Exception as exc:  # noqa: BLE001 - any failure of one event is that event's, never the batch's
+                read += 1
+                nxt[tp] = ends[tp] = offset + 1
+                rejects.append(Reject(msg, Reason.UNMAPPABLE, f"{type(exc).__name__}: {exc}", type(exc).__name__))
+                continue
+            read += 1
+            nxt[tp] = ends[tp] = offset + 1
+            try:
                 if accept is not None and not accept(msg, record):
                     continue
                 if plausible is not None and (bad := plausible.problem(route.time_field, record, now_ms)):
                     rejects.append(Reject(msg, *bad))
                     continue
                 row = route.spec.row_of(record)
-            except DecodeError as exc:
-                rejects.append(Reject(msg, exc.reason, exc.detail, _cause(exc)))
-                if self.on_decode_error is not None:
-                    self.on_decode_error(topic, exc.reason)
-                continue
             except Exception as exc:  # noqa: BLE001 - any failure of one event is that event's, never the batch's
                 rejects.append(Reject(msg, Reason.UNMAPPABLE, f"{type(exc).__name__}: {exc}", type(exc).__name__))
                 continue
@@ -134,6 +150,22 @@ class MicroBatch:
             added += 1
         self.count += added
         return read
+
+    def _stop_at(self, msgs: list[Message], i: int, exc: RegistryUnavailable) -> None:
+        """Decoding ``msgs[i]`` needs the registry, which cannot answer: nothing from
+        there on is read. Record, per partition, the first offset of ``msgs[i:]`` to read
+        again (messages of other partitions included: they were not read either)."""
+        owned, nxt, limits = self.parts.owned, self.parts.next, self.parts.ends
+        stalled = self.stalled
+        for msg in msgs[i:]:
+            if msg.error() is not None:
+                continue
+            tp = (cast(str, msg.topic()), cast(int, msg.partition()))
+            offset = cast(int, msg.offset())
+            end = limits.get(tp) if limits else None
+            if tp in owned and offset >= nxt.get(tp, 0) and tp not in stalled and (end is None or offset < end):
+                stalled[tp] = offset
+        self.stall = exc
 
     def drop(self, parts: set[TP]) -> None:
         """Forget what the batch holds for ``parts`` (revoked, lost, or to be re-read)."""

@@ -7,6 +7,13 @@ id from the registry or catalog, read as the consumer's reader schema) with the 
 schemas cached per id. A schema id it has not seen is fetched when first met, so a
 producer may start writing a backward-compatible new version while consumers run.
 
+Only the registry's definitive "no such id" (404 / 40403) makes an event a dead letter
+(``unknown-schema-id``); that answer is cached for ``MISS_TTL_S``, so a stream of such
+events costs one request, not one each. A registry that cannot answer (refused, timed
+out, 5xx) raises ``RegistryUnavailable``: not the event's fault, so the pipeline reads
+it again later (``consumers.registry_outage``). Both caches are bounded: schema ids
+come from the events.
+
 Values of the logical types ``uuid`` and ``timestamp-millis`` are returned as they are
 on the wire (``str`` and ``int`` milliseconds); ``consumers.pgtypes`` writes them to
 PostgreSQL directly, which saves building Python objects per event.
@@ -17,17 +24,23 @@ from __future__ import annotations
 import io
 import json
 import struct
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
 from fastavro import parse_schema, schemaless_reader
 
+from gatestream.bounded import BoundedCache
 from gatestream.consumers.deadletter import Reason
 from gatestream.consumers.pgtypes import strip_logical_types
 from gatestream.schemas.catalog import normalized
+from gatestream.schemas.registry import no_such_schema
 
 MAGIC = 0
 _HEADER = struct.Struct(">bI")
+MAX_SCHEMAS = 256  # writer schemas kept per topic
+MAX_MISSES = 1024  # ids known to be bad, per topic
+MISS_TTL_S = 60.0  # then the registry is asked again (a registry replica may have caught up)
 
 
 class DecodeError(Exception):
@@ -37,6 +50,16 @@ class DecodeError(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class RegistryUnavailable(Exception):
+    """The registry could not say what ``schema_id`` is (refused, timed out, 5xx, ...).
+    Nothing is known about the event: it must be read again later, never dead-lettered."""
+
+    def __init__(self, schema_id: int, cause: BaseException) -> None:
+        super().__init__(f"schema id {schema_id}: {type(cause).__name__}: {cause}")
+        self.schema_id = schema_id
+        self.cause = cause
 
 
 DecodeFn = Callable[[io.BytesIO], dict[str, Any]]
@@ -50,16 +73,35 @@ class Decoder:
         self.reader_raw = reader_schema
         self.reader = _parse(reader_schema)
         self._reader_key = normalized(reader_schema)
-        self._by_id: dict[int, DecodeFn] = {}
+        self._by_id: BoundedCache[int, DecodeFn] = BoundedCache(MAX_SCHEMAS)
+        self._misses: BoundedCache[int, tuple[float, DecodeError]] = BoundedCache(MAX_MISSES)
+        self.clock = time.monotonic
 
     def _fn_for(self, schema_id: int) -> DecodeFn:
         found = self._by_id.get(schema_id)
         if found is not None:
             return found
+        miss = self._misses.get(schema_id)
+        if miss is not None:
+            if self.clock() < miss[0]:
+                known = miss[1]  # a new exception each time: re-raising one would grow its traceback
+                raise DecodeError(known.reason, known.detail) from known.__cause__
+            self._misses.pop(schema_id)
+        try:
+            fn = self._fetch(schema_id)
+        except DecodeError as exc:  # the registry's definitive answer: cached for a while
+            self._misses.put(schema_id, (self.clock() + MISS_TTL_S, exc))
+            raise
+        self._by_id.put(schema_id, fn)
+        return fn
+
+    def _fetch(self, schema_id: int) -> DecodeFn:
         try:
             writer_raw = self.registry.get_schema(schema_id)
-        except Exception as exc:  # registry errors, network, unknown id
-            raise DecodeError(Reason.UNKNOWN_SCHEMA_ID, f"schema id {schema_id}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - sorted below: only a definitive "no such id" is the event's fault
+            if no_such_schema(exc):
+                raise DecodeError(Reason.UNKNOWN_SCHEMA_ID, f"schema id {schema_id}: {exc}") from exc
+            raise RegistryUnavailable(schema_id, exc) from exc
         try:
             writer_json = json.loads(writer_raw.schema_str)
             writer = _parse(writer_json)
@@ -75,7 +117,6 @@ class Decoder:
         def fn(buf: io.BytesIO, _w: Any = writer, _r: Any = reader) -> dict[str, Any]:
             return cast(dict[str, Any], schemaless_reader(buf, _w, _r))
 
-        self._by_id[schema_id] = fn
         return fn
 
     def decode(self, value: bytes | None) -> dict[str, Any]:

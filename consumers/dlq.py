@@ -24,7 +24,7 @@ import psycopg
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from gatestream.consumers.deadletter import Coords, Redriven, iso_ms, mark_redriven, redriven
-from gatestream.consumers.decoder import DecodeError, Decoder
+from gatestream.consumers.decoder import DecodeError, Decoder, RegistryUnavailable
 from gatestream.kafka import base_config, consumer_config
 from gatestream.schemas.registry import make_registry, reader_schema
 from gatestream.settings import IngestSettings
@@ -139,6 +139,8 @@ def decoded(settings: IngestSettings, letter: DeadLetter) -> dict[str, Any]:
         event = Decoder(registry, reader).decode(letter.value)
     except DecodeError as exc:
         return {"undecoded": f"{exc.reason}: {exc.detail}"}
+    except RegistryUnavailable as exc:  # says nothing about the letter
+        return {"undecoded": f"schema registry unreachable: {exc}"}
     for name in _timestamp_fields(reader):  # the decoder keeps them as int milliseconds
         if isinstance(event.get(name), int):
             event[name] = iso_ms(event[name])

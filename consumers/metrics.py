@@ -65,3 +65,11 @@ BATCH_FAILURES = Counter(
     "Batches rolled back (and retried): fenced, database or dead-letter topic errors.",
     ["reason"],
 )
+SCHEMA_REGISTRY_UP = Gauge(
+    "gatestream_schema_registry_up",
+    "0 while ingest is paused because the schema registry cannot answer (refused, timed out, 5xx), else 1.",
+)
+SCHEMA_REGISTRY_ERRORS = Counter(
+    "gatestream_schema_registry_errors_total",
+    "Schema lookups that failed for the registry's sake (each pauses ingest and is retried).",
+)

@@ -14,6 +14,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from gatestream.consumers import metrics
 from gatestream.consumers.batch_writer import TableBatch, WriteResult
+from gatestream.kafka_log import ClientLog
 
 if TYPE_CHECKING:
     from gatestream.consumers.partitions import Partitions
@@ -23,8 +24,12 @@ TP = tuple[str, int]
 
 
 class IngestObserver:
-    def __init__(self, group: str, time_index: dict[str, int], *, enabled: bool = True, every_s: float = 2.0) -> None:
-        """``time_index``: per topic, where the event time sits in a row."""
+    def __init__(
+        self, group: str, time_index: dict[str, int], *, enabled: bool = True, every_s: float = 2.0,
+        client: str = "ingest",
+    ) -> None:  # fmt: skip
+        """``time_index``: per topic, where the event time sits in a row; ``client``: the
+        consumer's kind, the label of its broker-reachability metric."""
         self.group = group
         self.time_index = time_index
         self.enabled = enabled
@@ -33,8 +38,11 @@ class IngestObserver:
         self.broker_error = ""
         self.db_ok = True
         self.db_error = ""
+        self.registry_ok = True
+        self.registry_error = ""
         self._next_tick = 0.0
         self._lagging_since: dict[TP, float] = {}
+        self.kafka_log = ClientLog(client)  # the consumer's librdkafka ``logger``
 
     # ------------------------------------------------------------------ health
     def kafka_error(self, err: KafkaError) -> None:
@@ -42,17 +50,24 @@ class IngestObserver:
         if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE):
             self.broker_ok = False
             self.broker_error = str(err)
+            self.kafka_log.unreachable()
 
     def database(self, ok: bool, error: str = "") -> None:
         self.db_ok, self.db_error = ok, error
 
+    def registry(self, ok: bool, error: str = "") -> None:
+        self.registry_ok, self.registry_error = ok, error
+
     def ready(self, parts: Partitions) -> tuple[bool, str]:
-        """Ready = can work: broker and database reachable. Owning no partitions is not a
+        """Ready = can work: broker, database and (when ingest needs it) the schema
+        registry reachable. Owning no partitions is not a
         fault (a standby member, or between rebalances) and must not flap readiness."""
         if not self.db_ok:
             return False, f"database unreachable: {self.db_error}"
         if not self.broker_ok:
             return False, f"broker unreachable: {self.broker_error}"
+        if not self.registry_ok:
+            return False, f"schema registry unreachable, ingest paused: {self.registry_error}"
         return True, f"ok: {len(parts.owned)} partitions assigned"
 
     # ------------------------------------------------------------------ per batch
@@ -116,8 +131,10 @@ class IngestObserver:
         try:
             consumer.list_topics(timeout=1.0)
             self.broker_ok, self.broker_error = True, ""
+            self.kafka_log.reachable()
         except KafkaException as exc:
             self.broker_ok, self.broker_error = False, str(exc)[:200]
+            self.kafka_log.unreachable()
         if not self.enabled:
             return
         wall = time.time()

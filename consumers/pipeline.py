@@ -37,6 +37,7 @@ from gatestream.consumers.faults import FaultHooks
 from gatestream.consumers.observe import IngestObserver
 from gatestream.consumers.offsets import FencedError, Moves, OffsetStore
 from gatestream.consumers.partitions import Partitions
+from gatestream.consumers.registry_outage import RegistryOutage
 from gatestream.consumers.routes import Route
 from gatestream.database import connect, sever
 from gatestream.kafka import base_config, consumer_config
@@ -104,8 +105,11 @@ class BatchPipeline:
         time_index = {
             t: r.spec.columns.index(r.time_field) for t, r in routes.items() if r.time_field in r.spec.columns
         }
-        self.observer = IngestObserver(group, time_index, enabled=settings.metrics_enabled)
-        conf = {**consumer_config(settings, group), "error_cb": self.observer.kafka_error, **consumer_conf}
+        self.observer = IngestObserver(group, time_index, enabled=settings.metrics_enabled, client=self.kind)
+        conf = {
+            **consumer_config(settings, group), "error_cb": self.observer.kafka_error,
+            "logger": self.observer.kafka_log, **consumer_conf,
+        }  # fmt: skip
         self._consumer = Consumer(conf)
         self._dlq = DeadLetters(base_config(settings), settings.dlq_topic, group)
         self._checkpoint = Checkpoint(self.offsets, self._dlq, publish=not self.dry_run)
@@ -116,6 +120,7 @@ class BatchPipeline:
         )
         self._batch = self._new_batch()
         self._retry_pause = 0.0  # grows while batches fail for reasons nobody foresaw
+        self._registry = RegistryOutage(self.observer.registry)
 
     # ------------------------------------------------------------------ plumbing
     def _connect(self) -> psycopg.Connection[Any]:
@@ -248,8 +253,24 @@ class BatchPipeline:
             except KafkaException as exc:
                 log.warning("seek failed; partition re-read after the next rebalance", tp=_k(tp), error=str(exc))
 
+    def _pause_on_registry(self) -> None:
+        """The open batch stopped at an event the registry could not be asked about: read
+        its partitions again from there, commit what was decoded before, wait, retry."""
+        batch = self._batch
+        stops, exc = batch.stalled, batch.stall
+        assert exc is not None
+        batch.stalled, batch.stall = {}, None
+        for tp, off in stops.items():  # before the submit: a failed batch's resync then wins
+            try:
+                self._consumer.seek(TopicPartition(tp[0], tp[1], self.parts.seek(tp, off)))
+            except KafkaException as e:
+                log.warning("seek failed; partition re-read after the next rebalance", tp=_k(tp), error=str(e))
+        wait = self._registry.stalled(stops, exc)
+        self._submit()
+        self.stop_event.wait(wait)
+
     def ready(self) -> tuple[bool, str]:
-        """For /readyz: broker and database reachable."""
+        """For /readyz: broker, database and schema registry reachable."""
         return self.observer.ready(self.parts)
 
     # ------------------------------------------------------------------ main loop
@@ -278,6 +299,9 @@ class BatchPipeline:
                     if self.summary.first_event_at is None:
                         self.summary.first_event_at = now
                     self.summary.consumed += self._batch.add_many(msgs)
+                    if self._batch.stall is not None:
+                        self._pause_on_registry()
+                self._registry.check(self.parts)
                 batch = self._batch
                 if batch.ends and (batch.count >= max_rows or now - batch.started >= max_age):
                     self._submit()

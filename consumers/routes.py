@@ -40,7 +40,11 @@ def build_routes(
     """Topic -> (decoder, hypertable) for ``topics`` (topic -> event type); the table is
     the catalog's, unless ``tables`` overrides it for a topic."""
     catalog = settings.catalog()
-    registry = make_registry(settings.schema_registry_url, catalog)
+    # No retries in the client: its retries sleep in the loop's thread; the pipeline
+    # pauses and retries on its own (stop-aware) terms (see consumers.registry_outage).
+    registry = make_registry(
+        settings.schema_registry_url, catalog, timeout_s=settings.schema_registry_timeout_s, max_retries=0
+    )
     routes: dict[str, Route] = {}
     for topic, et in topics.items():
         reader = reader_schema(registry, catalog, et, f"{topic}-value")

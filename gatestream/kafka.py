@@ -2,35 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-import structlog
-
+from gatestream.kafka_log import ClientLog
 from gatestream.settings import GroupMemberSettings, IngestSettings, KafkaClientSettings, ProducerSettings
 
 
-class _ToStructlog(logging.Handler):
-    """librdkafka's own log lines (connection failures, retries, ...) into structlog, so a
-    JSON log stays JSON: confluent-kafka hands them to a stdlib logger."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        structlog.get_logger("librdkafka").log(record.levelno, record.getMessage(), logger="librdkafka")
-
-
-def kafka_logger() -> logging.Logger:
-    logger = logging.getLogger("gatestream.librdkafka")
-    if not logger.handlers:
-        logger.addHandler(_ToStructlog())
-        logger.propagate = False
-        logger.setLevel(logging.DEBUG)
-    return logger
-
-
 def base_config(settings: KafkaClientSettings) -> dict[str, Any]:
-    """Every client's: where the broker is, librdkafka's log lines bridged into structlog,
-    and the operator's extra properties (GATESTREAM_KAFKA_EXTRA, JSON)."""
-    conf: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers, "logger": kafka_logger()}
+    """Every client's: where the broker is, librdkafka's log lines into structlog (repeated
+    errors summarized, see ``gatestream.kafka_log``; a client of its own each), and the
+    operator's extra properties (GATESTREAM_KAFKA_EXTRA, JSON)."""
+    conf: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers, "logger": ClientLog()}
     conf.update(settings.kafka_extra)
     return conf
 

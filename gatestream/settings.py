@@ -28,6 +28,12 @@ class CommonSettings(BaseSettings):
     schema_registry_url: str | None = Field(
         None, description="Confluent-compatible Schema Registry; unset = the shipped schema catalog."
     )
+    schema_registry_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Time-out of each schema registry request. A registry that does not answer in time counts as "
+        "unreachable: ingest pauses and retries the same events, it never dead-letters them for it.",
+    )
     schema_dir: Path | None = Field(None, description="Schema catalog folder; unset = the shipped one.")
     topic_prefix: str = Field("gatestream.", description="Topics are <prefix><event type>.")
     dlq_topic: str = Field("gatestream.dead-letter", description="Where undecodable events go.")

@@ -8,8 +8,9 @@ migration that creates its table (see README, "Adding an event type").
 
 Ids are stable across processes and machines because they are written in
 ``catalog.json`` (append-only), not assigned at run time. A process that meets an id it
-does not know re-reads the catalog folder once, so a schema version added while
-consumers run is picked up without a restart.
+does not know re-reads the catalog folder if ``catalog.json`` changed since it was read
+(a stat, not a read, per miss), so a schema version added while consumers run is picked
+up without a restart, and events with an unknown id do not re-read the folder each.
 """
 
 from __future__ import annotations
@@ -76,10 +77,19 @@ class SchemaCatalog:
         self._by_id: dict[int, CatalogEntry] = {}
         self._by_content: dict[str, CatalogEntry] = {}
         self._types: dict[str, EventTypeInfo] = {}
+        self._read_as: tuple[int, int, int] | None = None  # catalog.json's stat when last read
         self._load()
+
+    def _signature(self) -> tuple[int, int, int] | None:
+        try:
+            st = (self.directory / "catalog.json").stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
 
     def _load(self) -> None:
         index_path = self.directory / "catalog.json"
+        signature = self._signature()  # taken first: a change while reading is seen next time
         try:
             index = json.loads(index_path.read_text())
         except (OSError, ValueError) as exc:
@@ -120,6 +130,7 @@ class SchemaCatalog:
         self._types = types
         self._by_id = by_id
         self._by_content = {normalized(e.schema): e for e in by_id.values()}
+        self._read_as = signature
 
     @staticmethod
     def _read_types(index: dict[str, Any], index_path: Path) -> dict[str, EventTypeInfo]:
@@ -141,18 +152,25 @@ class SchemaCatalog:
         with self._lock:
             self._load()
 
+    def _reload_if_changed(self) -> bool:
+        """Re-read the folder if ``catalog.json`` changed since it was read; whether it did.
+        A miss is thereby cached for as long as the catalog stays as it is."""
+        with self._lock:
+            if self._signature() == self._read_as:
+                return False
+            self._load()
+            return True
+
     def by_id(self, schema_id: int, *, reload_if_missing: bool = True) -> CatalogEntry | None:
         entry = self._by_id.get(schema_id)
-        if entry is None and reload_if_missing:
-            self.reload()
+        if entry is None and reload_if_missing and self._reload_if_changed():
             entry = self._by_id.get(schema_id)
         return entry
 
     def by_content(self, schema: dict[str, Any] | str) -> CatalogEntry | None:
         key = normalized(schema)
         entry = self._by_content.get(key)
-        if entry is None:
-            self.reload()
+        if entry is None and self._reload_if_changed():
             entry = self._by_content.get(key)
         return entry
 

@@ -70,10 +70,33 @@ class CatalogRegistry:
         return Schema(entry.schema_str, "AVRO")
 
 
-def make_registry(url: str | None, catalog: SchemaCatalog) -> Any:
-    """A registry client: the real one for ``url``, else the catalog stand-in."""
+# Confluent's error code for "schema not found" (Apicurio, Karapace and Redpanda use it too).
+SCHEMA_NOT_FOUND = 40403
+
+DEFAULT_TIMEOUT_S = 10.0
+
+
+def no_such_schema(exc: BaseException) -> bool:
+    """Whether ``exc`` (raised by ``get_schema``) is the registry's definitive answer that
+    the id does not exist: HTTP 404 with error code 40403. Anything else (refused, timed
+    out, 5xx, a 404 of a wrong URL path, ...) says nothing about the id."""
+    return isinstance(exc, SchemaRegistryError) and exc.http_status_code == 404 and exc.error_code == SCHEMA_NOT_FOUND
+
+
+def make_registry(
+    url: str | None, catalog: SchemaCatalog, *, timeout_s: float = DEFAULT_TIMEOUT_S, max_retries: int | None = None
+) -> Any:
+    """A registry client: the real one for ``url``, else the catalog stand-in.
+
+    ``timeout_s``: each HTTP request's time-out (the client has none by default: a
+    frozen registry would hang its caller for ever). ``max_retries``: the client's own
+    retries of refused connections, time-outs and 5xx, with blocking sleeps between them
+    (its default: 3); a caller that retries on its own terms passes 0."""
     if url:
-        return SchemaRegistryClient({"url": url})
+        conf: dict[str, Any] = {"url": url, "timeout": timeout_s}
+        if max_retries is not None:
+            conf["max.retries"] = max_retries
+        return SchemaRegistryClient(conf)
     return CatalogRegistry(catalog)
 
 
