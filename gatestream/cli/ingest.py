@@ -35,6 +35,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 "session_timeout_ms",
                 "heartbeat_interval_ms",
                 "group_protocol",
+                "group_instance_id",
             ],
         )
     )
@@ -102,8 +103,12 @@ def add_parsers(sub: Any) -> None:
         "--metrics-port", dest="metrics_port", type=int, help="serve /metrics, /healthz, /readyz on this port"
     )
     ing.add_argument(
-        "--group-protocol", dest="group_protocol", choices=["classic", "consumer"],
-        help="consumer group protocol (default classic; consumer = KIP-848, Kafka >= 4.0)",
+        "--group-protocol", dest="group_protocol", choices=["auto", "classic", "consumer"],
+        help="consumer group protocol (default auto: consumer = KIP-848 where the broker offers it, else classic)",
+    )  # fmt: skip
+    ing.add_argument(
+        "--group-instance-id", dest="group_instance_id",
+        help="static membership (classic): this process's own id, stable across restarts, e.g. the pod name",
     )  # fmt: skip
     ing.add_argument(
         "--session-timeout-ms", dest="session_timeout_ms", type=int,
