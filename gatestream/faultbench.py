@@ -318,9 +318,10 @@ def _storm(run: Run, rnd: random.Random, until: float) -> int:
 
 
 def _churn(run: Run, rnd: random.Random, until: float) -> int:
-    """Churn: every ~3 s one member is killed -9 and a replacement started, under the group
-    protocol the scenario sets (``churn-classic``, ``churn-consumer``; ``churn-static``:
-    classic with a stable group.instance.id per member slot, reused by its replacement).
+    """Churn: once the members write, for ``until - now`` seconds, every ~3 s one member is
+    killed -9 and a replacement started, under the group protocol the scenario sets
+    (``churn-classic``, ``churn-consumer``; ``churn-static``: classic with a stable
+    group.instance.id per member slot, reused by its replacement).
     Prints rows/s during the churn, the longest stretch without a new row, and rows/s in
     the 10 s after it with the members left alone; the table's row says whether the
     totals are exact."""
@@ -372,6 +373,9 @@ def _churn(run: Run, rnd: random.Random, until: float) -> int:
         return last - first, stall, kills
 
     during = max(1.0, until - time.monotonic())
+    warm = time.monotonic() + 90
+    while rows() == 0 and time.monotonic() < warm:  # the churn starts once the members write
+        time.sleep(0.5)
     gained, stall, kills = watch(during, 3.0)
     after, _, _ = watch(10.0, None)
     print(
