@@ -88,7 +88,11 @@ def group_protocol_for(settings: GroupMemberSettings, client_config: dict[str, A
     key = json.dumps([settings.bootstrap_servers, settings.kafka_extra], sort_keys=True, default=str)
     with _lock:
         if key not in _resolved:
-            protocol, why = resolve("auto", lambda: broker_offers_consumer_protocol(AdminClient(client_config)))
+            admin = AdminClient(client_config)
+            try:
+                protocol, why = resolve("auto", lambda: broker_offers_consumer_protocol(admin))
+            finally:
+                admin.poll(0)  # hand its librdkafka log lines (why it could not connect) to the logger
             log.info(f"consumer group protocol: {protocol}", group_protocol=protocol, reason=why)
             _resolved[key] = protocol
         return _resolved[key]

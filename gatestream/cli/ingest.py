@@ -21,6 +21,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     from gatestream.consumers.ingest import Ingestor, build_routes
     from gatestream.database import connect
+    from gatestream.group_protocol import group_protocol_for
+    from gatestream.kafka import base_config
     from gatestream.signals import on_stop_signals
 
     settings = IngestSettings(
@@ -66,6 +68,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 log.warning("schema registry unreachable; retrying", error=str(exc)[:300], retry_in_s=delay)
                 stop.wait(delay)
                 delay = min(delay * 2, 10)
+        # auto: ask the broker now (it may take seconds when the broker is away), so a stop
+        # asked for meanwhile is seen below rather than lost
+        ready[0] = lambda: (False, "starting: asking the broker which group protocol it offers")
+        group_protocol_for(settings, base_config(settings))
         if stop.is_set():
             return 0
         ingestor = Ingestor(settings, routes)
