@@ -22,6 +22,7 @@ from pathlib import Path
 import psycopg
 
 from bench.brokers import ROOT, PrivateBroker
+from bench.churn import churn
 from gatestream.database import connect_once
 from gatestream.settings import IngestSettings
 
@@ -250,4 +251,8 @@ SCENARIOS: dict[str, tuple[Injector, dict[str, str]]] = {
     "broker-kill-9": (_broker_kill, {}),  # against a broker of its own (run_scenario starts it)
     "producer-kill-9": (_producer_kill, {}),
     "rebalance-storm": (_storm, {}),
+    # kill -9 and a replacement every ~3 s, per group protocol (bench/churn.py)
+    "churn-classic": (churn, {"GATESTREAM_GROUP_PROTOCOL": "classic"}),
+    "churn-consumer": (churn, {"GATESTREAM_GROUP_PROTOCOL": "consumer"}),
+    "churn-static": (churn, {"GATESTREAM_GROUP_PROTOCOL": "classic", "CHURN_STATIC": "1"}),
 }

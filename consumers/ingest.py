@@ -50,6 +50,7 @@ class Ingestor(BatchPipeline):
         super().__init__(settings, routes, group_id or settings.group_id)
         self._last_event = time.monotonic()
         self._assigned_once = False
+        self._first_offsets: dict[TP, int] = {}  # partitions with nothing stored -> where reading starts
 
     def _start(self) -> None:
         self._consumer.subscribe(
@@ -67,6 +68,7 @@ class Ingestor(BatchPipeline):
         for p in partitions:
             p.offset = self.parts.take((p.topic, p.partition), claimed[(p.topic, p.partition)])
         consumer.incremental_assign(partitions)
+        self._mirror_to_kafka(self._starting_offsets(consumer, claimed))
         logs.set_identity(group=self.group, member=consumer.memberid())
         self._assigned_once = True
         self._last_event = time.monotonic()
@@ -74,6 +76,24 @@ class Ingestor(BatchPipeline):
         metrics.ASSIGNED_PARTITIONS.set(len(self.parts.owned))
         stored = sum(1 for o in claimed.values() if o is not None)
         log.info("partitions assigned", partitions=fmt_parts(list(claimed)), with_stored_offsets=stored)
+
+    def _starting_offsets(self, consumer: Consumer, claimed: dict[TP, int | None]) -> dict[TP, int]:
+        """Where each newly assigned partition starts: its stored offset, or for one with
+        nothing stored its first offset (the low watermark), so Kafka's lag tools list every
+        partition from the moment it is assigned, not only after its first commit."""
+        starts: dict[TP, int] = {}
+        for tp, stored in claimed.items():
+            if stored is not None:
+                starts[tp] = stored
+                continue
+            try:
+                low, _ = consumer.get_watermark_offsets(TopicPartition(*tp), timeout=5, cached=False)
+            except KafkaException as exc:
+                log.info("cannot read a partition's first offset; not mirrored yet", tp=f"{tp[0]}[{tp[1]}]",
+                         error=str(exc))  # fmt: skip
+                continue
+            starts[tp] = self._first_offsets[tp] = low
+        return starts
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Commit what we hold while the partitions are still ours; the new owner starts there.
@@ -92,6 +112,8 @@ class Ingestor(BatchPipeline):
     def _forget(self, parts: list[TP], kind: str) -> None:
         self.parts.drop(parts)
         self.offsets.release(parts)
+        for tp in parts:
+            self._first_offsets.pop(tp, None)
         self.observer.forget(parts)
         metrics.REBALANCES.labels(kind).inc()
         metrics.ASSIGNED_PARTITIONS.set(len(self.parts.owned))
@@ -114,12 +136,14 @@ class Ingestor(BatchPipeline):
         self._mirror_to_kafka({tp: end for tp, (_, end) in moves.items()})
 
     def _closing(self) -> None:
-        self._mirror_to_kafka({tp: o for tp, o in self.offsets.expected.items() if o is not None}, final=True)
+        held = {tp: o if o is not None else self._first_offsets.get(tp) for tp, o in self.offsets.expected.items()}
+        self._mirror_to_kafka({tp: o for tp, o in held.items() if o is not None}, final=True)
 
     def _mirror_to_kafka(self, offsets: dict[TP, int], *, final: bool = False) -> None:
         """Mirror stored offsets to Kafka's group for tools (lag dashboards); never read
-        back. After each batch asynchronously; on the way out synchronously, since the
-        last asynchronous commit may still be in flight when the client closes."""
+        back. At assignment (where each partition starts) and after each batch
+        asynchronously; on the way out synchronously, since the last asynchronous commit
+        may still be in flight when the client closes."""
         if not offsets:
             return
         tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]

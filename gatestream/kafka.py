@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gatestream.group_protocol import group_protocol_for
 from gatestream.kafka_log import ClientLog
 from gatestream.settings import GroupMemberSettings, IngestSettings, KafkaClientSettings, ProducerSettings
 
@@ -34,17 +35,22 @@ def producer_config(settings: ProducerSettings) -> dict[str, Any]:
 def group_config(settings: GroupMemberSettings, group_id: str) -> dict[str, Any]:
     """How a member takes part in its group, for either group protocol.
 
-    Both protocols hand out partitions incrementally (``on_assign`` calls
+    The protocol is the one set, or for ``auto`` the broker's (``gatestream.group_protocol``,
+    asked once per process). Both hand out partitions incrementally (``on_assign`` calls
     ``incremental_assign``). Under KIP-848 the broker chooses the assignor and owns the
     session timeout and heartbeat; librdkafka refuses the classic-only properties there.
+    ``group_instance_id`` makes the member static (``group.instance.id``).
     """
-    conf: dict[str, Any] = {"group.id": group_id, "group.protocol": settings.group_protocol}
-    if settings.group_protocol == "classic":
+    protocol = group_protocol_for(settings, base_config(settings))
+    conf: dict[str, Any] = {"group.id": group_id, "group.protocol": protocol}
+    if protocol == "classic":
         conf.update({
             "partition.assignment.strategy": "cooperative-sticky",
             "session.timeout.ms": settings.session_timeout_ms,
             "heartbeat.interval.ms": settings.heartbeat_interval_ms,
         })  # fmt: skip
+    if settings.group_instance_id is not None:
+        conf["group.instance.id"] = settings.group_instance_id
     return conf
 
 

@@ -68,19 +68,30 @@ class KafkaClientSettings(CommonSettings):
     )
 
 
-GroupProtocol = Literal["classic", "consumer"]
+GroupProtocolSetting = Literal["auto", "classic", "consumer"]
 
 GROUP_PROTOCOL_HELP = (
-    "Consumer group protocol: 'classic' (cooperative-sticky assignment, client-side session timeout; "
-    "every Kafka >= 2.4 and managed Kafka) or 'consumer' (KIP-848, Kafka >= 4.0: the broker assigns "
-    "partitions and owns session timeout and heartbeat, set by its group.consumer.* settings)."
+    "Consumer group protocol: 'auto' (default: 'consumer' where the broker offers it, asked once at start; "
+    "'classic' where it does not or cannot tell, with a log line saying why), 'classic' (cooperative-sticky "
+    "assignment, client-side session timeout; every Kafka >= 2.4 and managed Kafka) or 'consumer' (KIP-848, "
+    "Kafka >= 4.0: the broker assigns partitions and owns session timeout and heartbeat, set by its "
+    "group.consumer.* settings; members keep working while others join and leave)."
+)
+
+GROUP_INSTANCE_ID_HELP = (
+    "Static membership (librdkafka group.instance.id), for the classic protocol: a member that restarts with "
+    "the same id within session_timeout_ms gets its partitions back without a rebalance. Every process of the "
+    "group needs its own id, stable across its restarts (e.g. the pod name of a StatefulSet); two live "
+    "processes with one id fence each other. A static member that stops does not leave the group: its "
+    "partitions wait session_timeout_ms. Unset = dynamic membership."
 )
 
 
 class GroupMemberSettings(KafkaClientSettings):
     """What a consumer-group member needs besides the broker: how it takes part in its group."""
 
-    group_protocol: GroupProtocol = Field("classic", description=GROUP_PROTOCOL_HELP)
+    group_protocol: GroupProtocolSetting = Field("auto", description=GROUP_PROTOCOL_HELP)
+    group_instance_id: str | None = Field(None, min_length=1, max_length=249, description=GROUP_INSTANCE_ID_HELP)
     session_timeout_ms: int = Field(10000, description="classic protocol only: a silent member's partitions move.")
     heartbeat_interval_ms: int = Field(3000, description="classic protocol only.")
     stop_grace_s: float = Field(

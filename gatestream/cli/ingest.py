@@ -21,6 +21,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     from gatestream.consumers.ingest import Ingestor, Route, build_routes
     from gatestream.database import connect
+    from gatestream.group_protocol import group_protocol_for
+    from gatestream.kafka import base_config
     from gatestream.signals import on_stop_signals
     from gatestream.waiting import wait_for_service
 
@@ -36,6 +38,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 "session_timeout_ms",
                 "heartbeat_interval_ms",
                 "group_protocol",
+                "group_instance_id",
             ],
         )
     )
@@ -61,6 +64,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 "schema registry", load_routes, retry=_registry_unreachable, stop=stop,
                 on_failure=waiting_for_registry, logger=log,
             )  # fmt: skip
+            if not stop.is_set():
+                # auto: ask the broker now (it may take seconds when the broker is away), so a
+                # stop asked for meanwhile is seen below rather than lost
+                ready[0] = lambda: (False, "starting: asking the broker which group protocol it offers")
+                group_protocol_for(settings, base_config(settings))
             if not stop.is_set():
                 ingestor = Ingestor(settings, routes, stop=stop)
         except Exception as exc:
@@ -103,8 +111,12 @@ def add_parsers(sub: Any) -> None:
         "--metrics-port", dest="metrics_port", type=int, help="serve /metrics, /healthz, /readyz on this port"
     )
     ing.add_argument(
-        "--group-protocol", dest="group_protocol", choices=["classic", "consumer"],
-        help="consumer group protocol (default classic; consumer = KIP-848, Kafka >= 4.0)",
+        "--group-protocol", dest="group_protocol", choices=["auto", "classic", "consumer"],
+        help="consumer group protocol (default auto: consumer = KIP-848 where the broker offers it, else classic)",
+    )  # fmt: skip
+    ing.add_argument(
+        "--group-instance-id", dest="group_instance_id",
+        help="static membership (classic): this process's own id, stable across restarts, e.g. the pod name",
     )  # fmt: skip
     ing.add_argument(
         "--session-timeout-ms", dest="session_timeout_ms", type=int,
