@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from gatestream.consumers.decoder import DecodeError, Decoder
 from gatestream.kafka import base_config, consumer_config
+from gatestream.schemas import catalog_of
 from gatestream.schemas.registry import make_registry, reader_schema
 from gatestream.settings import IngestSettings
 
@@ -97,7 +98,7 @@ def summary(letters: list[DeadLetter]) -> dict[tuple[str, str], int]:
 def decoded(settings: IngestSettings, letter: DeadLetter) -> dict[str, Any]:
     """The record as far as it decodes now, or why not (with the registry as it is now)."""
     topic = letter.source[0]
-    catalog = settings.catalog()
+    catalog = catalog_of(settings)
     event_type = next((t for t in catalog.event_types() if settings.topic_for(t) == topic), None)
     if event_type is None:
         return {"undecoded": f"{topic!r} is not an event topic"}

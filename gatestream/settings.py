@@ -14,8 +14,6 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gatestream.schemas import SchemaCatalog
-
 
 class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATESTREAM_", extra="ignore")
@@ -43,14 +41,6 @@ class CommonSettings(BaseSettings):
 
     def topic_for(self, event_type: str) -> str:
         return f"{self.topic_prefix}{event_type}"
-
-    def catalog(self) -> SchemaCatalog:
-        """The schema catalog these settings name (``schema_dir``, else the shipped one)."""
-        return SchemaCatalog(self.schema_dir)
-
-    def event_topics(self) -> dict[str, str]:
-        """Topic -> event type, for every event type of the catalog."""
-        return {self.topic_for(et): et for et in self.catalog().event_types()}
 
 
 class KafkaClientSettings(CommonSettings):

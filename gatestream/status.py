@@ -12,11 +12,12 @@ from typing import Any
 import psycopg
 
 from gatestream.consumers.watermarks import end_offsets, timestamps_at
+from gatestream.schemas import event_topics
 from gatestream.settings import IngestSettings
 
 
 def group_status(settings: IngestSettings, group: str) -> list[dict[str, Any]]:
-    topics = list(settings.event_topics())
+    topics = list(event_topics(settings))
     from confluent_kafka import Consumer
 
     from gatestream.kafka import consumer_config

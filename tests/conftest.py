@@ -108,12 +108,13 @@ class Env:
 
 @pytest.fixture
 def env(services: Services, db_url: str) -> Iterator[Env]:
+    from gatestream.schemas import event_topics
     from gatestream.settings import ProducerSettings
     from gatestream.topics import delete_topics, ensure_topics
 
     e = Env(services, db_url, f"t{uuid.uuid4().hex[:8]}.")
     ps = ProducerSettings(**e.common())
-    names = [*ps.event_topics(), e.dlq_topic]
+    names = [*event_topics(ps), e.dlq_topic]
     ensure_topics(ps, names, partitions=4)
     yield e
     try:

@@ -21,7 +21,7 @@ from confluent_kafka.admin import AdminClient
 
 from gatestream.producers.loadgen import Fleet, generate
 from gatestream.producers.spool import Spool
-from gatestream.schemas import EventType
+from gatestream.schemas import EventType, event_topics
 from gatestream.topics import ensure_topics
 from tests.conftest import BROKER_SCRIPT, Env, PrivateBroker, free_port, gatestream_cmd, run_gatestream
 from tests.helpers import count_all, count_rows, http_get, publish, stored_offsets, wait_for
@@ -87,7 +87,7 @@ def test_broker_kill_9_mid_stream_and_restart_from_its_log_gives_exactly_n_rows(
     total = per_type * len(EventType)
     over = {"bootstrap_servers": private_broker.bootstrap}
     ps = env.producer(tmp_path / "unused", **over)
-    topics = list(ps.event_topics())
+    topics = list(event_topics(ps))
     ensure_topics(ps, [*topics, env.dlq_topic], partitions=4)
     spool = tmp_path / "spool.sqlite3"
     producer = subprocess.Popen(
@@ -129,7 +129,7 @@ def test_broker_away_for_30_s_no_crash_loop_readyz_follows_and_ingest_resumes(
 ) -> None:
     over = {"bootstrap_servers": private_broker.bootstrap}
     ps = env.producer(tmp_path / "unused", **over)
-    ensure_topics(ps, [*ps.event_topics(), env.dlq_topic], partitions=2)
+    ensure_topics(ps, [*event_topics(ps), env.dlq_topic], partitions=2)
     penv = Env(env.services, env.database_url, env.prefix, {"bootstrap_servers": private_broker.bootstrap})
     publish(penv, tmp_path / "s1.sqlite3", list(generate(1000, Fleet(), list(EventType), seed=11)))
     port = free_port()
