@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import os
 import subprocess
 from pathlib import Path
@@ -13,6 +14,7 @@ PACKAGE = ROOT / "gatestream"
 LIBRARY = ("producers", "consumers", "schemas")  # the design card's folders, as gatestream.<name>
 
 
+@functools.cache
 def _imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(), str(path))
     out: set[str] = set()
