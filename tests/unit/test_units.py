@@ -207,8 +207,14 @@ def test_migrations_are_ordered_and_numbered() -> None:
     assert len({n[:3] for n in names}) == len(names), "two migrations share a number"
 
 
-def test_cli_help_lists_the_commands_and_bad_flags_get_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_help_lists_the_commands_and_bad_flags_get_a_clear_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gatestream import logs
     from gatestream.cli import main  # in-process: a subprocess would import everything again (seconds)
+
+    # structlog stays as it is: configured here, it would write to this test's captured stderr for good
+    monkeypatch.setattr(logs, "configure", lambda *a, **kw: None)
 
     with pytest.raises(SystemExit) as done:
         main(["--help"])
