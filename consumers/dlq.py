@@ -26,6 +26,7 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 from gatestream.consumers.deadletter import Coords, Redriven, iso_ms, mark_redriven, redriven
 from gatestream.consumers.decoder import DecodeError, Decoder, RegistryUnavailable
 from gatestream.kafka import base_config, consumer_config
+from gatestream.schemas import catalog_of
 from gatestream.schemas.registry import make_registry, reader_schema
 from gatestream.settings import IngestSettings
 
@@ -129,7 +130,7 @@ def summary(letters: list[DeadLetter], done: dict[Coords, datetime]) -> dict[tup
 def decoded(settings: IngestSettings, letter: DeadLetter) -> dict[str, Any]:
     """The record as far as it decodes now, or why not (with the registry as it is now)."""
     topic = letter.source[0]
-    catalog = settings.catalog()
+    catalog = catalog_of(settings)
     event_type = next((t for t in catalog.event_types() if settings.topic_for(t) == topic), None)
     if event_type is None:
         return {"undecoded": f"{topic!r} is not an event topic"}

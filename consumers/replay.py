@@ -50,6 +50,7 @@ from gatestream.consumers.routes import build_routes
 from gatestream.database import connect
 from gatestream.kafka import consumer_config
 from gatestream.ratelimit import RateLimiter
+from gatestream.schemas import catalog_of
 from gatestream.settings import IngestSettings
 
 __all__ = [
@@ -88,7 +89,7 @@ def plan(settings: IngestSettings, selection: ReplaySelection) -> list[Partition
     """Partition ranges to read: the selection's offsets, or the start-time lookup."""
     if selection.since and selection.since > datetime.now(UTC) + selection.skew_margin:
         raise ReplayError(f"the start {selection.since.isoformat()} is in the future")
-    known = settings.catalog().event_types()
+    known = catalog_of(settings).event_types()
     unknown = [t for t in selection.event_types if t not in known]
     if unknown:
         raise ReplayError(f"unknown event type {', '.join(unknown)}; the schema catalog has: {', '.join(known)}")

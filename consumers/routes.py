@@ -10,6 +10,7 @@ import psycopg
 
 from gatestream.consumers.decoder import Decoder
 from gatestream.consumers.tables import TableSpec, describe_table
+from gatestream.schemas import catalog_of
 from gatestream.schemas.registry import make_registry, reader_schema
 from gatestream.settings import CommonSettings
 
@@ -39,7 +40,7 @@ def build_routes(
 ) -> dict[str, Route]:
     """Topic -> (decoder, hypertable) for ``topics`` (topic -> event type); the table is
     the catalog's, unless ``tables`` overrides it for a topic."""
-    catalog = settings.catalog()
+    catalog = catalog_of(settings)
     # No retries in the client: its retries sleep in the loop's thread; the pipeline
     # pauses and retries on its own (stop-aware) terms (see consumers.registry_outage).
     registry = make_registry(

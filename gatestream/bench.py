@@ -40,7 +40,7 @@ from gatestream.kafka import base_config
 from gatestream.migrate import migrate
 from gatestream.producers.loadgen import Fleet, generate
 from gatestream.producers.publisher import Publisher
-from gatestream.schemas import EventType
+from gatestream.schemas import EventType, catalog_of
 from gatestream.schemas.registry import make_registry
 from gatestream.settings import IngestSettings, ProducerSettings
 from gatestream.topics import delete_topics, ensure_topics
@@ -141,7 +141,7 @@ def bench_data(
     )
     psettings = ProducerSettings(**settings.model_dump(include=set(ProducerSettings.model_fields)))
     topic = settings.topic_for(EVENT_TYPE)
-    catalog = settings.catalog()
+    catalog = catalog_of(settings)
     reader = catalog.latest(EVENT_TYPE).schema
     with connect_once(url, autocommit=False) as conn:
         spec = describe_table(conn, "monitoring", EVENT_TYPE.value, [f["name"] for f in reader["fields"]])

@@ -7,6 +7,7 @@ from psycopg import sql
 from gatestream.consumers.routes import event_time_field
 from gatestream.database import connect_once
 from gatestream.edition import timescaledb_edition
+from gatestream.schemas import catalog_of
 from gatestream.settings import CommonSettings
 
 
@@ -15,7 +16,7 @@ def print_report(settings: CommonSettings) -> None:
         edition = timescaledb_edition(conn)
         version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone()
         print(f"TimescaleDB {version[0] if version else '?'} ({edition} edition)\n")
-        catalog = settings.catalog()
+        catalog = catalog_of(settings)
         print(f"{'hypertable':<36}{'rows':>10}{'orgs':>6}{'chunks':>8}  newest event")
         for et in catalog.event_types():
             info = catalog.info(et)

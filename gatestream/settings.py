@@ -11,11 +11,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gatestream.cron import EXPRESSIBLE, unschedulable
-from gatestream.schemas import SchemaCatalog
+
+TOPIC_NAME_MAX = 249  # Kafka's limit on a topic name
+EVENT_TYPE_NAME_MAX = 63  # the catalog's limit on an event type name (gatestream/schemas/catalog.py, _NAME)
+TOPIC_PREFIX_MAX = TOPIC_NAME_MAX - EVENT_TYPE_NAME_MAX  # a topic is <prefix><event type>
+_TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]*")
 
 
 class CommonSettings(BaseSettings):
@@ -42,22 +46,35 @@ class CommonSettings(BaseSettings):
 
     @field_validator("topic_prefix", "dlq_topic")
     @classmethod
-    def _legal_topic_name(cls, value: str) -> str:
-        """Kafka topic names: ASCII letters, digits, '.', '_', '-', at most 249 characters."""
-        if not re.fullmatch(r"[A-Za-z0-9._-]{0,200}", value):
+    def _legal_topic_name(cls, value: str, info: ValidationInfo) -> str:
+        """Kafka topic names: ASCII letters, digits, '.', '_' and '-', 1 to 249 (TOPIC_NAME_MAX) characters,
+        neither '.' nor '..'. The prefix may be empty, and is at most 186 (TOPIC_PREFIX_MAX) characters so
+        that <prefix><event type> stays a topic name for every event type name the catalog allows."""
+        if not _TOPIC_CHARS.fullmatch(value):
             raise ValueError(f"{value!r}: Kafka topic names take only ASCII letters, digits, '.', '_' and '-'")
+        if info.field_name == "topic_prefix":
+            if len(value) > TOPIC_PREFIX_MAX:
+                raise ValueError(
+                    f"the topic prefix has {len(value)} characters, at most {TOPIC_PREFIX_MAX}: a topic is "
+                    f"<prefix><event type>, at most {TOPIC_NAME_MAX} characters, and an event type takes up to "
+                    f"{EVENT_TYPE_NAME_MAX}"
+                )
+        elif value in ("", ".", ".."):
+            raise ValueError(f"{value!r} is not a Kafka topic name")
+        elif len(value) > TOPIC_NAME_MAX:
+            raise ValueError(f"the topic name has {len(value)} characters, at most {TOPIC_NAME_MAX}")
         return value
 
     def topic_for(self, event_type: str) -> str:
         return f"{self.topic_prefix}{event_type}"
 
-    def catalog(self) -> SchemaCatalog:
-        """The schema catalog these settings name (``schema_dir``, else the shipped one)."""
-        return SchemaCatalog(self.schema_dir)
 
-    def event_topics(self) -> dict[str, str]:
-        """Topic -> event type, for every event type of the catalog."""
-        return {self.topic_for(et): et for et in self.catalog().event_types()}
+class OpsServerSettings(BaseSettings):
+    """The ops HTTP server of a long-running process (mixed into its settings)."""
+
+    model_config = SettingsConfigDict(env_prefix="GATESTREAM_", extra="ignore")
+
+    metrics_port: int | None = Field(None, description="Serve /metrics, /healthz and /readyz on this port.")
 
 
 class KafkaClientSettings(CommonSettings):
@@ -103,7 +120,7 @@ class GroupMemberSettings(KafkaClientSettings):
     )
 
 
-class ProducerSettings(KafkaClientSettings):
+class ProducerSettings(KafkaClientSettings, OpsServerSettings):
     spool_path: Path = Field(Path("gatestream-spool.sqlite3"), description="Durable local spool file.")
     spool_synchronous: str = Field(
         "NORMAL",
@@ -114,10 +131,9 @@ class ProducerSettings(KafkaClientSettings):
     linger_ms: int = Field(20)
     compression: str = Field("lz4")
     partitions: int = Field(6, description="Partitions per event topic when gatestream creates topics.")
-    metrics_port: int | None = Field(None, description="Serve /metrics, /healthz and /readyz on this port.")
 
 
-class IngestSettings(GroupMemberSettings):
+class IngestSettings(GroupMemberSettings, OpsServerSettings):
     group_id: str = Field("gatestream-ingest", description="Consumer group; start more processes to scale.")
     batch_max_rows: int = Field(5000, description="A micro-batch commits at this many rows ...")
     batch_max_ms: int = Field(500, description="... or this long after its first row, whichever comes first.")
@@ -149,11 +165,10 @@ class IngestSettings(GroupMemberSettings):
         None,
         description="Exit 0 after this many seconds with no new events (demo, tests); unset = run forever.",
     )
-    metrics_port: int | None = Field(None, description="Serve /metrics, /healthz and /readyz on this port.")
     metrics_enabled: bool = Field(True, description="Record metrics (off only to measure their cost).")
 
 
-class PolicySettings(GroupMemberSettings):
+class PolicySettings(GroupMemberSettings, OpsServerSettings):
     """The policy consumer and the ``gatestream policy`` commands."""
 
     policy_topic: str = Field("gatestream.policy-changes", description="Change events of retention_policies.")
@@ -180,4 +195,3 @@ class PolicySettings(GroupMemberSettings):
 
     compression_interval_s: int = Field(43200, ge=60)
     full_reconcile_interval_s: float = Field(300, gt=0, description="Full reconcile (drift repair) period.")
-    metrics_port: int | None = Field(None, description="Serve /metrics, /healthz and /readyz on this port.")

@@ -16,6 +16,7 @@ from typing import Any
 
 from gatestream.consumers.watermarks import end_offsets, timestamps_at
 from gatestream.database import bounded, connect_once
+from gatestream.schemas import event_topics
 from gatestream.settings import IngestSettings
 
 QUERY_TIMEOUT_S = 10  # the server cancels a statement after this; the client gives up a bit later
@@ -49,7 +50,7 @@ def _stored(settings: IngestSettings, group: str) -> tuple[dict[tuple[str, int],
 
 
 def status_of(settings: IngestSettings, group: str) -> GroupStatus:
-    topics = list(settings.event_topics())
+    topics = list(event_topics(settings))
     from confluent_kafka import Consumer
 
     from gatestream.kafka import consumer_config

@@ -17,6 +17,7 @@ from gatestream.kafka import producer_config
 from gatestream.producers import metrics
 from gatestream.producers.events import CatalogEvent, Publishable
 from gatestream.producers.spool import Spool
+from gatestream.schemas import catalog_of
 from gatestream.schemas.registry import make_registry
 from gatestream.settings import ProducerSettings
 
@@ -42,7 +43,7 @@ class Publisher:
         on success) from within ``poll``; a failed event stays spooled and is resent."""
         self.settings = settings
         self.on_delivery = on_delivery
-        self.catalog = settings.catalog()
+        self.catalog = catalog_of(settings)
         self.registry = registry or make_registry(settings.schema_registry_url, self.catalog)
         self.spool = Spool(settings.spool_path, settings.spool_synchronous)
         metrics.SPOOL_DEPTH.set_function(lambda: self.spool.depth)

@@ -5,6 +5,22 @@ the ingest consumers. ``catalog.json`` gives each file a stable schema id, used 
 Confluent wire format when no Schema Registry is configured.
 """
 
-from gatestream.schemas.catalog import CatalogEntry, EventType, EventTypeInfo, SchemaCatalog, SchemaCatalogError
+from gatestream.schemas.catalog import (
+    CatalogEntry,
+    EventType,
+    EventTypeInfo,
+    SchemaCatalog,
+    SchemaCatalogError,
+    catalog_of,
+    event_topics,
+)
 
-__all__ = ["CatalogEntry", "EventType", "EventTypeInfo", "SchemaCatalog", "SchemaCatalogError"]
+__all__ = [
+    "CatalogEntry",
+    "EventType",
+    "EventTypeInfo",
+    "SchemaCatalog",
+    "SchemaCatalogError",
+    "catalog_of",
+    "event_topics",
+]

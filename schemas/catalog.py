@@ -21,7 +21,10 @@ import threading
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gatestream.settings import CommonSettings
 
 DEFAULT_DIR = Path(__file__).resolve().parent
 
@@ -194,3 +197,13 @@ class SchemaCatalog:
 
     def entries(self) -> list[CatalogEntry]:
         return sorted(self._by_id.values(), key=lambda e: e.schema_id)
+
+
+def catalog_of(settings: CommonSettings) -> SchemaCatalog:
+    """The schema catalog the settings name (``schema_dir``, else the shipped one)."""
+    return SchemaCatalog(settings.schema_dir)
+
+
+def event_topics(settings: CommonSettings) -> dict[str, str]:
+    """Topic -> event type, for every event type of the catalog the settings name."""
+    return {settings.topic_for(et): et for et in catalog_of(settings).event_types()}

@@ -37,6 +37,8 @@ def group_protocol(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="session")
 def services() -> Iterator[Services]:
+    if os.environ.get("GATESTREAM_TEST_SERVICES") == "none":
+        pytest.fail("the fast lane (ops/test --fast) has no services: a test that needs them is an integration test")
     found = find_services()
     if isinstance(found, str):
         pytest.skip(found)
@@ -48,18 +50,36 @@ def _admin_url(url: str, dbname: str) -> str:
     return psycopg.conninfo.make_conninfo(url, dbname=dbname)
 
 
-@pytest.fixture
-def db_url(services: Services) -> Iterator[str]:
-    """A fresh, migrated database for one test."""
+@pytest.fixture(scope="session")
+def migrated_template(services: Services) -> Iterator[str]:
+    """One migrated database per test session, the template every test's database is cloned from
+    (a clone is a file copy: much faster than running the migrations again)."""
     from gatestream.migrate import migrate
 
-    name = f"gs_test_{uuid.uuid4().hex[:10]}"
+    name = f"gs_tmpl_{uuid.uuid4().hex[:10]}"
     admin = _admin_url(services.database_url, "postgres")
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')  # name is ours, not input
-    url = _admin_url(services.database_url, name)
-    migrate(url)
-    yield url
+    migrate(_admin_url(services.database_url, name))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        # A template must have no sessions: refuse new ones (TimescaleDB's job scheduler would
+        # connect to it) and end those already there. CREATE DATABASE ... TEMPLATE still reads it.
+        conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+    yield name
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db_url(services: Services, migrated_template: str) -> Iterator[str]:
+    """A fresh, migrated database for one test: a clone of the session's migrated template."""
+    name = f"gs_test_{uuid.uuid4().hex[:10]}"
+    admin = _admin_url(services.database_url, "postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        # names are ours, not input; a session still leaving the template is waited for by PostgreSQL (5 s)
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}"')
+    yield _admin_url(services.database_url, name)
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -111,12 +131,13 @@ class Env:
 
 @pytest.fixture
 def env(services: Services, db_url: str) -> Iterator[Env]:
+    from gatestream.schemas import event_topics
     from gatestream.settings import ProducerSettings
     from gatestream.topics import delete_topics, ensure_topics
 
     e = Env(services, db_url, f"t{uuid.uuid4().hex[:8]}.")
     ps = ProducerSettings(**e.common())
-    names = [*ps.event_topics(), e.dlq_topic]
+    names = [*event_topics(ps), e.dlq_topic]
     ensure_topics(ps, names, partitions=4)
     yield e
     try:
@@ -164,11 +185,21 @@ def free_port() -> int:
     return port
 
 
-@pytest.fixture
-def private_broker(tmp_path: Path) -> Iterator[PrivateBroker]:
+@pytest.fixture(scope="session")
+def _session_private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBroker]:
     if shutil.which("java") is None:
         pytest.skip("no Java on PATH: ops/stack install (or ops/test) installs Java 17 and Kafka's jars")
-    b = PrivateBroker(tmp_path / "kafka")
+    b = PrivateBroker(tmp_path_factory.mktemp("private-kafka") / "kafka")
     b.start()
     yield b
     b.kill()
+
+
+@pytest.fixture
+def private_broker(_session_private_broker: PrivateBroker) -> PrivateBroker:
+    """A Kafka node of the test session's own, to stop or kill -9 at will; one for the whole session
+    (a start costs seconds). Tests keep apart by their topic prefix, as on the shared broker. A test
+    that stops or kills it starts it again; one that failed before doing so leaves it down, so each
+    test begins with a start (nothing to do when it runs)."""
+    _session_private_broker.start()
+    return _session_private_broker

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from gatestream.schemas import EventType
+from gatestream.schemas import EventType, event_topics
 
 TIME_COLUMN = {et: ("timestamp" if et is EventType.GATEWAY_STATUS_SNAPSHOTS else "datetime") for et in EventType}
 
@@ -64,7 +64,7 @@ def start_ingest_thread(settings: Any, **kw: Any) -> tuple[Any, threading.Thread
     from gatestream.consumers.ingest import Ingestor, build_routes
 
     with psycopg.connect(settings.database_url) as conn:
-        routes = build_routes(conn, settings, settings.event_topics())
+        routes = build_routes(conn, settings, event_topics(settings))
     ing = Ingestor(settings, routes, **kw)
     t = threading.Thread(target=ing.run, name="ingest", daemon=True)
     t.start()

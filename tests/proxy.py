@@ -110,8 +110,9 @@ class TcpProxy:
                     except (KeyError, ValueError, OSError):
                         pass
             for key, _ in sel.select(timeout=0.05):
-                src, dst = key.fileobj, key.data
-                assert isinstance(src, socket.socket)
+                readable, dst = key.fileobj, key.data
+                assert isinstance(readable, socket.socket)
+                src = readable
                 try:
                     data = src.recv(65536)
                     if not data:

@@ -63,9 +63,9 @@ def _start_docker() -> Services:
     inside and outside the container (a free host port, bound 1:1)."""
     import socket
 
-    from testcontainers.core.container import DockerContainer  # type: ignore[import-untyped]
-    from testcontainers.core.waiting_utils import wait_for_logs  # type: ignore[import-untyped]
-    from testcontainers.postgres import PostgresContainer  # type: ignore[import-untyped]
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.waiting_utils import wait_for_logs
+    from testcontainers.postgres import PostgresContainer
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gatestream.schemas import SchemaCatalogError
+from gatestream.schemas import SchemaCatalogError, catalog_of
 from gatestream.settings import CommonSettings
 
 
@@ -30,7 +30,7 @@ def event_types(value: str) -> list[str]:
 
 def catalog_types(settings: CommonSettings, names: list[str] | None) -> list[str]:
     """``names`` (None: all) checked against the schema catalog the settings name."""
-    known = settings.catalog().event_types()
+    known = catalog_of(settings).event_types()
     if names is None:
         return known
     unknown = [n for n in names if n not in known]
@@ -43,7 +43,7 @@ def catalog_types(settings: CommonSettings, names: list[str] | None) -> list[str
 def _known_types() -> str:
     """The catalog's event types for help texts, read once per process."""
     try:
-        return ", ".join(CommonSettings().catalog().event_types())
+        return ", ".join(catalog_of(CommonSettings()).event_types())
     except (ValidationError, SchemaCatalogError):
         return "those of the schema catalog"
 

@@ -19,10 +19,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
+    from gatestream.schemas import event_topics
     from gatestream.topics import ensure_topics
 
     settings = ProducerSettings(**overrides(args, ["partitions"]))
-    names = [*settings.event_topics(), settings.dlq_topic]
+    names = [*event_topics(settings), settings.dlq_topic]
     created = ensure_topics(settings, names, settings.partitions)
     print(f"topics created: {', '.join(created) if created else 'none (all exist)'}")
     return 0

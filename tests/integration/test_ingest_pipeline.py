@@ -181,7 +181,9 @@ def test_backward_compatible_schema_change_flows_without_restarting_consumers(en
     assert count_rows(env.database_url, EventType.ACTIVE_WINDOWS) == 150
     assert ing.summary.dead_lettered == 0
     with psycopg.connect(env.database_url) as conn:
-        titles = dict(conn.execute("SELECT title, count(*) FROM monitoring.active_windows GROUP BY 1").fetchall())
+        titles: dict[str, int] = dict(
+            conn.execute("SELECT title, count(*) FROM monitoring.active_windows GROUP BY 1").fetchall()
+        )
     assert titles == {"v1": 100, "v2": 50}
 
 
@@ -221,7 +223,7 @@ def test_valid_avro_that_cannot_be_stored_is_dead_lettered_and_ingest_keeps_goin
         VisitedSite(organization_id=1, users_on_computers_id=4, datetime=now, url=f"https://e/{i}") for i in range(60)
     ]
     publish(env, tmp_path / "spool.sqlite3", good[:30])
-    header = read_topic(env.services.bootstrap_servers, topic, expected=1, timeout=10)[0].value()[:5]
+    header: bytes = read_topic(env.services.bootstrap_servers, topic, expected=1, timeout=10)[0].value()[:5]
     # the same bytes as with the logical types; without them, any long can be written
     schema = parse_schema(strip_logical_types(SchemaCatalog().latest(EventType.VISITED_SITES).schema))
 
@@ -279,7 +281,7 @@ def test_values_a_database_should_not_keep_are_dead_lettered_with_their_reason(e
         VisitedSite(organization_id=1, users_on_computers_id=4, datetime=now, url=f"https://e/{i}") for i in range(20)
     ]
     publish(env, tmp_path / "spool.sqlite3", good)
-    header = read_topic(env.services.bootstrap_servers, topic, expected=1, timeout=10)[0].value()[:5]
+    header: bytes = read_topic(env.services.bootstrap_servers, topic, expected=1, timeout=10)[0].value()[:5]
     schema = parse_schema(strip_logical_types(SchemaCatalog().latest(EventType.VISITED_SITES).schema))
     now_ms = int(now.timestamp() * 1000)
 

@@ -6,7 +6,6 @@ import json
 import re
 import shutil
 import subprocess
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -201,7 +200,7 @@ REQUIRED_ALERTS = {
 def _known_metric_names(db_url: str) -> set[str]:
     """Every series name our processes can expose (families without samples yet included)."""
     suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"], "gauge": [""]}
-    names = set()
+    names: set[str] = set()
     families = list(REGISTRY.collect()) + list(DatabaseCollector(db_url, min_interval_s=0).collect())
     for fam in families:
         names.update(s.name for s in fam.samples)
@@ -268,8 +267,13 @@ def test_a_member_without_partitions_is_ready_and_log_lines_say_who_logs(env: En
     ]
     try:
         assert wait_for(lambda: all(http_get(f"http://127.0.0.1:{p}/readyz")[0] == 200 for p in ports), 40)
-        time.sleep(3)  # settled: one member owns the partition, the other none
-        bodies = [http_get(f"http://127.0.0.1:{p}/readyz") for p in ports]
+        settled = ["ok: 0 partitions assigned", "ok: 1 partitions assigned"]  # one member owns it, the other none
+
+        def readyz() -> list[tuple[int, str]]:
+            return [http_get(f"http://127.0.0.1:{p}/readyz") for p in ports]
+
+        assert wait_for(lambda: sorted(body.strip() for _, body in readyz()) == settled, 40), readyz()
+        bodies = readyz()
         assert all(code == 200 for code, _ in bodies), bodies
         assert sorted(body.strip() for _, body in bodies) == ["ok: 0 partitions assigned", "ok: 1 partitions assigned"]
     finally:
@@ -286,14 +290,18 @@ def test_a_member_without_partitions_is_ready_and_log_lines_say_who_logs(env: En
 def test_librdkafka_log_lines_go_through_structlog(env: Env, tmp_path: Path) -> None:
     """With the broker unreachable, librdkafka logs connection failures; in a JSON log
     every line must still be JSON."""
+    log = tmp_path / "ingest.log"
     proc = subprocess.Popen(
         gatestream_cmd("ingest", "--types", "active_windows"),
         env=env.environ(bootstrap_servers=f"127.0.0.1:{free_port()}"), cwd=ROOT,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.DEVNULL, stderr=log.open("wb"),
     )  # fmt: skip
-    time.sleep(5)
-    proc.terminate()
-    _, err = proc.communicate(timeout=30)
+    try:
+        assert wait_for(lambda: '"librdkafka"' in log.read_text(), 30), "librdkafka logged nothing"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    err = log.read_text()
     lines = [line for line in err.splitlines() if line.strip()]
     parsed = []
     for line in lines:
@@ -338,19 +346,25 @@ def test_pg_cron_job_failures_are_exported(env: Env) -> None:
 def test_a_database_down_at_start_is_waited_for_and_a_wrong_one_is_one_clear_line(env: Env, tmp_path: Path) -> None:
     port = free_port()
     down = env.environ(database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/gatestream")
+    log = tmp_path / "ingest.log"
     proc = subprocess.Popen(
         gatestream_cmd("ingest", "--metrics-port", str(port)), env=down, cwd=ROOT,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.DEVNULL, stderr=log.open("wb"),
     )  # fmt: skip
     try:
         assert wait_for(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200, 20), "alive while waiting"
         code, body = http_get(f"http://127.0.0.1:{port}/readyz")
         assert code == 503 and "waiting for the database" in body
-        time.sleep(2)
+
+        def retries() -> int:
+            return log.read_text().count("database unreachable; retrying")
+
+        assert wait_for(lambda: retries() >= 2, 30), f"{retries()} retries"
         assert proc.poll() is None, "it waits instead of exiting"
     finally:
         proc.terminate()
-        _, err = proc.communicate(timeout=30)
+        proc.wait(30)
+    err = log.read_text()
     assert proc.returncode == 0 and "database unreachable; retrying" in err and "Traceback" not in err
     # permanent mistakes: one clear line and a non-zero exit, at once
     missing_db = psycopg.conninfo.make_conninfo(env.database_url, dbname="no_such_database")

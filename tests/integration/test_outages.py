@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gatestream.producers.events import ActiveWindow
 from gatestream.producers.loadgen import Fleet, generate
-from gatestream.schemas import EventType, SchemaCatalog
+from gatestream.schemas import EventType, SchemaCatalog, event_topics
 from gatestream.topics import ensure_topics
 from tests.conftest import Env, PrivateBroker, free_port, gatestream_cmd
 from tests.helpers import count_all, count_rows, http_get, publish, wait_for
@@ -162,7 +162,7 @@ def test_a_dead_broker_costs_a_few_log_lines_with_a_count_and_its_reachability_i
 ) -> None:
     over = {"bootstrap_servers": private_broker.bootstrap}
     ps = env.producer(tmp_path / "unused", **over)
-    ensure_topics(ps, [*ps.event_topics(), env.dlq_topic], partitions=2)
+    ensure_topics(ps, [*event_topics(ps), env.dlq_topic], partitions=2)
     penv = Env(env.services, env.database_url, env.prefix, over)
     publish(penv, tmp_path / "s1.sqlite3", list(generate(200, Fleet(), list(EventType), seed=41)))
     port = free_port()

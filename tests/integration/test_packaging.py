@@ -50,9 +50,17 @@ def test_the_wheel_installs_outside_the_checkout_and_migrates(services: Services
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("GATESTREAM_", "PYTHON"))}
         env["GATESTREAM_DATABASE_URL"] = psycopg.conninfo.make_conninfo(services.database_url, dbname=name)
-        run = lambda *a: subprocess.run(  # noqa: E731
-            [str(venv / "bin" / "gatestream"), *a], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
-        )
+
+        def run(*a: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [str(venv / "bin" / "gatestream"), *a],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+
         where = subprocess.run(
             [str(venv / "bin" / "python"), "-c", "import gatestream.migrate as m; print(m.__file__)"],
             cwd=tmp_path, env=env, capture_output=True, text=True, check=True,

@@ -87,11 +87,7 @@ def _expected(days: int) -> int:
 
 
 def _counts(conn: psycopg.Connection[Any]) -> dict[int, int]:
-    return dict(
-        conn.execute(  # type: ignore[arg-type]
-            "SELECT organization_id, count(*) FROM monitoring.active_windows GROUP BY 1"
-        ).fetchall()
-    )
+    return dict(conn.execute("SELECT organization_id, count(*) FROM monitoring.active_windows GROUP BY 1").fetchall())
 
 
 def test_time_travel_every_organization_keeps_exactly_what_its_policy_says(env: Env, conn: Any) -> None:
@@ -153,7 +149,7 @@ def test_a_change_through_the_topic_changes_only_that_and_drift_is_repaired(env:
         conn.execute("UPDATE monitoring.retention_policies SET retention_days = 400 WHERE organization_id = %s", (B,))
         _publish(settings, {"resource_type": "active_windows", "organization_id": B, "op": "set"})
         assert wait_for(lambda: pc.runs > runs, 40), "the change event was not reconciled"
-        changes = [(c.action, c.key) for c in pc.last_plan.changes]  # type: ignore[union-attr]
+        changes = [(c.action, c.key) for c in pc.last_plan.changes]
         assert changes == [("alter", "retention:monitoring.active_windows")]
         engine = make_engine(conn, settings)
         assert make_plan(conn, settings, engine).changes == []

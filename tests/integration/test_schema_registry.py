@@ -46,6 +46,7 @@ def test_publisher_registers_and_consumers_resolve_through_the_registry(
     now = datetime.now(UTC).replace(microsecond=0)
     publish(env, tmp_path / "s.sqlite3", _events(40, "v1", now))
     latest = registry.get_latest_version(subject)
+    assert latest.schema.schema_str is not None and latest.schema_id is not None
     assert json.loads(latest.schema.schema_str) == SchemaCatalog().latest(EventType.ACTIVE_WINDOWS).schema
     ids = {m.value()[1:5] for m in read_topic(env.services.bootstrap_servers, topic, 40)}
     assert ids == {latest.schema_id.to_bytes(4, "big")}, "events carry the registry's id"
@@ -85,5 +86,7 @@ def test_a_compatible_change_flows_and_a_breaking_one_is_refused(
     assert count_rows(env.database_url, EventType.ACTIVE_WINDOWS) == 150
     assert ing.summary.dead_lettered == 0
     with psycopg.connect(env.database_url) as conn:
-        titles = dict(conn.execute("SELECT title, count(*) FROM monitoring.active_windows GROUP BY 1").fetchall())
+        titles: dict[str, int] = dict(
+            conn.execute("SELECT title, count(*) FROM monitoring.active_windows GROUP BY 1").fetchall()
+        )
     assert titles == {"v1": 100, "v2": 50}
