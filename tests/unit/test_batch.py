@@ -80,7 +80,8 @@ def test_implausible_events_are_rejected_with_the_reason() -> None:
         (1, Reason.EVENT_TIME_OUT_OF_RANGE),
         (2, Reason.INVALID_IDENTIFIER),
     ]
-    assert "t = 0 ms" in batch.rejects[0].detail
+    assert "t = 1970-01-01T00:00:00.000+00:00" in batch.rejects[0].detail
+    assert "GATESTREAM_EARLIEST_EVENT_TIME" in batch.rejects[0].detail
     assert batch.count == 1 and batch.ends == {P0: 4}
 
 
