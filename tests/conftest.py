@@ -21,6 +21,7 @@ from confluent_kafka import Consumer, TopicPartition
 # re-exported: tests use the broker script and the private broker from here
 from bench.brokers import BROKER_SCRIPT as BROKER_SCRIPT
 from bench.brokers import PrivateBroker as PrivateBroker
+from gatestream.edition import Edition, timescaledb_edition
 from tests.services import ROOT, Services, find_services
 
 # A killed member's partitions move after the session timeout: keep it at the broker's
@@ -50,38 +51,104 @@ def _admin_url(url: str, dbname: str) -> str:
     return psycopg.conninfo.make_conninfo(url, dbname=dbname)
 
 
-@pytest.fixture(scope="session")
-def migrated_template(services: Services) -> Iterator[str]:
-    """One migrated database per test session, the template every test's database is cloned from
-    (a clone is a file copy: much faster than running the migrations again)."""
-    from gatestream.migrate import migrate
+class _Templates:
+    """One migrated template database per server and test session; every test's database is
+    cloned from it (a clone is a file copy: much faster than running the migrations again)."""
 
-    name = f"gs_tmpl_{uuid.uuid4().hex[:10]}"
-    admin = _admin_url(services.database_url, "postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')  # name is ours, not input
-    migrate(_admin_url(services.database_url, name))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        # A template must have no sessions: refuse new ones (TimescaleDB's job scheduler would
-        # connect to it) and end those already there. CREATE DATABASE ... TEMPLATE still reads it.
-        conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-    yield name
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    def __init__(self) -> None:
+        self.made: dict[str, str] = {}  # server URL -> template name
+        self.editions: dict[str, Edition] = {}
+
+    def template(self, server_url: str) -> str:
+        if server_url not in self.made:
+            from gatestream.migrate import migrate
+
+            name = f"gs_tmpl_{uuid.uuid4().hex[:10]}"
+            admin = _admin_url(server_url, "postgres")
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{name}"')  # name is ours, not input
+            url = _admin_url(server_url, name)
+            migrate(url)
+            with psycopg.connect(url) as conn:
+                self.editions[server_url] = timescaledb_edition(conn)
+            with psycopg.connect(admin, autocommit=True) as conn:
+                # A template must have no sessions: refuse new ones (TimescaleDB's job scheduler would
+                # connect to it) and end those already there. CREATE DATABASE ... TEMPLATE still reads it.
+                conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+                conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+            self.made[server_url] = name
+        return self.made[server_url]
+
+    def edition(self, server_url: str) -> Edition:
+        self.template(server_url)
+        return self.editions[server_url]
+
+    def clone(self, server_url: str) -> str:
+        """A fresh, migrated database on that server; its URL."""
+        template = self.template(server_url)
+        name = f"gs_test_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(_admin_url(server_url, "postgres"), autocommit=True) as conn:
+            # names are ours, not input; a session still leaving the template is waited for by PostgreSQL (5 s)
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        return _admin_url(server_url, name)
+
+    def drop(self, url: str) -> None:
+        name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+        with psycopg.connect(_admin_url(url, "postgres"), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def close(self) -> None:
+        for server_url, name in self.made.items():
+            with psycopg.connect(_admin_url(server_url, "postgres"), autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def templates(services: Services) -> Iterator[_Templates]:
+    t = _Templates()
+    yield t
+    t.close()
 
 
 @pytest.fixture
-def db_url(services: Services, migrated_template: str) -> Iterator[str]:
-    """A fresh, migrated database for one test: a clone of the session's migrated template."""
-    name = f"gs_test_{uuid.uuid4().hex[:10]}"
-    admin = _admin_url(services.database_url, "postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        # names are ours, not input; a session still leaving the template is waited for by PostgreSQL (5 s)
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}"')
-    yield _admin_url(services.database_url, name)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def db_url(services: Services, templates: _Templates) -> Iterator[str]:
+    """A fresh, migrated database for one test, on the stack's main server (whatever edition it runs)."""
+    url = templates.clone(services.database_url)
+    yield url
+    templates.drop(url)
+
+
+def edition_server(services: Services, templates: _Templates, edition: Edition) -> str | None:
+    """The URL of a server that runs ``edition``, or None where the stack has none."""
+    for url in (services.database_url, services.apache_database_url):
+        if url and templates.edition(url) is edition:
+            return url
+    return None
+
+
+@pytest.fixture(params=[Edition.COMMUNITY, Edition.APACHE], ids=["community", "apache"])
+def edition(request: pytest.FixtureRequest, services: Services, templates: _Templates) -> Edition:
+    """Run a test on both TimescaleDB editions: the Community (TSL) edition and the Apache one
+    (the same build with timescaledb.license = 'apache' on a second server of the stack).
+    Only the Apache fallback of ``ops/stack`` (no Community build: GATESTREAM_TIMESCALEDB_SOURCE
+    unreachable) lacks the Community edition; there its cases skip, saying so."""
+    wanted = Edition(request.param)
+    if edition_server(services, templates, wanted) is None:
+        pytest.skip(
+            f"no server runs the {wanted.name.lower()} edition here: ops/stack fell back to Debian's Apache "
+            "edition (set GATESTREAM_TIMESCALEDB_SOURCE to TimescaleDB's source to build the Community one)"
+        )
+    return wanted
+
+
+@pytest.fixture
+def edition_db_url(services: Services, templates: _Templates, edition: Edition) -> Iterator[str]:
+    """A fresh, migrated database on a server of the ``edition`` under test."""
+    server = edition_server(services, templates, edition)
+    assert server is not None  # the edition fixture skipped otherwise
+    url = templates.clone(server)
+    yield url
+    templates.drop(url)
 
 
 @dataclass
@@ -129,13 +196,12 @@ class Env:
         return f"{self.prefix}{event_type.value}"
 
 
-@pytest.fixture
-def env(services: Services, db_url: str) -> Iterator[Env]:
+def _env(services: Services, database_url: str) -> Iterator[Env]:
     from gatestream.schemas import event_topics
     from gatestream.settings import ProducerSettings
     from gatestream.topics import delete_topics, ensure_topics
 
-    e = Env(services, db_url, f"t{uuid.uuid4().hex[:8]}.")
+    e = Env(services, database_url, f"t{uuid.uuid4().hex[:8]}.")
     ps = ProducerSettings(**e.common())
     names = [*event_topics(ps), e.dlq_topic]
     ensure_topics(ps, names, partitions=4)
@@ -144,6 +210,17 @@ def env(services: Services, db_url: str) -> Iterator[Env]:
         delete_topics(ps, names)  # keep the shared broker's disk small
     except Exception:  # noqa: BLE001 - best effort clean-up
         pass
+
+
+@pytest.fixture
+def env(services: Services, db_url: str) -> Iterator[Env]:
+    yield from _env(services, db_url)
+
+
+@pytest.fixture
+def edition_env(services: Services, edition_db_url: str) -> Iterator[Env]:
+    """As ``env``, on a database of the ``edition`` under test."""
+    yield from _env(services, edition_db_url)
 
 
 def gatestream_cmd(*args: str) -> list[str]:

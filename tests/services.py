@@ -25,6 +25,9 @@ class Services:
     source: str
     handles: tuple[Any, ...] = ()
     schema_registry_url: str | None = None  # None: the shipped schema catalog
+    # A second server running the Apache edition of the same TimescaleDB build
+    # (timescaledb.license = 'apache'), where the stack runs the Community edition.
+    apache_database_url: str | None = None
 
     def close(self) -> None:
         for h in self.handles:
@@ -111,6 +114,7 @@ def find_services() -> Services | str:
                 env["GATESTREAM_BOOTSTRAP_SERVERS"],
                 "ops/stack",
                 schema_registry_url=env.get("GATESTREAM_SCHEMA_REGISTRY_URL") or None,
+                apache_database_url=env.get("GATESTREAM_APACHE_DATABASE_URL") or None,
             )
         if forced == "stack":
             return "GATESTREAM_TEST_SERVICES=stack but no stack found: run ops/stack up"
