@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +83,27 @@ def stored_rows(url: str) -> tuple[int, set[str]]:
             rows += len(got)
             ids.update(r[0] for r in got)
     return rows, ids
+
+
+def wait_for_first_rows(url: str, timeout: float, meanwhile: Callable[[], object] = lambda: None) -> bool:
+    """Wait until the members have committed a batch (the pipeline flows), calling ``meanwhile``
+    between looks; False on time-out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        meanwhile()
+        with connect_once(url) as conn:
+            if any(
+                conn.execute(
+                    psycopg.sql.SQL("SELECT EXISTS (SELECT 1 FROM monitoring.{})").format(
+                        psycopg.sql.Identifier(et.value)
+                    )
+                ).fetchone()
+                == (True,)
+                for et in EventType
+            ):
+                return True
+        time.sleep(0.2)
+    return False
 
 
 def offsets_off(url: str, group: str, ends: dict[TP, int]) -> int:

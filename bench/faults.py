@@ -37,7 +37,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench.accounting import offsets_off, read_published, skipped_duplicates, stored_rows
+from bench.accounting import offsets_off, read_published, skipped_duplicates, stored_rows, wait_for_first_rows
 from bench.brokers import PrivateBroker
 from bench.scenarios import SCENARIOS, Run
 from gatestream.bench import bench_database
@@ -47,6 +47,7 @@ from gatestream.topics import delete_topics, ensure_topics
 
 SHORT = ["consumer-kill-9", "fault-hooks", "connection-killed", "postgres-crash", "broker-kill-9", "producer-kill-9",
          "rebalance-storm"]  # fmt: skip
+FROM_THE_START = {"producer-kill-9", "broker-kill-9"}  # their faults need the producer still publishing
 DRAIN_S = 180  # for the last rows to land
 OFFSETS_S = 30  # once every event is stored, for the offsets of trailing resent copies
 
@@ -124,6 +125,16 @@ def run_scenario(name: str, settings: IngestSettings, *, events: int, rate: int,
         for _ in range(3):
             run.start_consumer()
         run.start_producer(count=events, rate=rate, seed=seed)
+        # Faults aimed at the members begin once they write (a member's start takes seconds on a
+        # loaded machine: a window that closed before then would inject nothing); faults aimed at
+        # the producer or the broker begin at once, while the producer still publishes.
+        def keep_three() -> None:  # a member armed with fault hooks may die before the first batch
+            while len(run.alive()) < 3:
+                run.start_consumer()
+
+        if name not in FROM_THE_START and not wait_for_first_rows(db, 120, keep_three):
+            out.note = "FAILED: no batch committed within 120 s of the start"
+            return out
         out.faults = injector(run, rnd, time.monotonic() + seconds)
         if out.faults < 0:
             out.note = "skipped: needs the local stack's PostgreSQL (ops/stack)"

@@ -63,7 +63,10 @@ class DeadLetter:
 def read(settings: IngestSettings, timeout: float = 15.0) -> Iterator[DeadLetter]:
     """Every record of the dead-letter topic, from the beginning to its end as of now."""
     c = Consumer(
-        {**consumer_config(settings, f"gatestream-dlq-reader-{time.monotonic_ns()}"), "enable.partition.eof": True}
+        {
+            **consumer_config(settings, f"gatestream-dlq-reader-{time.monotonic_ns()}", member=False),
+            "enable.partition.eof": True,
+        }
     )
     try:
         md = c.list_topics(settings.dlq_topic, timeout=10).topics.get(settings.dlq_topic)

@@ -93,7 +93,7 @@ def plan(settings: IngestSettings, selection: ReplaySelection) -> list[Partition
     unknown = [t for t in selection.event_types if t not in known]
     if unknown:
         raise ReplayError(f"unknown event type {', '.join(unknown)}; the schema catalog has: {', '.join(known)}")
-    c = Consumer(consumer_config(settings, f"gatestream-replay-plan-{time.monotonic_ns()}"))
+    c = Consumer(consumer_config(settings, f"gatestream-replay-plan-{time.monotonic_ns()}", member=False))
     try:
         ranges: list[PartitionRange] = []
         for et in selection.event_types:

@@ -16,7 +16,7 @@ def end_offsets(
     """The end offset (high watermark) of each partition now, as the broker's leader reports it."""
     if not parts:
         return {}
-    c = Consumer(consumer_config(settings, f"gatestream-watermarks-{time.monotonic_ns()}"))
+    c = Consumer(consumer_config(settings, f"gatestream-watermarks-{time.monotonic_ns()}", member=False))
     try:
         return {
             (t, p): int(c.get_watermark_offsets(TopicPartition(t, p), timeout=timeout, cached=False)[1])
@@ -32,7 +32,7 @@ def timestamps_at(
     """Broker timestamp (Unix seconds) of the message at each position, where one exists."""
     if not positions:
         return {}
-    c = Consumer(consumer_config(settings, f"gatestream-status-{time.monotonic_ns()}"))
+    c = Consumer(consumer_config(settings, f"gatestream-status-{time.monotonic_ns()}", member=False))
     try:
         c.assign([TopicPartition(t, p, o) for (t, p), o in positions.items()])
         out: dict[tuple[str, int], float] = {}

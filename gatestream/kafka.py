@@ -54,9 +54,12 @@ def group_config(settings: GroupMemberSettings, group_id: str) -> dict[str, Any]
     return conf
 
 
-def consumer_config(settings: IngestSettings, group_id: str) -> dict[str, Any]:
+def consumer_config(settings: IngestSettings, group_id: str, *, member: bool = True) -> dict[str, Any]:
+    """A consumer's configuration. ``member=False``: a reader that only ``assign``s partitions
+    and never joins its group (status, watermarks, dead-letter reads, replay plans): it needs
+    no group protocol, so the broker is not asked for one."""
     conf = {
-        **group_config(settings, group_id),
+        **(group_config(settings, group_id) if member else {"group.id": group_id}),
         # Offsets live in the database, committed with the rows; Kafka never decides where we start.
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,

@@ -55,7 +55,7 @@ def status_of(settings: IngestSettings, group: str) -> GroupStatus:
 
     from gatestream.kafka import consumer_config
 
-    c = Consumer(consumer_config(settings, f"gatestream-status-{time.monotonic_ns()}"))
+    c = Consumer(consumer_config(settings, f"gatestream-status-{time.monotonic_ns()}", member=False))
     try:
         md = c.list_topics(timeout=10)
         parts = [(t, p) for t in topics if t in md.topics for p in sorted(md.topics[t].partitions)]

@@ -3,7 +3,7 @@ one backoff loop every long-running process uses.
 
 It is stop-aware (the waits are ``stop.wait``, so SIGTERM ends them at once) and quiet:
 one log line when the service first fails, one when the error changes, a reminder a
-minute, and one when it answers again; never a line per attempt.
+minute, and one when it answers again; a line per attempt only at debug level.
 """
 
 from __future__ import annotations
@@ -93,6 +93,8 @@ def wait_for_service(
                     f"{what} still unreachable; retrying", error=message, waited_s=round(now - since), attempt=attempts
                 )
                 said_at = now
+            else:  # every attempt, for whoever runs at debug level (tests count them)
+                logger.debug(f"{what} unreachable; retrying", error=message, retry_in_s=delay, attempt=attempts)
             if stop.wait(delay):
                 raise
             delay = min(delay * 2, max_delay)

@@ -345,7 +345,8 @@ def test_pg_cron_job_failures_are_exported(env: Env) -> None:
 
 def test_a_database_down_at_start_is_waited_for_and_a_wrong_one_is_one_clear_line(env: Env, tmp_path: Path) -> None:
     port = free_port()
-    down = env.environ(database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/gatestream")
+    down = env.environ(database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/gatestream", log_level="debug")
+    # (at debug level every attempt is a line: the first is a warning, the rest debug)
     log = tmp_path / "ingest.log"
     proc = subprocess.Popen(
         gatestream_cmd("ingest", "--metrics-port", str(port)), env=down, cwd=ROOT,

@@ -252,7 +252,8 @@ def test_every_run_ends_and_bad_arguments_get_rc_2_with_a_clear_line(env: Env, t
 def test_a_replay_started_while_the_database_is_down_waits_for_it(env: Env, tmp_path: Path) -> None:
     from tests.conftest import free_port
 
-    environ = env.environ(database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/nothing")
+    # at debug level every attempt is a line (the first a warning, the rest debug)
+    environ = env.environ(database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/nothing", log_level="debug")
     log = tmp_path / "replay.log"
     with log.open("w") as err_file:
         proc = subprocess.Popen(

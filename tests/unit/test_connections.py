@@ -95,6 +95,9 @@ class _Log:
     def info(self, event: str, **kw: Any) -> None:
         self.lines.append(("info", event, kw))
 
+    def debug(self, event: str, **kw: Any) -> None:
+        self.lines.append(("debug", event, kw))
+
 
 def test_wait_for_service_logs_once_per_error_and_once_when_back() -> None:
     errors = [ConnectionError("refused")] * 3 + [TimeoutError("no answer")] * 2
@@ -107,11 +110,12 @@ def test_wait_for_service_logs_once_per_error_and_once_when_back() -> None:
 
     got = wait_for_service("registry", attempt, retry=lambda e: isinstance(e, OSError), first_delay=0.001, logger=log)
     assert got == "up"
-    assert [(lvl, kw.get("error")) for lvl, _, kw in log.lines] == [
+    assert [(lvl, kw.get("error")) for lvl, _, kw in log.lines if lvl != "debug"] == [
         ("warning", "refused"),
         ("warning", "no answer"),
         ("info", None),
     ]
+    assert [kw["attempt"] for lvl, _, kw in log.lines if lvl == "debug"] == [2, 3, 5], "the rest, at debug level"
     assert log.lines[-1][2]["attempts"] == 5
 
 
