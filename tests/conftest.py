@@ -195,6 +195,17 @@ class Env:
     def topic(self, event_type: Any) -> str:
         return f"{self.prefix}{event_type.value}"
 
+    def on_broker(self, bootstrap: str, partitions: int = 2) -> Env:
+        """These settings pointed at another broker (a test's private one), with the topics created there."""
+        from gatestream.schemas import event_topics
+        from gatestream.settings import ProducerSettings
+        from gatestream.topics import ensure_topics
+
+        e = Env(self.services, self.database_url, self.prefix, {**self.extra, "bootstrap_servers": bootstrap})
+        ps = ProducerSettings(**e.common())
+        ensure_topics(ps, [*event_topics(ps), e.dlq_topic], partitions=partitions)
+        return e
+
 
 def _env(services: Services, database_url: str) -> Iterator[Env]:
     from gatestream.schemas import event_topics

@@ -132,9 +132,7 @@ def test_broker_away_for_30_s_no_crash_loop_readyz_follows_and_ingest_resumes(
     env: Env, private_broker: PrivateBroker, tmp_path: Path
 ) -> None:
     over = {"bootstrap_servers": private_broker.bootstrap}
-    ps = env.producer(tmp_path / "unused", **over)
-    ensure_topics(ps, [*event_topics(ps), env.dlq_topic], partitions=2)
-    penv = Env(env.services, env.database_url, env.prefix, {"bootstrap_servers": private_broker.bootstrap})
+    penv = env.on_broker(private_broker.bootstrap)
     publish(penv, tmp_path / "s1.sqlite3", list(generate(1000, Fleet(), list(EventType), seed=11)))
     port = free_port()
     log = tmp_path / "ingest.log"
@@ -158,7 +156,7 @@ def test_broker_away_for_30_s_no_crash_loop_readyz_follows_and_ingest_resumes(
         assert wait_for(lambda: readyz()[0] == 200, 60), readyz()
         publish(penv, tmp_path / "s2.sqlite3", list(generate(1000, Fleet(), list(EventType), seed=12)))
         assert wait_for(lambda: sum(count_all(env.database_url).values()) >= 2000, 60), "ingest did not resume"
-        ends = _non_empty(_end_offsets(private_broker.bootstrap, list(event_topics(ps))))
+        ends = _non_empty(_end_offsets(private_broker.bootstrap, list(event_topics(penv.ingest()))))
         assert wait_for(lambda: stored_offsets(env.database_url, f"{env.prefix}ingest") == ends, 30)
         assert sum(count_all(env.database_url).values()) == 2000
         assert proc.poll() is None

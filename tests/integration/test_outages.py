@@ -20,8 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gatestream.producers.events import ActiveWindow
 from gatestream.producers.loadgen import Fleet, generate
-from gatestream.schemas import EventType, SchemaCatalog, event_topics
-from gatestream.topics import ensure_topics
+from gatestream.schemas import EventType, SchemaCatalog
 from tests.conftest import Env, PrivateBroker, free_port, gatestream_cmd
 from tests.helpers import count_all, count_rows, http_get, publish, wait_for
 from tests.proxy import proxied, target_of, via_proxy
@@ -160,14 +159,10 @@ def _client_errors(log: Path) -> list[dict[str, Any]]:
 def test_a_dead_broker_costs_a_few_log_lines_with_a_count_and_its_reachability_is_a_metric(
     env: Env, private_broker: PrivateBroker, tmp_path: Path
 ) -> None:
-    over = {"bootstrap_servers": private_broker.bootstrap}
-    ps = env.producer(tmp_path / "unused", **over)
-    ensure_topics(ps, [*event_topics(ps), env.dlq_topic], partitions=2)
-    penv = Env(env.services, env.database_url, env.prefix, over)
+    penv = env.on_broker(private_broker.bootstrap)
     publish(penv, tmp_path / "s1.sqlite3", list(generate(200, Fleet(), list(EventType), seed=41)))
-    port = free_port()
-    log = tmp_path / "ingest.log"
-    proc = _ingest(env, port, log, **over)
+    port, log = free_port(), tmp_path / "ingest.log"
+    proc = _ingest(env, port, log, bootstrap_servers=private_broker.bootstrap)
 
     def up() -> float | None:
         return _metric(port, "gatestream_kafka_broker_up", client="ingest")

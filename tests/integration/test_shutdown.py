@@ -45,6 +45,21 @@ def _lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
 
+
+def _sigterm(proc: subprocess.Popen[bytes], while_: str) -> int:
+    """SIGTERM, and the exit code once the process ended (the test fails if it does not, in time)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(STOP_BOUND_S)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running {STOP_BOUND_S} s after SIGTERM {while_}")
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+
 def test_status_on_a_database_that_never_answers_ends_with_one_line(env: Env, db_proxy: TcpProxy) -> None:
     db_proxy.hang()  # the TCP connection is accepted, the server never says a word
     try:
@@ -105,15 +120,9 @@ def test_sigterm_ends_an_ingest_member_while_the_database_is_away(
         # events arrive while the database is away: a batch is in hand when the stop comes
         publish(env, tmp_path / "s2.sqlite3", list(generate(200, Fleet(), list(EventType), seed=32)))
         wait_for(unready, 15)  # the member noticed (if it can tell)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(STOP_BOUND_S)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"still running {STOP_BOUND_S} s after SIGTERM with the database {outage}ing")
+        code = _sigterm(proc, f"with the database {outage}ing")
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        _reap(proc)
     stderr = err.read_text()
     assert code == 0, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
@@ -150,15 +159,9 @@ def test_sigterm_ends_the_policy_consumer_in_the_middle_of_a_reconcile_the_datab
         assert p.flush(10) == 0
         # the change event is read; its reconcile waits on a database that never answers
         assert wait_for(lambda: '"policy change event"' in err.read_text(), 30), err.read_text()[-3000:]
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(STOP_BOUND_S)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"still running {STOP_BOUND_S} s after SIGTERM in a reconcile the database never answers")
+        code = _sigterm(proc, "in a reconcile the database never answers")
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        _reap(proc)
         _unschedule_cron_jobs(env.database_url)
     stderr = err.read_text()
     assert code == 0 and "Traceback" not in stderr, stderr[-3000:]
