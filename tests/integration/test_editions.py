@@ -268,7 +268,7 @@ def test_a_database_made_with_2_19_3_keeps_its_rows_through_the_update_to_the_co
             conn.execute(
                 """INSERT INTO monitoring.active_windows (event_id, organization_id, users_on_computers_id, datetime,
                                                           title, active_time)
-                   SELECT gen_random_uuid(), 1 + k % 4, 10 + k % 7, %s - make_interval(hours => k), 'w', k % 60
+                   SELECT gen_random_uuid(), 1 + k %% 4, 10 + k %% 7, %s - make_interval(hours => k), 'w', k %% 60
                      FROM generate_series(0, 24 * 120 - 1) k""",
                 (now,),
             )
