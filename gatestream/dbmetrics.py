@@ -21,9 +21,10 @@ import psycopg
 import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from psycopg import sql
 
 from gatestream.database import DatabaseSettingError, bounded, connect_once
-from gatestream.edition import timescaledb_edition
+from gatestream.edition import timescaledb_edition, timescaledb_has
 
 log = structlog.get_logger("gatestream.dbmetrics")
 
@@ -178,12 +179,18 @@ class DatabaseCollector(Collector):
             "Before / after compression, over the compressed chunks.",
             labels=["hypertable"],
         )
+        # the columnstore name since 2.18 (the compression one before; both have these columns)
+        stats = sql.Identifier(
+            "hypertable_columnstore_stats"
+            if timescaledb_has(conn, "hypertable_columnstore_stats")
+            else "hypertable_compression_stats"
+        )
         for q in names.values():
             try:
                 with conn.transaction():
                     row = conn.execute(
-                        "SELECT sum(before_compression_total_bytes), sum(after_compression_total_bytes) "
-                        "FROM hypertable_compression_stats(%s::regclass)", (q,)).fetchone()  # fmt: skip
+                        sql.SQL("SELECT sum(before_compression_total_bytes), sum(after_compression_total_bytes) "
+                                "FROM {}(%s::regclass)").format(stats), (q,)).fetchone()  # fmt: skip
             except psycopg.Error:
                 return []  # not in this edition: absent, not zero
             if row and row[0] and row[1]:

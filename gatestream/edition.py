@@ -1,4 +1,4 @@
-"""Which TimescaleDB edition a server runs: the one probe everything asks.
+"""Which TimescaleDB edition a server runs (the one probe everything asks), and which API its version has.
 
 The Apache-2 edition (Debian's package, the local stack) has hypertables and chunks; the
 Community edition (TSL) adds compression, continuous aggregates and the jobs API.
@@ -25,3 +25,18 @@ def timescaledb_edition(conn: psycopg.Connection[Any]) -> Edition:
         return Edition(str(row[0])) if row and row[0] else Edition.UNKNOWN
     except ValueError:
         return Edition.UNKNOWN
+
+
+def timescaledb_has(conn: psycopg.Connection[Any], name: str) -> bool:
+    """Whether the TimescaleDB extension installed in this database defines a function or
+    procedure ``name`` (the API differs between versions: 2.18 added the columnstore names,
+    e.g. add_columnstore_policy, beside the compression ones)."""
+    row = conn.execute(
+        """SELECT EXISTS (
+               SELECT 1 FROM pg_proc p
+                 JOIN pg_depend d ON d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e'
+                 JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'timescaledb'
+                WHERE p.proname = %s)""",
+        (name,),
+    ).fetchone()
+    return bool(row and row[0])

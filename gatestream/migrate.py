@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import structlog
 
 from gatestream.database import connect_once
@@ -58,10 +60,13 @@ def migrate(database_url: str, sql_dir: Path = SQL_DIR) -> list[str]:
     """Apply what is missing; return the names applied now. Edition-specific migrations
     (sql/tsl/ on the Community edition) go through the same runner, checksummed and
     recorded; on another edition they are neither applied nor recorded, so they apply
-    once the server runs the edition that has what they need."""
+    once the server runs the edition that has what they need.
+
+    The edition is probed after the common migrations: sql/001 creates the extension, and
+    only a database with the extension loaded states its edition (on a fresh database a
+    probe before that reads "unknown" and would skip sql/tsl/ until a second run)."""
     applied_now: list[str] = []
     with connect_once(database_url) as conn:
-        migrations = discover(sql_dir, timescaledb_edition(conn))
         conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
         try:
             conn.execute("CREATE SCHEMA IF NOT EXISTS gatestream")
@@ -73,21 +78,40 @@ def migrate(database_url: str, sql_dir: Path = SQL_DIR) -> list[str]:
             done: dict[str, str] = dict(
                 conn.execute("SELECT name, checksum FROM gatestream.schema_migrations").fetchall()
             )
-            for m in migrations:
-                if m.name in done:
-                    if done[m.name] != m.checksum:
-                        raise MigrationError(
-                            f"{m.name} was applied with different content; add a new migration instead of editing it"
-                        )
-                    continue
-                with conn.transaction():
-                    conn.execute(m.sql.encode())
-                    conn.execute(
-                        "INSERT INTO gatestream.schema_migrations (name, checksum) VALUES (%s, %s)",
-                        (m.name, m.checksum),
-                    )
-                log.info("migration applied", migration=m.name)
-                applied_now.append(m.name)
+            common = discover(sql_dir)
+            applied_now += _apply(conn, common, done)
+            edition = _edition_after_extension(conn, database_url)
+            applied_now += _apply(conn, discover(sql_dir, edition)[len(common) :], done)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
     return applied_now
+
+
+def _edition_after_extension(conn: psycopg.Connection[Any], database_url: str) -> Edition:
+    """The edition, asked once the extension exists; where this session does not state it
+    yet (the library loaded by the CREATE EXTENSION it ran), a new session does."""
+    edition = timescaledb_edition(conn)
+    if edition is Edition.UNKNOWN:
+        with connect_once(database_url) as fresh:
+            edition = timescaledb_edition(fresh)
+    return edition
+
+
+def _apply(conn: psycopg.Connection[Any], migrations: list[Migration], done: dict[str, str]) -> list[str]:
+    applied: list[str] = []
+    for m in migrations:
+        if m.name in done:
+            if done[m.name] != m.checksum:
+                raise MigrationError(
+                    f"{m.name} was applied with different content; add a new migration instead of editing it"
+                )
+            continue
+        with conn.transaction():
+            conn.execute(m.sql.encode())
+            conn.execute(
+                "INSERT INTO gatestream.schema_migrations (name, checksum) VALUES (%s, %s)",
+                (m.name, m.checksum),
+            )
+        log.info("migration applied", migration=m.name)
+        applied.append(m.name)
+    return applied

@@ -1,8 +1,11 @@
 """Job engines: where retention jobs live, read back and changed.
 
 - ``TimescaleJobs`` (Community/TSL edition): TimescaleDB's own policies and jobs
-  (add_retention_policy, add_compression_policy, add_continuous_aggregate_policy,
-  add_job / alter_job / delete_job), read back from timescaledb_information.jobs.
+  (add_retention_policy, add_columnstore_policy - add_compression_policy before 2.18 -,
+  add_continuous_aggregate_policy, add_job / alter_job / delete_job), read back from
+  timescaledb_information.jobs. Only the jobs on our hypertables (retention_resources)
+  and our continuous aggregates are ours; any other table's policies are foreign: listed,
+  never changed.
 - ``CronJobs`` (Apache edition): pg_cron jobs that CALL the project's procedures
   (sql/006), scheduled from pg_cron's database into this one. pg_cron job names are
   unique per user across databases and cut at 63 bytes, so a job is named
@@ -27,10 +30,15 @@ from gatestream.consumers.policy.model import DesiredJob, JobKind
 from gatestream.cron import UnschedulableInterval
 from gatestream.cron import cron_line as cron_line  # re-exported: the line each pg_cron job gets
 from gatestream.database import connect_once
+from gatestream.edition import timescaledb_has
 
 SQL_TSL_DIR = Path(__file__).parents[2] / "sql" / "tsl"  # gatestream/consumers/policy -> gatestream/sql/tsl
 CRON_PREFIX = "gatestream:"
 KEY_MARK = "-- gatestream job "
+
+
+class EngineUnavailable(Exception):
+    """The job engine cannot work in this database (what is missing, and how to fix it): one line."""
 
 
 @dataclass
@@ -46,6 +54,7 @@ class Engine(Protocol):
 
     def prepare(self) -> None: ...
     def actual(self) -> dict[str, ActualJob]: ...
+    def foreign(self) -> list[ActualJob]: ...
     def matches(self, want: DesiredJob, have: ActualJob) -> bool: ...
     def add(self, want: DesiredJob) -> None: ...
     def alter(self, have: ActualJob, want: DesiredJob) -> None: ...
@@ -72,10 +81,28 @@ class TimescaleJobs:
             "SELECT count(*) FROM gatestream.schema_migrations WHERE starts_with(name, 'tsl/')"
         ).fetchone()
         if not row or row[0] < len(list(SQL_TSL_DIR.glob("*.sql"))):
-            raise RuntimeError("the Community edition's migrations are not applied: run gatestream db migrate")
+            raise EngineUnavailable("the Community edition's migrations are not applied: run gatestream db migrate")
 
     def actual(self) -> dict[str, ActualJob]:
+        """Our jobs, by key: those on the hypertables of gatestream.retention_resources, on our
+        continuous aggregates, and the row-retention jobs (our procedure)."""
+        return self._scan()[0]
+
+    def foreign(self) -> list[ActualJob]:
+        """Policies on tables that are not ours (another application's hypertables in the same
+        database): never altered or deleted, only listed."""
+        return self._scan()[1]
+
+    def _scan(self) -> tuple[dict[str, ActualJob], list[ActualJob]]:
         out: dict[str, ActualJob] = {}
+        foreign: list[ActualJob] = []
+        ours = {
+            f"{s}.{t}"
+            for s, t in self.conn.execute(
+                "SELECT n.nspname, c.relname FROM gatestream.retention_resources r "
+                "JOIN pg_class c ON c.oid = r.hypertable JOIN pg_namespace n ON n.oid = c.relnamespace"
+            ).fetchall()
+        } | set(self.caggs)
         # jobs on a continuous aggregate name its materialization hypertable: map it back to the view
         views = {
             f"{ms}.{mt}": f"{vs}.{vn}"
@@ -103,12 +130,15 @@ class TimescaleJobs:
                 kind, target = JobKind.ROW_RETENTION, str(config.get("hypertable"))
                 params = {"default_days": int(config.get("default_days", 0))}
             else:
-                continue  # not ours
+                continue  # not a policy (a user-defined job, or TimescaleDB's own)
             key = f"{kind}:{target}"
+            if kind != JobKind.ROW_RETENTION and target not in ours:
+                foreign.append(ActualJob(key, int(job_id), f"{int(every_s)}s", params))
+                continue
             if key in out:  # a duplicate made by hand: keep the first, report the rest as extra
                 key = f"{key}#{job_id}"
             out[key] = ActualJob(key, int(job_id), f"{int(every_s)}s", params)
-        return out
+        return out, foreign
 
     def matches(self, want: DesiredJob, have: ActualJob) -> bool:
         mine = {k: v for k, v in want.params.items() if k in have.params}
@@ -127,18 +157,26 @@ class TimescaleJobs:
                 every, sql.Literal(json.dumps(self._row_config(want)))
             )
         elif want.kind == JobKind.COMPRESSION:
+            # 2.18 renamed compression to columnstore (the old names remain as aliases): the
+            # current names where the installed version has them
+            columnstore = timescaledb_has(self.conn, "add_columnstore_policy")
+            options = (
+                "timescaledb.enable_columnstore, timescaledb.segmentby = {}, timescaledb.orderby = {}"
+                if columnstore
+                else "timescaledb.compress, timescaledb.compress_segmentby = {}, timescaledb.compress_orderby = {}"
+            )
             self.conn.execute(
-                sql.SQL(
-                    "ALTER TABLE {} SET (timescaledb.compress, timescaledb.compress_segmentby = {}, "
-                    "timescaledb.compress_orderby = {})"
-                ).format(
+                sql.SQL("ALTER TABLE {} SET (" + options + ")").format(
                     sql.Identifier(*want.target.split(".")), sql.Literal(p["segmentby"]), sql.Literal(p["orderby"])
                 )
             )
-            q = sql.SQL(
-                "SELECT add_compression_policy({}, compress_after => make_interval(days => {}), "
+            policy = (
+                "CALL add_columnstore_policy({}, after => make_interval(days => {}), schedule_interval => {})"
+                if columnstore
+                else "SELECT add_compression_policy({}, compress_after => make_interval(days => {}), "
                 "schedule_interval => {})"
-            ).format(t, sql.Literal(p["compress_after_days"]), every)
+            )
+            q = sql.SQL(policy).format(t, sql.Literal(p["compress_after_days"]), every)
         elif want.kind == JobKind.CAGG_REFRESH:
             q = sql.SQL(
                 "SELECT add_continuous_aggregate_policy({}, start_offset => make_interval(days => {}), "
@@ -226,7 +264,7 @@ class CronJobs:
     def connect(cls, conn: psycopg.Connection[Any], database_url: str) -> CronJobs:
         row = conn.execute("SELECT current_setting('cron.database_name', true), current_database()").fetchone()
         if not row or not row[0]:
-            raise RuntimeError(
+            raise EngineUnavailable(
                 "pg_cron is not loaded (add pg_cron to shared_preload_libraries and set cron.database_name); "
                 "the Apache edition of TimescaleDB has no job scheduler of its own"
             )
@@ -268,6 +306,17 @@ class CronJobs:
                 key = f"{key}#{jobid}"  # a duplicate made by hand
             out[key] = ActualJob(key, int(jobid), str(schedule), {"command": command, "active": bool(active)})
         return out
+
+    def foreign(self) -> list[ActualJob]:
+        """pg_cron jobs in this database that we did not make (not named gatestream:...): left alone."""
+        return [
+            ActualJob(str(jobname or f"cron job {jobid}"), int(jobid), str(schedule))
+            for jobid, jobname, schedule in self.cron.execute(
+                "SELECT jobid, jobname, schedule FROM cron.job "
+                "WHERE database = %s AND NOT starts_with(coalesce(jobname, ''), %s) ORDER BY jobid",
+                (self.database, CRON_PREFIX),
+            ).fetchall()
+        ]
 
     def matches(self, want: DesiredJob, have: ActualJob) -> bool:
         return (have.schedule == cron_schedule(want) and have.params.get("active") is True

@@ -47,6 +47,7 @@ class Plan:
     state: DesiredState
     seconds: float = 0.0
     impact: list[dict[str, Any]] = field(default_factory=list)
+    foreign: list[ActualJob] = field(default_factory=list)  # other tables' jobs: listed, left alone
 
     @property
     def empty(self) -> bool:
@@ -78,7 +79,8 @@ def make_plan(conn: psycopg.Connection[Any], settings: PolicySettings, engine: E
     for key, got in have.items():
         if key not in state.jobs:  # ours (by name) but not wanted, or a duplicate made by hand
             changes.append(Change("delete", key, None, got))
-    return Plan(engine.name, edition, changes, unchanged, state, time.perf_counter() - t0)
+    foreign = engine.foreign()
+    return Plan(engine.name, edition, changes, unchanged, state, time.perf_counter() - t0, foreign=foreign)
 
 
 def apply_plan(plan: Plan, engine: Engine) -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 
-from gatestream.consumers.policy.model import JobKind
+from gatestream.consumers.policy.engines import EngineUnavailable
+from gatestream.consumers.policy.model import JobKind, PolicyError
 from gatestream.database import connect_once
 from gatestream.settings import PolicySettings
 
@@ -22,6 +25,22 @@ def _positive(value: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
     return n
+
+
+def _one_line(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """What the policy engine refuses (a missing migration or pg_cron, a policy table that
+    cannot be reconciled) is the operator's to fix: one line and exit 1, no traceback."""
+
+    @functools.wraps(fn)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except (EngineUnavailable, PolicyError) as exc:
+            name = f"policy {args.policy_command}" if getattr(args, "policy_command", None) else args.command
+            print(f"gatestream {name}: {exc}", file=sys.stderr)
+            return 1
+
+    return run
 
 
 def _engine(conn: psycopg.Connection[Any], settings: PolicySettings) -> Any:
@@ -44,6 +63,10 @@ def print_plan(plan: Any, out: Any = sys.stdout) -> None:
     print(f"\njobs: {len(plan.state.jobs)} wanted, {plan.unchanged} as wanted, {len(plan.changes)} to change", file=out)
     for c in plan.changes:
         print(f"  {c.describe()}", file=out)
+    if plan.foreign:
+        print(f"\nforeign jobs (not on our tables; left alone): {len(plan.foreign)}", file=out)
+        for j in plan.foreign:
+            print(f"  foreign {j.key} (job {j.job_id})", file=out)
     if plan.impact:
         print("\nwould delete now (rows per organization; whole chunks past the longest retention):", file=out)
         for item in plan.impact:
@@ -53,6 +76,7 @@ def print_plan(plan: Any, out: Any = sys.stdout) -> None:
             print(f"  {item['hypertable']}: {item['chunks_to_drop']} chunks; {detail}{more}", file=out)
 
 
+@_one_line
 def cmd_plan(args: argparse.Namespace) -> int:
     from gatestream.consumers.policy.reconcile import impact, make_plan
 
@@ -69,6 +93,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                     "edition": plan.edition,
                     "unchanged": plan.unchanged,
                     "changes": [c.describe() for c in plan.changes],
+                    "foreign": [f"{j.key} (job {j.job_id})" for j in plan.foreign],
                     "unavailable": plan.state.unavailable,
                     "impact": plan.impact,
                 }
@@ -79,6 +104,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+@_one_line
 def cmd_apply(args: argparse.Namespace) -> int:
     from gatestream.consumers.policy.reconcile import reconcile
 
@@ -157,6 +183,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+@_one_line
 def cmd_run_jobs(args: argparse.Namespace) -> int:
     settings = PolicySettings()
     with connect_once(settings.database_url) as conn:
@@ -170,6 +197,7 @@ def cmd_run_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+@_one_line
 def cmd_consumer(args: argparse.Namespace) -> int:
     from gatestream.consumers.policy.consumer import PolicyConsumer
     from gatestream.httpserver import OpsServer

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import gatestream.consumers.metrics  # noqa: F401 - registers the ingest metrics
 import gatestream.producers.metrics  # noqa: F401 - registers the producer metrics
 from gatestream.dbmetrics import DatabaseCollector
+from gatestream.edition import Edition
 from gatestream.producers.loadgen import Fleet, generate
 from gatestream.schemas import EventType
 from tests.conftest import Env, free_port, gatestream_cmd
@@ -163,26 +164,64 @@ def test_retention_lag_follows_the_policies_in_both_directions(env: Env) -> None
         assert 366 <= _collect(env.database_url)[(lag, vs)] / 86400 <= 370
 
 
-def test_database_collector_reports_the_compression_ratio(env: Env) -> None:
-    with psycopg.connect(env.database_url, autocommit=True) as conn:
-        edition = conn.execute("SELECT current_setting('timescaledb.license')").fetchone()
-    if edition != ("timescale",):
-        pytest.skip(
-            f"compression needs the TimescaleDB Community (TSL) edition; this server is {edition[0]!r}"
-            if edition
-            else "no TimescaleDB edition reported"
-        )
-    _old_rows(env.database_url, days_ago=100, n=20000)
-    with psycopg.connect(env.database_url, autocommit=True) as conn:
-        conn.execute(
-            "ALTER TABLE monitoring.visited_sites SET (timescaledb.compress, "
-            "timescaledb.compress_segmentby = 'organization_id')"
-        )
-        conn.execute("SELECT compress_chunk(c) FROM show_chunks('monitoring.visited_sites') c")
-    m = _collect(env.database_url)
+def test_database_collector_reports_the_compression_ratio(edition: Edition, edition_env: Env) -> None:
+    """Community edition: chunks moved to the columnstore, the exporter reports their ratio.
+    Apache edition: the server refuses the columnstore and the exporter reports no ratio
+    (absent, not zero)."""
+    url = edition_env.database_url
+    _old_rows(url, days_ago=100, n=20000)
     vs = (("hypertable", "monitoring.visited_sites"),)
+    with psycopg.connect(url, autocommit=True) as conn:
+        enable = (
+            "ALTER TABLE monitoring.visited_sites SET (timescaledb.enable_columnstore, "
+            "timescaledb.segmentby = 'organization_id', timescaledb.orderby = 'datetime DESC')"
+        )
+        if edition is not Edition.COMMUNITY:
+            with pytest.raises(psycopg.errors.FeatureNotSupported, match="apache"):
+                conn.execute(enable)
+            m = _collect(url)
+            assert m[("gatestream_db_hypertable_compressed_chunks", vs)] == 0
+            assert ("gatestream_db_hypertable_compression_ratio", vs) not in m
+            return
+        conn.execute(enable)
+        for (chunk,) in conn.execute("SELECT show_chunks('monitoring.visited_sites')::text").fetchall():
+            conn.execute("CALL convert_to_columnstore(%s::regclass)", (chunk,))
+    m = _collect(url)
     assert m[("gatestream_db_hypertable_compressed_chunks", vs)] >= 1
     assert m[("gatestream_db_hypertable_compression_ratio", vs)] > 1.5
+    before = m[("gatestream_db_hypertable_before_compression_bytes", vs)]
+    assert before > m[("gatestream_db_hypertable_after_compression_bytes", vs)]
+
+
+def test_timescaledb_job_failures_are_exported(edition: Edition, edition_env: Env) -> None:
+    """The Community edition's jobs run under TimescaleDB's scheduler: a failing one reaches the
+    metrics the GatestreamJobFailures alert reads. The Apache edition has no scheduler of its
+    own (add_job refuses): no job series but pg_cron's (test_pg_cron_job_failures_are_exported)."""
+    url = edition_env.database_url
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE PROCEDURE public.always_fails(job_id integer, config jsonb) LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'failing on purpose'; END $$"
+        )
+        if edition is not Edition.COMMUNITY:
+            with pytest.raises(psycopg.errors.FeatureNotSupported, match="apache"):
+                conn.execute("SELECT add_job('public.always_fails', interval '1 hour')")
+            assert not [k for k in _collect(url) if k[0].startswith("gatestream_db_job_")]
+            return
+        row = conn.execute("SELECT add_job('public.always_fails', interval '1 hour')").fetchone()
+        assert row is not None
+        job = int(row[0])
+
+        def failed() -> bool:
+            q = "SELECT total_failures FROM timescaledb_information.job_stats WHERE job_id = %s"
+            r = conn.execute(q, (job,)).fetchone()
+            return r is not None and (r[0] or 0) >= 1
+
+        assert wait_for(failed, 90, interval=1), "TimescaleDB's scheduler did not run the job within 90 s"
+    m = _collect(url)
+    labels = (("job_id", str(job)), ("proc", "always_fails"))
+    assert m[("gatestream_db_job_last_run_success", labels)] == 0
+    assert m[("gatestream_db_job_failures_total", labels)] >= 1
 
 
 # ---------------------------------------------------------------------- alert rules and dashboard
@@ -313,9 +352,11 @@ def test_librdkafka_log_lines_go_through_structlog(env: Env, tmp_path: Path) -> 
 
 
 @pytest.mark.slow
-def test_pg_cron_job_failures_are_exported(env: Env) -> None:
+def test_pg_cron_job_failures_are_exported(edition_env: Env) -> None:
     """The Apache edition's jobs run under pg_cron; a failing one must reach the metrics
-    the GatestreamCronJobFailures alert reads. pg_cron runs at most once a minute."""
+    the GatestreamCronJobFailures alert reads, on either edition's server (the exporter does
+    not ask which engine the policy consumer uses). pg_cron runs at most once a minute."""
+    env = edition_env
     with psycopg.connect(env.database_url, autocommit=True) as conn:
         row = conn.execute("SELECT current_setting('cron.database_name', true), current_database()").fetchone()
     if not row or not row[0]:

@@ -1,7 +1,7 @@
-"""The policy consumer against the real TimescaleDB (and pg_cron on the Apache edition).
-
-TSL-only parts (compression, the continuous aggregate) skip with the reason when the
-server runs the Apache edition.
+"""The policy consumer against the real TimescaleDB, on both editions: TimescaleDB's jobs on
+the Community edition, pg_cron on the Apache one (every test here runs on each, through the
+``edition`` fixture). Compression and the continuous aggregate exist only on the Community
+edition; on the Apache one their documented absence is checked.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from gatestream.cli.policy import _publish
 from gatestream.consumers.policy.consumer import PolicyConsumer
 from gatestream.consumers.policy.model import PolicyError
 from gatestream.consumers.policy.reconcile import make_engine, make_plan, reconcile
+from gatestream.edition import Edition
 from gatestream.settings import PolicySettings
 from tests.conftest import Env, read_topic
 from tests.helpers import wait_for
@@ -41,6 +42,12 @@ def _settings(env: Env, **over: Any) -> PolicySettings:
             **over,
         }
     )
+
+
+@pytest.fixture
+def env(edition_env: Env) -> Env:
+    """Everything here depends on the edition (the job engine, the jobs wanted): each test runs on both."""
+    return edition_env
 
 
 @pytest.fixture
@@ -235,9 +242,8 @@ def test_ten_thousand_organizations_reconcile_to_jobs_per_hypertable(env: Env, c
 
 
 def test_pg_cron_jobs_carry_a_schedule_that_keeps_the_configured_interval(env: Env, conn: Any) -> None:
-    """Every 15 minutes and every week, on pg_cron as the policy consumer schedules them."""
-    if _edition(conn) == "timescale":
-        pytest.skip("the Community edition schedules by interval, not cron lines")
+    """Every 15 minutes and every week, as the policy consumer schedules them: cron lines on
+    pg_cron (Apache edition), intervals on TimescaleDB's jobs (Community edition)."""
     from tests.unit.test_cron import fire_times
 
     settings = _settings(env, row_retention_interval_s=900, chunk_retention_interval_s=7 * 86400)
@@ -249,6 +255,18 @@ def test_pg_cron_jobs_carry_a_schedule_that_keeps_the_configured_interval(env: E
         t.join(20)
     jobs = make_engine(conn, settings).actual()
     aw = "monitoring.active_windows"
+    if _edition(conn) == Edition.COMMUNITY:
+        assert jobs[f"row-retention:{aw}"].schedule == "900s"
+        assert jobs[f"retention:{aw}"].schedule == f"{7 * 86400}s"
+        intervals = dict(
+            conn.execute(
+                "SELECT job_id, extract(epoch FROM schedule_interval)::bigint FROM timescaledb_information.jobs "
+                "WHERE job_id = ANY(%s)",
+                ([jobs[f"row-retention:{aw}"].job_id, jobs[f"retention:{aw}"].job_id],),
+            ).fetchall()
+        )
+        assert sorted(intervals.values()) == [900, 7 * 86400]
+        return
     assert jobs[f"row-retention:{aw}"].schedule == "*/15 * * * *"
     weekly = jobs[f"retention:{aw}"].schedule
     assert re.fullmatch(r"\d{1,2} \d{1,2} \* \* [0-6]", weekly), weekly
@@ -291,17 +309,30 @@ def test_hostile_values_are_rejected_without_executing_anything(env: Env, conn: 
     assert conn.execute("SELECT to_regclass('monitoring.screenshots')").fetchone() == ("monitoring.screenshots",)
 
 
-def test_compression_and_the_daily_aggregate_on_the_community_edition(env: Env, conn: Any) -> None:
-    if _edition(conn) != "timescale":
-        pytest.skip(
-            f"compression and continuous aggregates need the TimescaleDB Community (TSL) edition; "
-            f"this server runs the {_edition(conn)!r} edition (the plan reports them as unavailable)"
-        )
+def test_compression_and_the_daily_aggregate(env: Env, conn: Any) -> None:
+    """Community edition: the compression policy's job compresses what is past 60 days and the
+    daily aggregate refreshes. Apache edition: both are reported unavailable (no such jobs,
+    no aggregate, its migration not applied) and the server refuses compression."""
     _seed_rows(conn)
     settings = _settings(env)
     engine = make_engine(conn, settings)
     engine.prepare()
-    reconcile(conn, settings, engine)
+    plan = reconcile(conn, settings, engine)
+    if _edition(conn) != Edition.COMMUNITY:
+        assert [u.split(" ", 1)[0] for u in plan.state.unavailable] == ["compression", "continuous"]
+        assert all("needs the TimescaleDB Community edition" in u for u in plan.state.unavailable)
+        kinds = {k.split(":", 1)[0] for k in engine.actual()}
+        assert kinds == {"retention", "row-retention"}
+        assert conn.execute("SELECT to_regclass('monitoring.active_windows_daily')").fetchone() == (None,)
+        assert conn.execute(
+            "SELECT count(*) FROM gatestream.schema_migrations WHERE starts_with(name, 'tsl/')"
+        ).fetchone() == (0,)
+        with pytest.raises(psycopg.errors.FeatureNotSupported, match="apache"):
+            conn.execute(
+                "ALTER TABLE monitoring.active_windows SET (timescaledb.enable_columnstore, "
+                "timescaledb.segmentby = 'organization_id')"
+            )
+        return
     jobs = engine.actual()
     # TimescaleDB's scheduler starts a new policy at once; a run of ours may race it
     with contextlib.suppress(psycopg.errors.RaiseException):
@@ -319,7 +350,7 @@ def test_compression_and_the_daily_aggregate_on_the_community_edition(env: Env, 
     assert old > 200 and young == 0  # (the retention policy, also started at once, may have dropped the oldest)
     before, after = conn.execute(
         "SELECT sum(before_compression_total_bytes), sum(after_compression_total_bytes) "
-        "FROM hypertable_compression_stats('monitoring.active_windows')"
+        "FROM hypertable_columnstore_stats('monitoring.active_windows')"
     ).fetchone()
     print(f"\ncompression ratio {before / after:.1f}:1 ({before} -> {after} bytes)")
     assert before > after
