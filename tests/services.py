@@ -57,10 +57,12 @@ def _docker_available() -> bool:
 
 
 KAFKA_IMAGE = "apache/kafka:4.4.0"  # the version ops/kafka/pom.xml pins and docker-compose.yml runs
+# The Community edition of the TimescaleDB version ops/stack builds and docker-compose.yml runs
+TIMESCALEDB_IMAGE = "timescale/timescaledb:2.28.3-pg15"
 
 
 def _start_docker() -> Services:
-    """Apache Kafka (the same version as ops/stack) and the TimescaleDB image in containers.
+    """Apache Kafka (the same version as ops/stack) and the TimescaleDB image (Community edition) in containers.
 
     Kafka must advertise an address the host can reach, so its listener port is the same
     inside and outside the container (a free host port, bound 1:1)."""
@@ -91,9 +93,7 @@ def _start_docker() -> Services:
     )
     kafka.start()
     wait_for_logs(kafka, "Kafka Server started", timeout=90)
-    pg = PostgresContainer(
-        "timescale/timescaledb:2.19.3-pg15", username="postgres", password="postgres", dbname="gatestream"
-    )
+    pg = PostgresContainer(TIMESCALEDB_IMAGE, username="postgres", password="postgres", dbname="gatestream")
     pg.start()
     url = pg.get_connection_url().replace("postgresql+psycopg2://", "postgresql://")
     return Services(url, f"127.0.0.1:{port}", "testcontainers", (kafka, pg))

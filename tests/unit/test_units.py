@@ -316,6 +316,21 @@ def test_the_kafka_version_is_the_same_in_ops_stack_compose_and_testcontainers()
     assert compose.group(1) == pinned.group(1) == KAFKA_IMAGE.split(":")[1]
 
 
+def test_the_timescaledb_version_is_the_same_in_ops_stack_compose_and_testcontainers() -> None:
+    """The Community edition compose and testcontainers run is the version ops/stack builds."""
+    import re
+
+    from tests.services import TIMESCALEDB_IMAGE
+
+    stack = (ROOT / "ops/stack").read_text()
+    pinned = re.search(r"^TSDB_COMMUNITY_VERSION=(\S+)", stack, re.M)
+    assert pinned is not None
+    compose = re.search(r"image: timescale/timescaledb:(\S+)", (ROOT / "docker-compose.yml").read_text())
+    assert compose is not None
+    assert compose.group(1) == TIMESCALEDB_IMAGE.split(":")[1] == f"{pinned.group(1)}-pg15"
+    assert "archive/refs/tags/$TSDB_COMMUNITY_VERSION.tar.gz" in stack  # the default source is that release
+
+
 @pytest.mark.parametrize("protocol", ["classic", "consumer"])
 def test_consumer_config_is_accepted_by_librdkafka_under_both_group_protocols(protocol: str) -> None:
     from confluent_kafka import Consumer
