@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import Env
 from tests.services import ROOT
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.exclusive]
 
 # Scenarios whose producer never resends (it is neither killed nor cut off from its broker):
 # any duplicate ingest counts there is a batch read again after its commit.
