@@ -134,9 +134,14 @@ def edition(request: pytest.FixtureRequest, services: Services, templates: _Temp
     unreachable) lacks the Community edition; there its cases skip, saying so."""
     wanted = Edition(request.param)
     if edition_server(services, templates, wanted) is None:
+        if wanted is Edition.COMMUNITY:
+            pytest.skip(
+                "no server runs the Community edition here: ops/stack fell back to Debian's Apache edition "
+                "(set GATESTREAM_TIMESCALEDB_SOURCE to TimescaleDB's source to build the Community one)"
+            )
         pytest.skip(
-            f"no server runs the {wanted.name.lower()} edition here: ops/stack fell back to Debian's Apache "
-            "edition (set GATESTREAM_TIMESCALEDB_SOURCE to TimescaleDB's source to build the Community one)"
+            "no server runs the Apache edition here: GATESTREAM_APACHE_DATABASE_URL (the stack's second "
+            "server, which ops/stack up starts beside a Community build) is not set"
         )
     return wanted
 

@@ -79,3 +79,15 @@ def publish(env: Any, spool: Path, events: list[Any]) -> Any:
     left = pub.close(timeout=30)
     assert left == 0, f"{left} events not delivered"
     return pub
+
+
+def unschedule_cron_jobs(db_url: str) -> None:
+    """pg_cron keeps its jobs in its own database (cron.database_name): remove those made for
+    this test's database. Nothing to do where pg_cron is not loaded or not created there."""
+    with psycopg.connect(db_url, autocommit=True) as c:
+        row = c.execute("SELECT current_setting('cron.database_name', true), current_database()").fetchone()
+    if not row or not row[0] or row[0] == row[1]:
+        return
+    with psycopg.connect(psycopg.conninfo.make_conninfo(db_url, dbname=row[0]), autocommit=True) as cron:
+        if cron.execute("SELECT to_regclass('cron.job')").fetchone() != (None,):
+            cron.execute("SELECT cron.unschedule(jobid) FROM cron.job WHERE database = %s", (row[1],))

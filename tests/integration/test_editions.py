@@ -23,7 +23,7 @@ from gatestream.edition import Edition
 from gatestream.migrate import discover, migrate
 from gatestream.settings import PolicySettings
 from tests.conftest import Env, _Templates, edition_server, run_gatestream
-from tests.helpers import wait_for
+from tests.helpers import unschedule_cron_jobs, wait_for
 from tests.services import Services
 
 pytestmark = pytest.mark.integration
@@ -46,20 +46,9 @@ def _plain_database(server_url: str) -> Iterator[str]:
     try:
         yield url
     finally:
-        _unschedule_cron_jobs(url)
+        unschedule_cron_jobs(url)
         with psycopg.connect(_admin(server_url), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def _unschedule_cron_jobs(url: str) -> None:
-    """pg_cron keeps its jobs in its own database: remove those made for this one."""
-    with psycopg.connect(url, autocommit=True) as c:
-        row = c.execute("SELECT current_setting('cron.database_name', true), current_database()").fetchone()
-    if not row or not row[0] or row[0] == row[1]:
-        return
-    with psycopg.connect(psycopg.conninfo.make_conninfo(url, dbname=row[0]), autocommit=True) as cron:
-        if cron.execute("SELECT to_regclass('cron.job')").fetchone() != (None,):
-            cron.execute("SELECT cron.unschedule(jobid) FROM cron.job WHERE database = %s", (row[1],))
 
 
 def _environ(services: Services, url: str) -> dict[str, str]:
@@ -225,7 +214,7 @@ def test_another_tables_jobs_survive_every_reconcile_and_are_listed_as_foreign(
             assert [j.job_id for j in pc.last_plan.foreign] == sorted(theirs)
             assert _still_there(conn, edition, url, theirs) == theirs, "the policy consumer removed another table's job"
     finally:
-        _unschedule_cron_jobs(url)
+        unschedule_cron_jobs(url)
 
 
 def test_show_names_the_edition_and_version(edition: Edition, edition_env: Env) -> None:

@@ -23,7 +23,7 @@ from gatestream.consumers.policy.reconcile import make_engine, make_plan, reconc
 from gatestream.edition import Edition
 from gatestream.settings import PolicySettings
 from tests.conftest import Env, read_topic
-from tests.helpers import wait_for
+from tests.helpers import unschedule_cron_jobs, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -54,12 +54,7 @@ def env(edition_env: Env) -> Env:
 def conn(env: Env) -> Iterator[psycopg.Connection[Any]]:
     with psycopg.connect(env.database_url, autocommit=True) as c:
         yield c
-        # pg_cron keeps its jobs in its own database: remove the ones made for this test's database
-        row = c.execute("SELECT current_setting('cron.database_name', true), current_database()").fetchone()
-        if row and row[0] and row[0] != row[1]:
-            cron_url = psycopg.conninfo.make_conninfo(env.database_url, dbname=row[0])
-            with psycopg.connect(cron_url, autocommit=True) as cron:
-                cron.execute("SELECT cron.unschedule(jobid) FROM cron.job WHERE database = %s", (row[1],))
+    unschedule_cron_jobs(env.database_url)
 
 
 def _edition(conn: psycopg.Connection[Any]) -> str:
