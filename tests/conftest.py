@@ -184,6 +184,20 @@ class Env:
 
         return IngestSettings(**{**self.common(), **TEST_CONSUMER, "group_id": f"{self.prefix}ingest", **over})
 
+    def policy(self, **over: Any) -> Any:
+        """The policy consumer's settings, with this test's own change topic and group."""
+        from gatestream.settings import PolicySettings
+
+        return PolicySettings(
+            **{
+                **self.common(),
+                **TEST_CONSUMER,
+                "policy_topic": f"{self.prefix}policy-changes",
+                "policy_group_id": f"{self.prefix}policy",
+                **over,
+            }
+        )
+
     def producer(self, spool: Path, **over: Any) -> Any:
         from gatestream.settings import ProducerSettings
 

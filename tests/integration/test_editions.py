@@ -21,7 +21,6 @@ import pytest
 from gatestream.consumers.policy.consumer import PolicyConsumer
 from gatestream.edition import Edition
 from gatestream.migrate import discover, migrate
-from gatestream.settings import PolicySettings
 from tests.conftest import Env, _Templates, edition_server, run_gatestream
 from tests.helpers import unschedule_cron_jobs, wait_for
 from tests.services import Services
@@ -121,19 +120,6 @@ def test_a_refusal_of_the_policy_engine_is_one_line(edition: Edition, edition_en
     assert plan.returncode == 0, plan.stderr[-2000:]
 
 
-def _policy_settings(env: Env, **over: Any) -> PolicySettings:
-    return PolicySettings(
-        **{
-            **env.common(),
-            "policy_topic": f"{env.prefix}policy-changes",
-            "policy_group_id": f"{env.prefix}policy",
-            "session_timeout_ms": 6000,
-            "heartbeat_interval_ms": 2000,
-            **over,
-        }
-    )
-
-
 def _foreign_jobs(conn: psycopg.Connection[Any], edition: Edition, url: str) -> dict[int, str]:
     """Another application's jobs in our database, by id: a hypertable public.app_metrics with a
     30-day retention and a columnstore (compression) policy (Community edition), or a pg_cron
@@ -202,7 +188,7 @@ def test_another_tables_jobs_survive_every_reconcile_and_are_listed_as_foreign(
             assert "foreign" in applied.stdout
             assert _still_there(conn, edition, url, theirs) == theirs, "policy apply removed another table's job"
             # the policy consumer: its startup reconcile and a periodic one
-            pc = PolicyConsumer(_policy_settings(edition_env, full_reconcile_interval_s=1))
+            pc = PolicyConsumer(edition_env.policy(full_reconcile_interval_s=1))
             t = threading.Thread(target=pc.run, daemon=True)
             t.start()
             try:

@@ -31,19 +31,6 @@ A, B, C, D = 1, 2, 3, 4  # A keeps 90 days, B 730, C and D the default 365
 SPAN_DAYS = 800
 
 
-def _settings(env: Env, **over: Any) -> PolicySettings:
-    return PolicySettings(
-        **{
-            **env.common(),
-            "policy_topic": f"{env.prefix}policy-changes",
-            "policy_group_id": f"{env.prefix}policy",
-            "session_timeout_ms": 6000,
-            "heartbeat_interval_ms": 2000,
-            **over,
-        }
-    )
-
-
 @pytest.fixture
 def env(edition_env: Env) -> Env:
     """Everything here depends on the edition (the job engine, the jobs wanted): each test runs on both."""
@@ -95,7 +82,7 @@ def _counts(conn: psycopg.Connection[Any]) -> dict[int, int]:
 def test_time_travel_every_organization_keeps_exactly_what_its_policy_says(env: Env, conn: Any) -> None:
     _seed_rows(conn)
     _policies(conn)
-    settings = _settings(env)
+    settings = env.policy()
     engine = make_engine(conn, settings)
     engine.prepare()
     plan = reconcile(conn, settings, engine)
@@ -141,7 +128,7 @@ def _start_consumer(settings: PolicySettings) -> tuple[PolicyConsumer, threading
 
 def test_a_change_through_the_topic_changes_only_that_and_drift_is_repaired(env: Env, conn: Any) -> None:
     _policies(conn)
-    settings = _settings(env, full_reconcile_interval_s=3600)
+    settings = env.policy(full_reconcile_interval_s=3600)
     pc, t = _start_consumer(settings)
     try:
         assert wait_for(lambda: pc.runs >= 1, 30), "no startup reconcile"
@@ -199,7 +186,7 @@ def test_a_change_through_the_topic_changes_only_that_and_drift_is_repaired(env:
         ("add", "row-retention:monitoring.screenshots"),
         ("alter", "retention:monitoring.user_sessions"),
     ]
-    pc, t = _start_consumer(_settings(env, full_reconcile_interval_s=1))
+    pc, t = _start_consumer(env.policy(full_reconcile_interval_s=1))
     try:
         assert wait_for(lambda: pc.runs >= 2, 30)
     finally:
@@ -216,7 +203,7 @@ def test_ten_thousand_organizations_reconcile_to_jobs_per_hypertable(env: Env, c
              CROSS JOIN LATERAL (SELECT resource_type FROM gatestream.retention_resources
                                   ORDER BY resource_type OFFSET o % 5 LIMIT 1) r"""
     )
-    settings = _settings(env)
+    settings = env.policy()
     engine = make_engine(conn, settings)
     engine.prepare()
     plans: list[Any] = []
@@ -241,7 +228,7 @@ def test_pg_cron_jobs_carry_a_schedule_that_keeps_the_configured_interval(env: E
     pg_cron (Apache edition), intervals on TimescaleDB's jobs (Community edition)."""
     from tests.unit.test_cron import fire_times
 
-    settings = _settings(env, row_retention_interval_s=900, chunk_retention_interval_s=7 * 86400)
+    settings = env.policy(row_retention_interval_s=900, chunk_retention_interval_s=7 * 86400)
     pc, t = _start_consumer(settings)
     try:
         assert wait_for(lambda: pc.runs >= 1, 60), "no startup reconcile"
@@ -289,7 +276,7 @@ def test_hostile_values_are_rejected_without_executing_anything(env: Env, conn: 
             "INSERT INTO monitoring.retention_policies (resource_type, retention_days) "
             "VALUES ('visited_sites', 10), ('visited_sites', 20)"
         )
-    settings = _settings(env)
+    settings = env.policy()
     engine = make_engine(conn, settings)
     engine.prepare()
     reconcile(conn, settings, engine)
@@ -309,7 +296,7 @@ def test_compression_and_the_daily_aggregate(env: Env, conn: Any) -> None:
     daily aggregate refreshes. Apache edition: both are reported unavailable (no such jobs,
     no aggregate, its migration not applied) and the server refuses compression."""
     _seed_rows(conn)
-    settings = _settings(env)
+    settings = env.policy()
     engine = make_engine(conn, settings)
     engine.prepare()
     plan = reconcile(conn, settings, engine)
