@@ -83,6 +83,14 @@ def no_such_schema(exc: BaseException) -> bool:
     return isinstance(exc, SchemaRegistryError) and exc.http_status_code == 404 and exc.error_code == SCHEMA_NOT_FOUND
 
 
+def registry_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the registry did not answer, or answered 5xx: worth waiting for
+    (at start-up, where any other answer is a setting to fix)."""
+    if isinstance(exc, SchemaRegistryError):
+        return exc.http_status_code >= 500
+    return type(exc).__module__.split(".")[0] in ("httpx", "httpcore", "httpx2")
+
+
 def make_registry(
     url: str | None, catalog: SchemaCatalog, *, timeout_s: float = DEFAULT_TIMEOUT_S, max_retries: int | None = None
 ) -> Any:

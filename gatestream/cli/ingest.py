@@ -23,6 +23,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from gatestream.database import connect
     from gatestream.group_protocol import group_protocol_for
     from gatestream.kafka import base_config
+    from gatestream.schemas.registry import registry_unreachable
     from gatestream.signals import on_stop_signals
     from gatestream.waiting import wait_for_service
 
@@ -61,7 +62,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         ingestor: Ingestor | None = None
         try:
             routes = wait_for_service(
-                "schema registry", load_routes, retry=_registry_unreachable, stop=stop,
+                "schema registry", load_routes, retry=registry_unreachable, stop=stop,
                 on_failure=waiting_for_registry, logger=log,
             )  # fmt: skip
             if not stop.is_set():
@@ -72,7 +73,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             if not stop.is_set():
                 ingestor = Ingestor(settings, routes, stop=stop)
         except Exception as exc:
-            if not (stop.is_set() and (isinstance(exc, psycopg.OperationalError) or _registry_unreachable(exc))):
+            if not (stop.is_set() and (isinstance(exc, psycopg.OperationalError) or registry_unreachable(exc))):
                 raise
         if ingestor is None:  # asked to stop while waiting for the database or the registry
             log.info("ingest stopped before it started")
@@ -84,15 +85,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             server.stop()
     print(json.dumps(summary.report()))
     return 0
-
-
-def _registry_unreachable(exc: BaseException) -> bool:
-    """A schema registry that does not answer, or answers 5xx: worth waiting for."""
-    from confluent_kafka.schema_registry.error import SchemaRegistryError
-
-    if isinstance(exc, SchemaRegistryError):
-        return exc.http_status_code >= 500
-    return type(exc).__module__.split(".")[0] in ("httpx", "httpcore", "httpx2")
 
 
 def add_parsers(sub: Any) -> None:
