@@ -248,10 +248,14 @@ class BatchPipeline:
         owned = [tp for tp in parts if tp in self.parts.owned]
         self._batch.drop(set(owned))
         for tp, off in self.offsets.reload(owned).items():
-            try:
-                self._consumer.seek(TopicPartition(tp[0], tp[1], self.parts.seek(tp, off)))
-            except KafkaException as exc:
-                log.warning("seek failed; partition re-read after the next rebalance", tp=_k(tp), error=str(exc))
+            self._seek(tp, off)
+
+    def _seek(self, tp: TP, offset: int | None) -> None:
+        """Read ``tp`` again from ``offset`` (``Partitions.seek`` says where that is)."""
+        try:
+            self._consumer.seek(TopicPartition(tp[0], tp[1], self.parts.seek(tp, offset)))
+        except KafkaException as exc:
+            log.warning("seek failed; partition re-read after the next rebalance", tp=_k(tp), error=str(exc))
 
     def _pause_on_registry(self) -> None:
         """The open batch stopped at an event the registry could not be asked about: read
@@ -261,10 +265,7 @@ class BatchPipeline:
         assert exc is not None
         batch.stalled, batch.stall = {}, None
         for tp, off in stops.items():  # before the submit: a failed batch's resync then wins
-            try:
-                self._consumer.seek(TopicPartition(tp[0], tp[1], self.parts.seek(tp, off)))
-            except KafkaException as e:
-                log.warning("seek failed; partition re-read after the next rebalance", tp=_k(tp), error=str(e))
+            self._seek(tp, off)
         wait = self._registry.stalled(stops, exc)
         self._submit()
         self.stop_event.wait(wait)
