@@ -92,8 +92,16 @@ class PolicyConsumer:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.offsets.release((p.topic, p.partition) for p in partitions)
 
-    def reconcile_now(self, trigger: str, moves: Moves | None = None, rejects: list[Reject] | None = None) -> Plan:
-        """Reconcile; with ``moves``, the change events' checkpoint joins its transaction."""
+    def reconcile_now(
+        self,
+        trigger: str,
+        moves: Moves | None = None,
+        rejects: list[Reject] | None = None,
+        changed: set[str] | None = None,
+    ) -> Plan:
+        """Reconcile; with ``moves``, the change events' checkpoint joins its transaction.
+        With ``changed``, the data the next job runs delete for those resource types is said
+        too, before the "reconciled" line: that line ends the database work of an event."""
         t0 = time.perf_counter()
 
         def checkpoint() -> None:
@@ -128,6 +136,8 @@ class PolicyConsumer:
             self.offsets.advanced(moves)
         self.last_plan = plan
         self.runs += 1
+        if changed:
+            self._log_deletions(plan, changed)
         log.info(
             "reconciled",
             trigger=trigger,
@@ -175,8 +185,7 @@ class PolicyConsumer:
         moves = self.offsets.moves(ends)
         if moves:
             try:
-                plan = self.reconcile_now("event", moves, rejects)
-                self._log_deletions(plan, changed)
+                self.reconcile_now("event", moves, rejects, changed)
             except FencedError as exc:
                 log.warning("offsets moved by another policy consumer; re-reading", partitions=exc.partitions)
                 for tp, off in self.offsets.reload(list(moves)).items():
