@@ -94,6 +94,8 @@ def _start_docker() -> Services:
     kafka.start()
     wait_for_logs(kafka, "Kafka Server started", timeout=90)
     pg = PostgresContainer(TIMESCALEDB_IMAGE, username="postgres", password="postgres", dbname="gatestream")
+    # as ops/stack and compose: commit timestamps, which `gatestream bench latency` measures by
+    pg.with_command("postgres -c track_commit_timestamp=on")
     pg.start()
     url = pg.get_connection_url().replace("postgresql+psycopg2://", "postgresql://")
     return Services(url, f"127.0.0.1:{port}", "testcontainers", (kafka, pg))
