@@ -1,7 +1,7 @@
 """The real pipeline under faults, every topic message accounted for once.
 
-Run from a checkout (it drives the checkout's ``ops/kafka/broker`` and the local stack's
-PostgreSQL, so it is not part of the wheel)::
+Run from a checkout (it drives the checkout's ``ops/kafka/broker`` and the PostgreSQL server
+binaries the local stack installed, so it is not part of the wheel)::
 
     python -m bench.faults --short            # the CI form (tests/integration/test_faults.py)
     python -m bench.faults --scenarios consumer-kill-9,broker-kill-9 --rounds 3
@@ -16,12 +16,12 @@ high-water mark (VmHWM).
 
 Scenarios: consumer kill -9 at random times; kill -9 at exact points (fault hooks:
 between COPY and COMMIT, right after COMMIT, inside on_assign and on_revoke);
-PostgreSQL crashed (immediate stop) and restarted; the database unreachable for a while;
+PostgreSQL crashed (immediate stop) and restarted, and the database unreachable for a while
+(both against a server of the scenario's own, ``bench.postgres``);
 connections killed mid-transaction (pg_terminate_backend); the broker killed -9 and
 restarted from its log (a broker of the bench's own); the producer killed -9 with events
 in its spool, then restarted; a rebalance storm (members joining and leaving).
-The PostgreSQL scenarios need the local stack's server (ops/stack), which they stop and
-start; elsewhere they are reported as skipped.
+No scenario stops a service of the local stack: tests and people may be using it.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import argparse
 import json
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,14 +40,17 @@ from pathlib import Path
 
 from bench.accounting import offsets_off, read_published, skipped_duplicates, stored_rows, wait_for_first_rows
 from bench.brokers import PrivateBroker
+from bench.postgres import PrivatePostgres, pg_bindir
 from bench.scenarios import SCENARIOS, Run
 from gatestream.bench import bench_database
+from gatestream.database import connect_once
 from gatestream.schemas import EventType
 from gatestream.settings import IngestSettings, ProducerSettings
 from gatestream.topics import delete_topics, ensure_topics
 
 SHORT = ["consumer-kill-9", "fault-hooks", "connection-killed", "postgres-crash", "broker-kill-9", "producer-kill-9",
          "rebalance-storm"]  # fmt: skip
+OWN_POSTGRES = {"postgres-crash", "database-away"}  # they stop the server: one of their own
 FROM_THE_START = {"producer-kill-9", "broker-kill-9"}  # their faults need the producer still publishing
 DRAIN_S = 180  # for the last rows to land
 OFFSETS_S = 30  # once every event is stored, for the offsets of trailing resent copies
@@ -98,6 +102,22 @@ def _account(out: Outcome, run: Run, bootstrap: str, topics: list[str]) -> None:
         out.note = f"FAILED: {len(stored - published.ids)} rows that were never published"
 
 
+def _own_postgres(url: str) -> PrivatePostgres:
+    """A server of the scenario's own, from the binaries of the major version ``url`` runs."""
+    with connect_once(url) as conn:
+        row = conn.execute("SELECT current_setting('server_version_num')::int / 10000").fetchone()
+    bindir = pg_bindir(str(row[0]) if row else None)
+    if bindir is None:
+        raise RuntimeError("no PostgreSQL server binaries found (pg_config --bindir)")
+    server = PrivatePostgres(bindir)
+    try:
+        server.start()
+    except (RuntimeError, subprocess.TimeoutExpired):
+        server.remove(keep=True)
+        raise
+    return server
+
+
 def run_scenario(name: str, settings: IngestSettings, *, events: int, rate: int, seconds: float, seed: int) -> Outcome:
     injector, env_extra = SCENARIOS[name]
     rnd = random.Random(seed)
@@ -114,9 +134,18 @@ def run_scenario(name: str, settings: IngestSettings, *, events: int, rate: int,
             out.note = f"FAILED: its own broker did not start ({exc}".splitlines()[0] + f"; logs: {work})"
             return out
         bootstrap = broker.bootstrap
+    postgres: PrivatePostgres | None = None
+    database_url = settings.database_url
+    if name in OWN_POSTGRES:
+        try:
+            postgres = _own_postgres(settings.database_url)
+        except RuntimeError as exc:
+            out.note = f"FAILED: its own PostgreSQL did not start ({exc}".splitlines()[0] + ")"
+            return out
+        database_url = postgres.url
     prefix = f"faults.{uuid.uuid4().hex[:6]}."
-    db = bench_database(settings.database_url, "faults")
-    run = Run(settings, bootstrap, prefix, db, work, broker=broker, env_extra=dict(env_extra))
+    db = bench_database(database_url, "faults")
+    run = Run(settings, bootstrap, prefix, db, work, broker=broker, postgres=postgres, env_extra=dict(env_extra))
     ps = ProducerSettings(bootstrap_servers=bootstrap, topic_prefix=prefix, kafka_extra=settings.kafka_extra)
     topics = [ps.topic_for(et) for et in EventType]
     ensure_topics(ps, [*topics, f"{prefix}dead-letter"], partitions=6)
@@ -125,6 +154,7 @@ def run_scenario(name: str, settings: IngestSettings, *, events: int, rate: int,
         for _ in range(3):
             run.start_consumer()
         run.start_producer(count=events, rate=rate, seed=seed)
+
         # Faults aimed at the members begin once they write (a member's start takes seconds on a
         # loaded machine: a window that closed before then would inject nothing); faults aimed at
         # the producer or the broker begin at once, while the producer still publishes.
@@ -136,10 +166,6 @@ def run_scenario(name: str, settings: IngestSettings, *, events: int, rate: int,
             out.note = "FAILED: no batch committed within 120 s of the start"
             return out
         out.faults = injector(run, rnd, time.monotonic() + seconds)
-        if out.faults < 0:
-            out.note = "skipped: needs the local stack's PostgreSQL (ops/stack)"
-            out.faults = 0
-            return out
         # the last producer drains its spool; every consumer still running drains the topics
         if run.producer is not None:
             run.producer.wait(180)
@@ -172,6 +198,8 @@ def run_scenario(name: str, settings: IngestSettings, *, events: int, rate: int,
             pass
         if broker is not None:
             broker.kill()
+        if postgres is not None:
+            postgres.remove(keep=not out.ok)
         if out.ok:
             shutil.rmtree(work, ignore_errors=True)
         else:  # keep the processes' logs for a look
@@ -217,8 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         description="The real pipeline under faults: runs the load generator, several ingest processes, the broker "
         "and TimescaleDB, injects faults while events flow, then accounts for every topic message: stored offsets "
         "= end offsets, rows = distinct events published, ingest's duplicates = copies the producers resent. "
-        "Exits 1 when a scenario fails that. Stops and starts the local stack's PostgreSQL in its postgres-crash "
-        "and database-away scenarios: never run those against a stack others use. Run from the checkout; "
+        "Exits 1 when a scenario fails that. The postgres-crash and database-away scenarios crash and stop a "
+        "PostgreSQL server of their own (made from the stack's binaries), broker-kill-9 a broker of its own: the "
+        "local stack's services are never stopped. Run from the checkout; "
         'settings from GATESTREAM_* (eval "$(ops/stack env)").',
     )
     p.add_argument("--short", action="store_true", help=f"the CI form (under 3 minutes): {', '.join(SHORT)}")

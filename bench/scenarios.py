@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,8 +20,9 @@ from pathlib import Path
 
 import psycopg
 
-from bench.brokers import ROOT, PrivateBroker
+from bench.brokers import PrivateBroker
 from bench.churn import churn
+from bench.postgres import PrivatePostgres
 from gatestream.database import connect_once
 from gatestream.settings import IngestSettings
 
@@ -39,6 +39,7 @@ class Run:
     consumers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     producer: subprocess.Popen[bytes] | None = None
     broker: PrivateBroker | None = None  # the broker-kill-9 scenario's own broker
+    postgres: PrivatePostgres | None = None  # the server the postgres-crash/database-away scenarios stop
     peak_kb: int = 0
     env_extra: dict[str, str] = field(default_factory=dict)
 
@@ -110,34 +111,6 @@ class Run:
         return self.producer
 
 
-def _pg_bindir(data: Path) -> Path | None:
-    """The server binaries of the data directory's major version (Debian keeps each under
-    /usr/lib/postgresql/<major>/bin), else those ``pg_config --bindir`` names."""
-    debian = Path("/usr/lib/postgresql") / (data / "PG_VERSION").read_text().strip() / "bin"
-    if (debian / "pg_ctl").exists():
-        return debian
-    if shutil.which("pg_config") is None:
-        return None
-    done = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, timeout=30)
-    found = Path(done.stdout.strip())
-    return found if done.returncode == 0 and (found / "pg_ctl").exists() else None
-
-
-def _pg_ctl(action: str, *extra: str) -> bool:
-    """Stop/start the local stack's PostgreSQL (the only one the bench may crash)."""
-    stack = Path(os.environ.get("GATESTREAM_STACK_DIR", ROOT / ".stack"))
-    data = (stack / "pg").resolve() / "data"
-    if not (data / "PG_VERSION").exists() or shutil.which("runuser") is None:
-        return False
-    bindir = _pg_bindir(data)
-    if bindir is None:
-        return False
-    cmd = ["runuser", "-u", "postgres", "--", str(bindir / "pg_ctl"), "-D", str(data), *extra, action]
-    if action == "start":
-        cmd[5:5] = ["-l", str(data.parent / "postgres.log"), "-w"]
-    return subprocess.run(cmd, capture_output=True, timeout=120).returncode == 0
-
-
 Injector = Callable[[Run, random.Random, float], int]  # -> faults injected
 
 
@@ -165,22 +138,22 @@ def _hooks(run: Run, rnd: random.Random, until: float) -> int:
 
 
 def _pg_crash(run: Run, rnd: random.Random, until: float) -> int:
+    assert run.postgres is not None
     n = 0
     while time.monotonic() < until - 3:
         time.sleep(rnd.uniform(1.5, 3.5))
-        if not _pg_ctl("stop", "-m", "immediate"):
-            return -1
-        _pg_ctl("start")
+        run.postgres.crash()
+        run.postgres.start()
         n += 1
     return n
 
 
 def _db_away(run: Run, rnd: random.Random, until: float) -> int:
+    assert run.postgres is not None
     time.sleep(1.5)
-    if not _pg_ctl("stop", "-m", "fast"):
-        return -1
+    run.postgres.stop()
     time.sleep(max(1.0, min(30.0, until - time.monotonic())))
-    _pg_ctl("start")
+    run.postgres.start()
     return 1
 
 
@@ -245,8 +218,8 @@ SCENARIOS: dict[str, tuple[Injector, dict[str, str]]] = {
         _hooks,
         {"GATESTREAM_FAULT_HOOKS": "before-commit:0.08,after-commit:0.08,on-assign:0.2,on-revoke:0.2"},
     ),
-    "postgres-crash": (_pg_crash, {}),
-    "database-away": (_db_away, {}),
+    "postgres-crash": (_pg_crash, {}),  # against a server of its own (run_scenario starts it)
+    "database-away": (_db_away, {}),  # likewise
     "connection-killed": (_terminate, {}),
     "broker-kill-9": (_broker_kill, {}),  # against a broker of its own (run_scenario starts it)
     "producer-kill-9": (_producer_kill, {}),

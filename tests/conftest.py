@@ -30,6 +30,17 @@ from tests.services import ROOT, Services, find_services
 TEST_CONSUMER = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 2000}
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Order for pytest-xdist (ops/test runs ``--dist loadgroup``): the slow tests first, so the
+    workers share them from the start instead of one worker finishing a long one alone; the
+    tests that use the private broker on one worker, so one broker starts (a JVM costs seconds
+    of CPU on a 2-core machine) instead of one per worker."""
+    for item in items:
+        if "private_broker" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("private-broker"))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: otherwise as collected
+
+
 @pytest.fixture(params=["classic", "consumer"])
 def group_protocol(request: pytest.FixtureRequest) -> str:
     """Run a test under both consumer-group protocols: classic and KIP-848's."""
@@ -234,7 +245,7 @@ def _env(services: Services, database_url: str) -> Iterator[Env]:
     e = Env(services, database_url, f"t{uuid.uuid4().hex[:8]}.")
     ps = ProducerSettings(**e.common())
     names = [*event_topics(ps), e.dlq_topic]
-    ensure_topics(ps, names, partitions=4)
+    ensure_topics(ps, names, partitions=2)  # every test's topics: few partitions, less broker work
     yield e
     try:
         delete_topics(ps, names)  # keep the shared broker's disk small

@@ -228,6 +228,7 @@ def community_server(services: Services, templates: _Templates) -> str:
     return server
 
 
+@pytest.mark.slow
 def test_a_database_made_with_2_19_3_keeps_its_rows_through_the_update_to_the_community_edition(
     community_server: str, services: Services
 ) -> None:

@@ -328,6 +328,7 @@ def test_values_a_database_should_not_keep_are_dead_lettered_with_their_reason(e
         )
 
 
+@pytest.mark.slow
 def test_dead_letters_can_be_counted_shown_and_redriven_once_the_cause_is_fixed(env: Env, tmp_path: Path) -> None:
     """Events two days ahead are refused (the default window allows one day) with a reason
     in times a person reads that names the setting; the operator widens the window and

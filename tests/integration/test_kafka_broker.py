@@ -128,7 +128,7 @@ def test_broker_kill_9_mid_stream_and_restart_from_its_log_gives_exactly_n_rows(
 
 
 @pytest.mark.slow
-def test_broker_away_for_30_s_no_crash_loop_readyz_follows_and_ingest_resumes(
+def test_broker_away_for_15_s_no_crash_loop_readyz_follows_and_ingest_resumes(
     env: Env, private_broker: PrivateBroker, tmp_path: Path
 ) -> None:
     over = {"bootstrap_servers": private_broker.bootstrap}
@@ -148,7 +148,9 @@ def test_broker_away_for_30_s_no_crash_loop_readyz_follows_and_ingest_resumes(
         down_at = time.monotonic()
         assert wait_for(lambda: readyz()[0] == 503, 30), readyz()
         assert "broker" in readyz()[1], "/readyz says why it is not ready"
-        while time.monotonic() - down_at < 30:  # thirty seconds without a broker
+        # fifteen seconds without a broker: well past the session timeout (6 s) and librdkafka's
+        # reconnect backoff ceiling (10 s), so the member has lost its group and every connection
+        while time.monotonic() - down_at < 15:
             assert proc.poll() is None, "the consumer exited while the broker was away"
             assert http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200, "alive while unready"
             time.sleep(1)
@@ -168,6 +170,7 @@ def test_broker_away_for_30_s_no_crash_loop_readyz_follows_and_ingest_resumes(
     assert len(starts) == 1, "one process start: no crash loop"
 
 
+@pytest.mark.slow
 def test_status_lag_is_zero_after_a_drain_and_end_minus_stored_with_a_backlog(env: Env, tmp_path: Path) -> None:
     topics = [env.topic(et) for et in EventType]
     publish(env, tmp_path / "s1.sqlite3", list(generate(2000, Fleet(), list(EventType), seed=21)))
@@ -189,6 +192,7 @@ def test_status_lag_is_zero_after_a_drain_and_end_minus_stored_with_a_backlog(en
     assert sum(r["lag_messages"] for r in status) == 700
 
 
+@pytest.mark.slow
 def test_kafka_group_offsets_mirror_the_database_and_never_decide_where_reading_starts(
     env: Env, tmp_path: Path
 ) -> None:
@@ -226,6 +230,7 @@ def test_kafka_group_offsets_mirror_the_database_and_never_decide_where_reading_
     assert {tp: kafka.get(tp, 0) for tp in kafka | db} == {tp: db.get(tp, 0) for tp in kafka | db}
 
 
+@pytest.mark.slow
 def test_time_ranged_replay_starts_at_the_brokers_offset_for_that_time(env: Env, tmp_path: Path) -> None:
     topics = [env.topic(et) for et in EventType]
     publish(env, tmp_path / "s1.sqlite3", list(generate(1000, Fleet(), list(EventType), seed=41)))
@@ -256,6 +261,7 @@ def test_time_ranged_replay_starts_at_the_brokers_offset_for_that_time(env: Env,
     assert {p["from"] for p in summary["partitions"]} == {0}
 
 
+@pytest.mark.slow
 def test_a_member_that_lost_its_partitions_while_holding_a_batch_is_fenced(
     env: Env, tmp_path: Path, group_protocol: str
 ) -> None:

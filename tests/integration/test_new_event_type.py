@@ -74,6 +74,7 @@ def _sample(name: str, labels: dict[str, str]) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
+@pytest.mark.slow
 def test_a_new_event_type_needs_only_its_schema_catalog_entry_and_migration(env: Env, tmp_path: Path) -> None:
     schemas, sql_dir = _add_the_type(tmp_path)
     assert f"100_{TYPE}.sql" in migrate(env.database_url, sql_dir), "the same checksummed runner applies it"

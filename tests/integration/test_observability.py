@@ -193,6 +193,7 @@ def test_database_collector_reports_the_compression_ratio(edition: Edition, edit
     assert before > m[("gatestream_db_hypertable_after_compression_bytes", vs)]
 
 
+@pytest.mark.slow
 def test_timescaledb_job_failures_are_exported(edition: Edition, edition_env: Env) -> None:
     """The Community edition's jobs run under TimescaleDB's scheduler: a failing one reaches the
     metrics the GatestreamJobFailures alert reads. The Apache edition has no scheduler of its
@@ -326,6 +327,7 @@ def test_a_member_without_partitions_is_ready_and_log_lines_say_who_logs(env: En
     assert assigned and all(line.get("member") and line.get("group") for line in assigned)
 
 
+@pytest.mark.slow
 def test_librdkafka_log_lines_go_through_structlog(env: Env, tmp_path: Path) -> None:
     """With the broker unreachable, librdkafka logs connection failures; in a JSON log
     every line must still be JSON."""
@@ -384,6 +386,7 @@ def test_pg_cron_job_failures_are_exported(edition_env: Env) -> None:
             cron.execute("SELECT cron.unschedule(%s)", (job[0],))
 
 
+@pytest.mark.slow
 def test_a_database_down_at_start_is_waited_for_and_a_wrong_one_is_one_clear_line(env: Env, tmp_path: Path) -> None:
     port = free_port()
     down = env.environ(database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/gatestream", log_level="debug")

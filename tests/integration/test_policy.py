@@ -79,6 +79,7 @@ def _counts(conn: psycopg.Connection[Any]) -> dict[int, int]:
     return dict(conn.execute("SELECT organization_id, count(*) FROM monitoring.active_windows GROUP BY 1").fetchall())
 
 
+@pytest.mark.slow
 def test_time_travel_every_organization_keeps_exactly_what_its_policy_says(env: Env, conn: Any) -> None:
     _seed_rows(conn)
     _policies(conn)
@@ -291,6 +292,7 @@ def test_hostile_values_are_rejected_without_executing_anything(env: Env, conn: 
     assert conn.execute("SELECT to_regclass('monitoring.screenshots')").fetchone() == ("monitoring.screenshots",)
 
 
+@pytest.mark.slow
 def test_compression_and_the_daily_aggregate(env: Env, conn: Any) -> None:
     """Community edition: the compression policy's job compresses what is past 60 days and the
     daily aggregate refreshes. Apache edition: both are reported unavailable (no such jobs,

@@ -99,6 +99,7 @@ def test_a_deleted_slice_comes_back_exactly_and_whole_replays_add_nothing(env: E
     assert sum(stored_offsets(env.database_url, f"{env.prefix}ingest").values()) == n
 
 
+@pytest.mark.slow
 def test_a_killed_replay_continues_when_run_again(env: Env, tmp_path: Path) -> None:
     n = 4000
     _ingest_all(env, tmp_path, _events(n))
@@ -179,6 +180,7 @@ def _replay_cli(env: Env, *args: str) -> tuple[int, dict[str, object] | None, st
     return done.returncode, (json.loads(lines[-1]) if lines and lines[-1].startswith("{") else None), done.stderr
 
 
+@pytest.mark.slow
 def test_a_rerun_after_a_restore_restores_again_and_a_name_keeps_its_selection(env: Env, tmp_path: Path) -> None:
     n = 2000
     _ingest_all(env, tmp_path, _events(n))
@@ -218,6 +220,7 @@ def test_a_rerun_after_a_restore_restores_again_and_a_name_keeps_its_selection(e
     assert left == (0,), "their progress rows went with them"
 
 
+@pytest.mark.slow
 def test_every_run_ends_and_bad_arguments_get_rc_2_with_a_clear_line(env: Env, tmp_path: Path) -> None:
     _ingest_all(env, tmp_path, _events(500))
     aw = ("--types", "active_windows")
@@ -272,6 +275,7 @@ def test_a_replay_started_while_the_database_is_down_waits_for_it(env: Env, tmp_
     assert err.count("database unreachable; retrying") >= 2 and "Traceback" not in err, err[-2000:]
 
 
+@pytest.mark.slow
 def test_dry_run_says_what_the_real_run_does(env: Env, tmp_path: Path) -> None:
     """Fresh, half done, after completion, with --restart, with duplicates on the topic."""
     n = 3000
@@ -332,6 +336,7 @@ def test_max_rate_limits_the_replay_in_batches_of_at_most_a_second(env: Env, tmp
     assert r.summary.batches >= n // rate, "no batch holds more than a second of events"
 
 
+@pytest.mark.slow
 def test_a_replay_does_not_dead_letter_an_event_again(env: Env, tmp_path: Path) -> None:
     from confluent_kafka import Producer
 

@@ -93,6 +93,7 @@ def test_status_of_a_group_that_never_stored_an_offset_says_so_and_fails(env: En
     assert known.returncode == 0, known
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("outage", ["hang", "refuse"])
 def test_sigterm_ends_an_ingest_member_while_the_database_is_away(
     env: Env, db_proxy: TcpProxy, tmp_path: Path, outage: str
@@ -137,6 +138,7 @@ def test_sigterm_ends_an_ingest_member_while_the_database_is_away(
     assert sum(count_all(env.database_url).values()) == 400
 
 
+@pytest.mark.slow
 def test_sigterm_ends_the_policy_consumer_in_the_middle_of_a_reconcile_the_database_never_answers(
     env: Env, db_proxy: TcpProxy, tmp_path: Path
 ) -> None:

@@ -37,6 +37,7 @@ def _ensure(env: Env, broker: PrivateBroker) -> str:
     return topic
 
 
+@pytest.mark.slow
 def test_spool_keeps_events_through_a_broker_outage_and_a_restart(
     env: Env, private_broker: PrivateBroker, tmp_path: Path
 ) -> None:
@@ -87,6 +88,7 @@ def test_spool_keeps_events_through_a_broker_outage_and_a_restart(
         assert titles == sorted(titles, key=lambda t: int(t[1:])), f"device {key!r} out of order"
 
 
+@pytest.mark.slow
 def test_a_producer_process_exits_with_events_spooled_and_the_next_run_sends_them(
     env: Env, private_broker: PrivateBroker, tmp_path: Path
 ) -> None:
