@@ -107,15 +107,16 @@ def test_a_refusal_of_the_policy_engine_is_one_line(edition: Edition, edition_en
         assert refused.returncode == 1
         assert _one_line(refused).startswith("gatestream policy apply: retention_policies has rows that cannot be")
         conn.execute("DELETE FROM monitoring.retention_policies")
-        if edition is Edition.COMMUNITY:
-            # the Community edition's migrations not applied (a database migrated before the upgrade)
-            conn.execute("DELETE FROM gatestream.schema_migrations WHERE starts_with(name, 'tsl/')")
-            missing = run_gatestream(environ, "policy", "plan")
-            assert missing.returncode == 1
-            assert _one_line(missing) == (
-                "gatestream policy plan: the Community edition's migrations are not applied: run gatestream db migrate"
-            )
-            assert run_gatestream(environ, "db", "migrate").returncode == 0
+        # the edition's migrations not applied (a database migrated before the upgrade, or
+        # before the Apache edition had migrations of its own)
+        folder, name = ("tsl/", "Community") if edition is Edition.COMMUNITY else ("apache/", "Apache")
+        conn.execute("DELETE FROM gatestream.schema_migrations WHERE starts_with(name, %s)", (folder,))
+        missing = run_gatestream(environ, "policy", "plan")
+        assert missing.returncode == 1
+        assert _one_line(missing) == (
+            f"gatestream policy plan: the {name} edition's migrations are not applied: run gatestream db migrate"
+        )
+        assert run_gatestream(environ, "db", "migrate").returncode == 0
     plan = run_gatestream(environ, "policy", "plan")
     assert plan.returncode == 0, plan.stderr[-2000:]
 
