@@ -4,7 +4,8 @@ Per hypertable: row estimate, chunk count, size, size before/after compression a
 ratio, the age of the oldest chunk's end and the retention lag (how far the oldest chunk
 is past the longest retention any organization has there, from
 monitoring.retention_policies: chunks are dropped at that age); the jobs' last run and
-failures — TimescaleDB's jobs, or pg_cron's on the Apache edition; the database's size
+failures — TimescaleDB's jobs, or pg_cron's on the Apache edition; each dashboard
+aggregate's staleness (sql/*/011: its watermark's age, either edition); the database's size
 and, where the data folder is on this host, its disk usage.
 Features the Apache edition lacks (compression stats) are reported as absent, not zero.
 """
@@ -111,9 +112,12 @@ class DatabaseCollector(Collector):
         info.add_metric([str(edition), str(version)], 1)
         out.append(info)
 
+        staleness, aggregates = self._aggregates(conn)
+        # the Apache edition's aggregates are hypertables in this schema: reported as aggregates,
+        # not as event tables (whose retention lag assumes the events' retention)
         hypertables = [r[0] for r in conn.execute(
             "SELECT hypertable_name FROM timescaledb_information.hypertables WHERE hypertable_schema = %s "
-            "ORDER BY 1", (self.schema,)).fetchall()]  # fmt: skip
+            "ORDER BY 1", (self.schema,)).fetchall() if f"{self.schema}.{r[0]}" not in aggregates]  # fmt: skip
         names = {h: f"{self.schema}.{h}" for h in hypertables}
         rows = GaugeMetricFamily("gatestream_db_hypertable_rows_estimate", "Approximate rows.", labels=["hypertable"])
         size = GaugeMetricFamily(
@@ -148,7 +152,9 @@ class DatabaseCollector(Collector):
                  FROM timescaledb_information.chunks WHERE hypertable_schema = %s GROUP BY 1""",
             (self.schema,),
         ).fetchall():
-            q = names.get(h, f"{self.schema}.{h}")
+            if h not in names:
+                continue  # an aggregate
+            q = names[h]
             chunks.add_metric([q], n)
             compressed.add_metric([q], nc)
             if start_age is not None and end_age is not None:
@@ -157,11 +163,32 @@ class DatabaseCollector(Collector):
                 keep = retention.get(h, DEFAULT_RETENTION_DAYS) * 86400
                 lag.add_metric([q], max(0.0, float(end_age) - keep))
         out += [chunks, compressed, oldest, lag]
+        if staleness is not None:
+            out.append(staleness)
         out += self._compression(conn, names)
         out += self._jobs(conn)
         out += self._cron_jobs(conn)
         out += self._disk(conn)
         return out
+
+    def _aggregates(self, conn: psycopg.Connection[Any]) -> tuple[GaugeMetricFamily | None, set[str]]:
+        """Each dashboard aggregate's staleness, from the edition's own definition of it
+        (gatestream.dashboard_aggregate_staleness: the age of its watermark; +Inf before its
+        first refresh); None where the database predates the aggregates."""
+        try:
+            with conn.transaction():
+                rows = conn.execute("SELECT * FROM gatestream.dashboard_aggregate_staleness()").fetchall()
+        except psycopg.errors.UndefinedFunction:
+            return None, set()
+        family = GaugeMetricFamily(
+            "gatestream_db_aggregate_staleness_seconds",
+            "How far behind now a dashboard aggregate is known complete: the age of its watermark "
+            "(Community: the end of its newest materialized bucket; Apache: up to where its rows were folded in).",
+            labels=["aggregate"],
+        )
+        for name, seconds in rows:
+            family.add_metric([str(name)], float(seconds))
+        return family, {str(r[0]) for r in rows}
 
     def _compression(self, conn: psycopg.Connection[Any], names: dict[str, str]) -> list[Metric]:
         before = GaugeMetricFamily(

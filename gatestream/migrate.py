@@ -38,8 +38,9 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
-# Folders of migrations that only one edition can run, applied (and recorded) only there.
-EDITION_DIRS = {Edition.COMMUNITY: "tsl"}
+# Folders of migrations that only one edition can run, applied (and recorded) only there: the
+# Community edition's (continuous aggregates) and the Apache edition's stand-ins for them.
+EDITION_DIRS = {Edition.COMMUNITY: "tsl", Edition.APACHE: "apache"}
 
 
 def discover(sql_dir: Path = SQL_DIR, edition: Edition | None = None) -> list[Migration]:
@@ -58,7 +59,7 @@ def discover(sql_dir: Path = SQL_DIR, edition: Edition | None = None) -> list[Mi
 
 def migrate(database_url: str, sql_dir: Path = SQL_DIR) -> list[str]:
     """Apply what is missing; return the names applied now. Edition-specific migrations
-    (sql/tsl/ on the Community edition) go through the same runner, checksummed and
+    (sql/tsl/ on the Community edition, sql/apache/ on the Apache one) go through the same runner, checksummed and
     recorded; on another edition they are neither applied nor recorded, so they apply
     once the server runs the edition that has what they need.
 

@@ -175,14 +175,32 @@ class PolicySettings(GroupMemberSettings, OpsServerSettings):
     policy_group_id: str = Field("gatestream-policy", description="Consumer group of the policy consumer.")
     default_retention_days: int = Field(365, ge=1, description="Retention where the table has no default row.")
     compress_after_days: int = Field(60, ge=1, description="Compress chunks older than this (Community edition).")
-    cagg_retention_days: int = Field(400, ge=1, description="Retention of monitoring.active_windows_daily.")
-    cagg_refresh_window_days: int = Field(3, ge=1, description="How far back each refresh of the aggregate looks.")
+    cagg_retention_days: int = Field(
+        400,
+        ge=1,
+        description="Retention of the daily aggregates (monitoring.active_windows_daily, visited_sites_daily).",
+    )
+    hourly_aggregate_retention_days: int = Field(
+        90,
+        ge=1,
+        description="Retention of the hourly aggregates (monitoring.active_windows_hourly, visited_sites_hourly).",
+    )
+    cagg_refresh_window_days: int = Field(
+        3,
+        ge=1,
+        description="Community edition: how far back each refresh of a continuous aggregate looks; events arriving "
+        "later than that count once gatestream.refresh_dashboard_aggregates covers their day. (The Apache edition's "
+        "refresh takes every row inserted since its last run, however old its time.)",
+    )
+    aggregate_refresh_interval_s: int = Field(
+        300, ge=60, description="How often the dashboards' aggregates are refreshed (their staleness, at most)."
+    )
     chunk_retention_interval_s: int = Field(86400, ge=60, description="How often whole expired chunks are dropped.")
     row_retention_interval_s: int = Field(
         3600, ge=60, description="How often each organization's expired rows are deleted (its maximum delay)."
     )
 
-    @field_validator("chunk_retention_interval_s", "row_retention_interval_s")
+    @field_validator("chunk_retention_interval_s", "row_retention_interval_s", "aggregate_refresh_interval_s")
     @classmethod
     def _cron_repeats_it_exactly(cls, value: int) -> int:
         """These jobs run on pg_cron under the Apache edition, which repeats only some

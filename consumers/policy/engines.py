@@ -7,7 +7,8 @@
   and our continuous aggregates are ours; any other table's policies are foreign: listed,
   never changed.
 - ``CronJobs`` (Apache edition): pg_cron jobs that CALL the project's procedures
-  (sql/006), scheduled from pg_cron's database into this one. pg_cron job names are
+  (sql/006; the dashboard aggregates' refresh and retention: sql/apache/011), scheduled
+  from pg_cron's database into this one. pg_cron job names are
   unique per user across databases and cut at 63 bytes, so a job is named
   ``gatestream:<hash of database and key>`` and its command starts with a comment
   carrying the key.
@@ -26,13 +27,15 @@ from typing import Any, Protocol
 import psycopg
 from psycopg import sql
 
-from gatestream.consumers.policy.model import DesiredJob, JobKind
+from gatestream.consumers.policy.model import DASHBOARD_AGGREGATES, DesiredJob, JobKind
 from gatestream.cron import UnschedulableInterval
 from gatestream.cron import cron_line as cron_line  # re-exported: the line each pg_cron job gets
 from gatestream.database import connect_once
 from gatestream.edition import timescaledb_has
 
 SQL_TSL_DIR = Path(__file__).parents[2] / "sql" / "tsl"  # gatestream/consumers/policy -> gatestream/sql/tsl
+SQL_APACHE_DIR = SQL_TSL_DIR.parent / "apache"
+CAGGS = tuple(agg.name for agg in DASHBOARD_AGGREGATES)  # the Community edition's continuous aggregates
 CRON_PREFIX = "gatestream:"
 KEY_MARK = "-- gatestream job "
 
@@ -70,18 +73,14 @@ def _regclass(name: str) -> sql.Composable:
 class TimescaleJobs:
     name = "timescaledb-jobs"
 
-    def __init__(self, conn: psycopg.Connection[Any], caggs: tuple[str, ...] = ("monitoring.active_windows_daily",)):
+    def __init__(self, conn: psycopg.Connection[Any], caggs: tuple[str, ...] = CAGGS):
         self.conn = conn
         self.caggs = caggs
 
     def prepare(self) -> None:
-        """Objects the jobs need that only this edition has (the continuous aggregate) come
+        """Objects the jobs need that only this edition has (the continuous aggregates) come
         from the edition's migrations (sql/tsl/, applied by ``gatestream db migrate``)."""
-        row = self.conn.execute(
-            "SELECT count(*) FROM gatestream.schema_migrations WHERE starts_with(name, 'tsl/')"
-        ).fetchone()
-        if not row or row[0] < len(list(SQL_TSL_DIR.glob("*.sql"))):
-            raise EngineUnavailable("the Community edition's migrations are not applied: run gatestream db migrate")
+        _edition_migrated(self.conn, "tsl", SQL_TSL_DIR, "Community")
 
     def actual(self) -> dict[str, ActualJob]:
         """Our jobs, by key: those on the hypertables of gatestream.retention_resources, on our
@@ -221,6 +220,14 @@ class TimescaleJobs:
         self.conn.execute("CALL run_job(%s)", (have.job_id,))
 
 
+def _edition_migrated(conn: psycopg.Connection[Any], folder: str, path: Path, edition: str) -> None:
+    row = conn.execute(
+        "SELECT count(*) FROM gatestream.schema_migrations WHERE starts_with(name, %s)", (f"{folder}/",)
+    ).fetchone()
+    if not row or row[0] < len(list(path.glob("*.sql"))):
+        raise EngineUnavailable(f"the {edition} edition's migrations are not applied: run gatestream db migrate")
+
+
 def _days(value: Any) -> int | None:
     """'365 days' / '1 year' style interval text from a job config, in days."""
     if value is None:
@@ -239,6 +246,7 @@ def _days(value: Any) -> int | None:
 INTERVAL_SETTING = {
     JobKind.RETENTION: "GATESTREAM_CHUNK_RETENTION_INTERVAL_S",
     JobKind.ROW_RETENTION: "GATESTREAM_ROW_RETENTION_INTERVAL_S",
+    JobKind.AGGREGATE_REFRESH: "GATESTREAM_AGGREGATE_REFRESH_INTERVAL_S",
 }
 
 
@@ -274,6 +282,9 @@ class CronJobs:
         return cls(conn, cron_conn, here)
 
     def prepare(self) -> None:
+        """pg_cron in its database; the aggregates the jobs refresh come from the edition's
+        migrations (sql/apache/, applied by ``gatestream db migrate``)."""
+        _edition_migrated(self.conn, "apache", SQL_APACHE_DIR, "Apache")
         self.cron.execute("CREATE EXTENSION IF NOT EXISTS pg_cron")
 
     def job_name(self, key: str) -> str:
@@ -281,9 +292,13 @@ class CronJobs:
 
     def command(self, want: DesiredJob) -> str:
         t = _regclass(want.target)
-        if want.kind == JobKind.RETENTION:
+        if want.kind in (JobKind.RETENTION, JobKind.CAGG_RETENTION):  # the aggregates are hypertables here
             q = sql.SQL("CALL gatestream.drop_expired_chunks({}, {})").format(
                 t, sql.Literal(want.params["drop_after_days"])
+            )
+        elif want.kind == JobKind.AGGREGATE_REFRESH:
+            q = sql.SQL("CALL gatestream.refresh_aggregates_incremental({}, {})").format(
+                t, sql.Literal(want.params["hourly_kept_days"])
             )
         elif want.kind == JobKind.ROW_RETENTION:
             q = sql.SQL("CALL gatestream.delete_expired_rows({}, {})").format(

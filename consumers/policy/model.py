@@ -3,8 +3,10 @@
 The number of jobs grows with hypertables, never with organizations: per hypertable one
 chunk-dropping job at the longest retention any organization has there, and one
 row-deleting job that enforces every shorter retention (it reads the table when it
-runs); with the Community edition also a compression job, and for the daily continuous
-aggregate a refresh and a retention job.
+runs); with the Community edition also a compression job. Per dashboard aggregate a
+retention job, and its refresh: a continuous aggregate policy per aggregate on the Community
+edition, one pg_cron job per source hypertable on the Apache edition (it refreshes the hourly
+and the daily aggregate of that source together).
 """
 
 from __future__ import annotations
@@ -25,8 +27,24 @@ class JobKind(StrEnum):
     RETENTION = "retention"  # drop whole chunks past the longest retention of the table
     ROW_RETENTION = "row-retention"  # delete each organization's expired rows
     COMPRESSION = "compression"  # Community edition
-    CAGG_REFRESH = "cagg-refresh"  # Community edition: the daily continuous aggregate
-    CAGG_RETENTION = "cagg-retention"
+    CAGG_REFRESH = "cagg-refresh"  # Community edition: a continuous aggregate's refresh policy
+    CAGG_RETENTION = "cagg-retention"  # a dashboard aggregate's retention (either edition)
+    AGGREGATE_REFRESH = "aggregate-refresh"  # Apache edition: a source's aggregates, by watermark (pg_cron)
+
+
+@dataclass(frozen=True)
+class DashboardAggregate:
+    name: str  # the relation: a continuous aggregate (Community) or a hypertable (Apache)
+    source: str  # the raw hypertable
+    daily: bool  # else hourly
+
+
+DASHBOARD_AGGREGATES = (
+    DashboardAggregate("monitoring.active_windows_hourly", "monitoring.active_windows", daily=False),
+    DashboardAggregate("monitoring.active_windows_daily", "monitoring.active_windows", daily=True),
+    DashboardAggregate("monitoring.visited_sites_hourly", "monitoring.visited_sites", daily=False),
+    DashboardAggregate("monitoring.visited_sites_daily", "monitoring.visited_sites", daily=True),
+)
 
 
 class PolicyError(Exception):
@@ -143,23 +161,35 @@ def desired_state(conn: psycopg.Connection[Any], settings: PolicySettings, editi
                 {"compress_after_days": settings.compress_after_days, "segmentby": "organization_id",
                  "orderby": f"{res.time_column} DESC"},
             )  # fmt: skip
+    jobs.update(_aggregate_jobs(settings, tsl))
     unavailable = []
-    if tsl:
-        cagg = "monitoring.active_windows_daily"
-        jobs[f"cagg-refresh:{cagg}"] = DesiredJob(
-            f"cagg-refresh:{cagg}", JobKind.CAGG_REFRESH, cagg, None, 86400,
-            {"start_offset_days": settings.cagg_refresh_window_days, "end_offset_hours": 1},
-        )  # fmt: skip
-        jobs[f"cagg-retention:{cagg}"] = DesiredJob(
-            f"cagg-retention:{cagg}", JobKind.CAGG_RETENTION, cagg, None, 86400,
-            {"drop_after_days": settings.cagg_retention_days},
-        )  # fmt: skip
-    else:
+    if not tsl:
         unavailable = [
             "compression (compress after "
             f"{settings.compress_after_days} days, segmentby organization_id): needs the TimescaleDB Community "
             "edition; this server runs the Apache edition",
-            "continuous aggregate monitoring.active_windows_daily with its refresh and 400-day retention: needs the "
-            "TimescaleDB Community edition; this server runs the Apache edition",
         ]
     return DesiredState(jobs, policies, unavailable)
+
+
+def _aggregate_jobs(settings: PolicySettings, tsl: bool) -> dict[str, DesiredJob]:
+    """The dashboard aggregates' refresh and retention jobs."""
+    jobs: dict[str, DesiredJob] = {}
+    for agg in DASHBOARD_AGGREGATES:
+        keep = settings.cagg_retention_days if agg.daily else settings.hourly_aggregate_retention_days
+        jobs[f"cagg-retention:{agg.name}"] = DesiredJob(
+            f"cagg-retention:{agg.name}", JobKind.CAGG_RETENTION, agg.name, None, 86400, {"drop_after_days": keep}
+        )
+        if tsl:
+            jobs[f"cagg-refresh:{agg.name}"] = DesiredJob(
+                f"cagg-refresh:{agg.name}", JobKind.CAGG_REFRESH, agg.name, None, settings.aggregate_refresh_interval_s,
+                {"start_offset_days": settings.cagg_refresh_window_days, "end_offset_hours": 1},
+            )  # fmt: skip
+    if not tsl:
+        for source in sorted({agg.source for agg in DASHBOARD_AGGREGATES}):
+            jobs[f"aggregate-refresh:{source}"] = DesiredJob(
+                f"aggregate-refresh:{source}", JobKind.AGGREGATE_REFRESH, source, None,
+                settings.aggregate_refresh_interval_s,
+                {"hourly_kept_days": settings.hourly_aggregate_retention_days},
+            )  # fmt: skip
+    return jobs

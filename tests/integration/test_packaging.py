@@ -31,6 +31,7 @@ def test_the_wheel_installs_outside_the_checkout_and_migrates(services: Services
     assert top == ["gatestream"], "one import root"
     assert {"gatestream/sql/001_schemas.sql", "gatestream/schemas/catalog.json"} <= names
     assert any(n.startswith("gatestream/sql/tsl/") for n in names)
+    assert any(n.startswith("gatestream/sql/apache/") for n in names)
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)

@@ -217,7 +217,9 @@ def test_ten_thousand_organizations_reconcile_to_jobs_per_hypertable(env: Env, c
     assert len(plans) == 2, "a reconcile failed (see the thread's traceback above)"
     plan, again = plans
     per_hypertable = 3 if _edition(conn) == "timescale" else 2
-    extra = 2 if _edition(conn) == "timescale" else 0  # the daily aggregate's refresh and retention
+    # the four dashboard aggregates' retention, and their refresh: per aggregate (continuous
+    # aggregate policies) or per source hypertable (pg_cron, both levels at once)
+    extra = 4 + (4 if _edition(conn) == "timescale" else 2)
     assert len(plan.state.jobs) == 5 * per_hypertable + extra
     assert len(engine.actual()) == len(plan.state.jobs)
     assert again.changes == []
@@ -295,22 +297,34 @@ def test_hostile_values_are_rejected_without_executing_anything(env: Env, conn: 
 @pytest.mark.slow
 def test_compression_and_the_daily_aggregate(env: Env, conn: Any) -> None:
     """Community edition: the compression policy's job compresses what is past 60 days and the
-    daily aggregate refreshes. Apache edition: both are reported unavailable (no such jobs,
-    no aggregate, its migration not applied) and the server refuses compression."""
+    daily aggregate refreshes. Apache edition: compression is reported unavailable (no such
+    job) and the server refuses it; the aggregates are tables refreshed by pg_cron jobs."""
     _seed_rows(conn)
     settings = env.policy()
     engine = make_engine(conn, settings)
     engine.prepare()
     plan = reconcile(conn, settings, engine)
     if _edition(conn) != Edition.COMMUNITY:
-        assert [u.split(" ", 1)[0] for u in plan.state.unavailable] == ["compression", "continuous"]
+        assert [u.split(" ", 1)[0] for u in plan.state.unavailable] == ["compression"]
         assert all("needs the TimescaleDB Community edition" in u for u in plan.state.unavailable)
         kinds = {k.split(":", 1)[0] for k in engine.actual()}
-        assert kinds == {"retention", "row-retention"}
-        assert conn.execute("SELECT to_regclass('monitoring.active_windows_daily')").fetchone() == (None,)
+        assert kinds == {"retention", "row-retention", "cagg-retention", "aggregate-refresh"}
         assert conn.execute(
             "SELECT count(*) FROM gatestream.schema_migrations WHERE starts_with(name, 'tsl/')"
         ).fetchone() == (0,)
+        # the daily aggregate is a hypertable here, refreshed and retained by pg_cron's jobs
+        jobs = engine.actual()
+        engine.run_now(jobs["aggregate-refresh:monitoring.active_windows"])
+        engine.run_now(jobs["cagg-retention:monitoring.active_windows_daily"])  # keeps 400 days of 800
+        days = conn.execute(
+            "SELECT count(DISTINCT bucket), sum(total_windows)::bigint FROM monitoring.active_windows_daily"
+        ).fetchone()
+        assert days is not None and 400 <= days[0] <= 400 + 31  # whole 30-day chunks are dropped
+        kept = conn.execute(
+            "SELECT count(*) FROM monitoring.active_windows "
+            "WHERE datetime >= (SELECT min(bucket) FROM monitoring.active_windows_daily)"
+        ).fetchone()
+        assert kept is not None and days[1] == kept[0]
         with pytest.raises(psycopg.errors.FeatureNotSupported, match="apache"):
             conn.execute(
                 "ALTER TABLE monitoring.active_windows SET (timescaledb.enable_columnstore, "
@@ -338,7 +352,12 @@ def test_compression_and_the_daily_aggregate(env: Env, conn: Any) -> None:
     ).fetchone()
     print(f"\ncompression ratio {before / after:.1f}:1 ({before} -> {after} bytes)")
     assert before > after
+    engine.run_now(jobs["cagg-refresh:monitoring.active_windows_hourly"])
     engine.run_now(jobs["cagg-refresh:monitoring.active_windows_daily"])
-    conn.execute("CALL refresh_continuous_aggregate('monitoring.active_windows_daily', NULL, NULL)")
-    total = conn.execute("SELECT sum(total_windows)::bigint FROM monitoring.active_windows_daily").fetchone()
-    assert total == conn.execute("SELECT count(*) FROM monitoring.active_windows").fetchone()
+    conn.execute("CALL gatestream.refresh_dashboard_aggregates(NULL, NULL)")
+    # the days every retention keeps (the hourly aggregate's 90 days; its retention job may run now)
+    since = "time_bucket('1 day', now() - interval '80 days')"
+    total = conn.execute(
+        f"SELECT sum(total_windows)::bigint FROM monitoring.active_windows_daily WHERE bucket >= {since}"  # noqa: S608
+    ).fetchone()
+    assert total == conn.execute(f"SELECT count(*) FROM monitoring.active_windows WHERE datetime >= {since}").fetchone()  # noqa: S608

@@ -352,9 +352,12 @@ def test_edition_specific_migrations_go_through_the_same_runner() -> None:
 
     common = [m.name for m in discover()]
     community = [m.name for m in discover(edition=Edition.COMMUNITY)]
-    assert discover(edition=Edition.APACHE) == discover()
-    assert community[: len(common)] == common, "the edition's migrations come after the common ones"
-    assert community[len(common) :] == ["tsl/010_active_windows_daily.sql"]
+    apache = [m.name for m in discover(edition=Edition.APACHE)]
+    assert discover(edition=Edition.UNKNOWN) == discover()
+    for edition in (community, apache):
+        assert edition[: len(common)] == common, "the edition's migrations come after the common ones"
+    assert community[len(common) :] == ["tsl/010_active_windows_daily.sql", "tsl/011_dashboard_aggregates.sql"]
+    assert apache[len(common) :] == ["apache/011_dashboard_aggregates.sql"]
 
 
 def test_plausibility_refuses_absurd_times_and_ids_and_lets_the_rest_through() -> None:
