@@ -11,19 +11,20 @@ move). Not adaptive: only at ``max_rows`` or ``max_age_s`` (the rule before).
 Reads never sit waiting for a full count: librdkafka's ``consume(n, timeout)`` returns
 only once it has ``n`` messages or the time-out passed, which at 1k events/s kept every
 batch open for the whole time-out. A read takes what is buffered at once; only when that
-is nothing does it wait, for one message (or, when the open batch waits on the writer
-alone, for the writer).
+is nothing does it wait for one message (while the writer is busy, in steps of 2 ms, so
+that a batch that waits only for the writer leaves as soon as the writer is free).
 """
 
 from __future__ import annotations
 
-from concurrent.futures import Future, wait
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from confluent_kafka import Message
 
 IDLE_WAIT_S = 0.1  # the longest one read waits: the loop looks at its stop event this often
+WRITER_POLL_S = 0.002  # while the writer commits the previous batch: the most an open batch waits past it
 
 
 class Reader(Protocol):
@@ -57,10 +58,10 @@ class FlushRule:
             return msgs, len(msgs) < asked
         timeout = IDLE_WAIT_S if age_s is None else max(0.0, min(IDLE_WAIT_S, self.max_age_s - age_s))
         if age_s is not None and self.adaptive and writer is not None and not writer.done():
-            # Nothing buffered and the open batch waits only for the writer to be free:
-            # wait for that (what arrives meanwhile stays buffered for the next read).
-            wait([writer], timeout=timeout)
-            return [], True
+            # The open batch commits once the writer is free, and what arrives meanwhile
+            # joins it (read and decoded while the writer works): wait for an event in
+            # short steps, since a read cannot also wake when the writer finishes.
+            timeout = min(timeout, WRITER_POLL_S)
         msgs = consumer.consume(num_messages=1, timeout=timeout)
         if msgs and asked > 1:
             msgs += consumer.consume(num_messages=asked - 1, timeout=0)

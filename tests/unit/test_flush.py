@@ -7,7 +7,7 @@ from typing import cast
 
 from confluent_kafka import Message
 
-from gatestream.consumers.flush import IDLE_WAIT_S, FlushRule
+from gatestream.consumers.flush import IDLE_WAIT_S, WRITER_POLL_S, FlushRule
 from tests.unit.fakes import event
 
 
@@ -82,16 +82,19 @@ def test_not_adaptive_a_batch_commits_only_when_full_or_old() -> None:
     assert fixed.due(5000, 0.0, drained=False, writer_free=True)
 
 
-def test_a_drained_batch_waits_for_the_writer_not_for_events() -> None:
+def test_while_the_writer_is_busy_a_drained_batch_keeps_reading_in_short_waits() -> None:
+    busy: Future[None] = Future()
+    busy.set_running_or_notify_cancel()
     consumer = FakeConsumer(buffered=0, arriving=10)
-    writer: Future[None] = Future()
-    writer.set_result(None)  # finishes: the wait returns at once
-    pending: Future[None] = Future()
-    pending.set_running_or_notify_cancel()
-    msgs, drained = RULE.read(consumer, 5000, age_s=0.01, writer=writer)
-    assert len(msgs) == 10  # a writer already done is no reason to wait: the read waits for events
-    msgs, drained = RULE.read(FakeConsumer(), 5000, age_s=0.099, writer=pending)
-    assert (msgs, drained) == ([], True)  # waited at most the batch's remaining age, for the writer
+    msgs, drained = RULE.read(consumer, 5000, age_s=0.01, writer=busy)
+    assert len(msgs) == 10 and drained  # what arrived while the writer works joins the open batch
+    assert consumer.waits == [WRITER_POLL_S]  # and the batch never waits long past the writer
+    assert not RULE.due(10, 0.01, drained=drained, writer_free=False)
+    done: Future[None] = Future()
+    done.set_result(None)
+    consumer = FakeConsumer()
+    RULE.read(consumer, 5000, age_s=None, writer=done)
+    assert consumer.waits == [IDLE_WAIT_S]  # nothing open: a read waits for events, up to the stop check
 
 
 def test_an_open_batch_never_waits_past_its_age() -> None:
