@@ -71,7 +71,7 @@ def percentiles(values: array[float]) -> dict[str, float]:
     """Nearest-rank percentiles of seconds, in milliseconds."""
     ordered = sorted(values)
     n = len(ordered)
-    return {name: ordered[max(0, math.ceil(q * n) - 1)] * 1000 for name, q in PERCENTILES}
+    return {name: round(ordered[max(0, math.ceil(q * n) - 1)] * 1000, 3) for name, q in PERCENTILES}
 
 
 @dataclass
