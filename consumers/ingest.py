@@ -30,6 +30,8 @@ __all__ = ["IngestSummary", "Ingestor", "Route", "build_routes"]
 
 log = structlog.get_logger("gatestream.ingest")
 
+MIRROR_EVERY_S = 1.0  # committed offsets are mirrored to Kafka's group at most this often
+
 
 class Ingestor(BatchPipeline):
     def __init__(
@@ -51,6 +53,8 @@ class Ingestor(BatchPipeline):
         self._last_event = time.monotonic()
         self._assigned_once = False
         self._first_offsets: dict[TP, int] = {}  # partitions with nothing stored -> where reading starts
+        self._unmirrored: dict[TP, int] = {}  # committed, not yet mirrored to Kafka (see _mirror_committed)
+        self._next_mirror = 0.0
 
     def _start(self) -> None:
         self._consumer.subscribe(
@@ -99,6 +103,7 @@ class Ingestor(BatchPipeline):
         # Commit what we hold while the partitions are still ours; the new owner starts there.
         self._faults.hit("on-revoke")
         self._flush()
+        self._mirror_committed(force=True)  # while the partitions are still ours
         self._forget([(p.topic, p.partition) for p in partitions], "revoked")
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -111,6 +116,8 @@ class Ingestor(BatchPipeline):
 
     def _forget(self, parts: list[TP], kind: str) -> None:
         self.parts.drop(parts)
+        for tp in parts:
+            self._unmirrored.pop(tp, None)
         self.offsets.release(parts)
         for tp in parts:
             self._first_offsets.pop(tp, None)
@@ -122,6 +129,7 @@ class Ingestor(BatchPipeline):
     # ------------------------------------------------------------------ the pipeline's hooks
     def _done(self, got_messages: bool, *, idle: bool) -> bool:
         now = time.monotonic()
+        self._mirror_committed()
         if got_messages:
             self._last_event = now
         if self.stop_when is not None and self.stop_when(self.summary):
@@ -133,7 +141,19 @@ class Ingestor(BatchPipeline):
         return False
 
     def _committed(self, moves: Moves) -> None:
-        self._mirror_to_kafka({tp: end for tp, (_, end) in moves.items()})
+        self._unmirrored.update({tp: end for tp, (_, end) in moves.items()})
+        self._mirror_committed()
+
+    def _mirror_committed(self, *, force: bool = False) -> None:
+        """Mirror the offsets committed since the last mirror, at most every MIRROR_EVERY_S
+        (checked each loop turn, so the last batch's are mirrored within that too): with
+        small batches at low rates, one Kafka offset commit per batch would be hundreds a
+        second of broker work for an advisory copy."""
+        now = time.monotonic()
+        if self._unmirrored and (force or now >= self._next_mirror):
+            self._mirror_to_kafka(self._unmirrored)
+            self._unmirrored = {}
+            self._next_mirror = now + MIRROR_EVERY_S
 
     def _closing(self) -> None:
         held = {tp: o if o is not None else self._first_offsets.get(tp) for tp, o in self.offsets.expected.items()}
@@ -141,8 +161,8 @@ class Ingestor(BatchPipeline):
 
     def _mirror_to_kafka(self, offsets: dict[TP, int], *, final: bool = False) -> None:
         """Mirror stored offsets to Kafka's group for tools (lag dashboards); never read
-        back. At assignment (where each partition starts) and after each batch
-        asynchronously; on the way out synchronously, since the last asynchronous commit
+        back. At assignment (where each partition starts) and after batches
+        asynchronously (``_mirror_committed``); on the way out synchronously, since the last asynchronous commit
         may still be in flight when the client closes."""
         if not offsets:
             return

@@ -4,7 +4,8 @@ A driver (``consumers.ingest.Ingestor``: a group member; ``consumers.replay_read
 bounded partition ranges) says which partitions to read and when to stop; this loop
 does the rest, the same way for both:
 
-- messages are decoded into a micro-batch (``consumers.batch``) until it is full or old;
+- messages are decoded into a micro-batch (``consumers.batch``) until the consumer has
+  nothing more buffered and the writer is free, or it is full or old (``consumers.flush``);
 - the batch goes to a writer thread: rows by COPY (``consumers.batch_writer``), then the
   checkpoint (offsets under the fence, dead letters; ``consumers.checkpoint``), all in
   one transaction;
@@ -34,6 +35,7 @@ from gatestream.consumers.batch_writer import BatchWriter, WriteResult
 from gatestream.consumers.checkpoint import Checkpoint
 from gatestream.consumers.deadletter import DeadLetterError, DeadLetters, Reject
 from gatestream.consumers.faults import FaultHooks
+from gatestream.consumers.flush import FlushRule
 from gatestream.consumers.observe import IngestObserver
 from gatestream.consumers.offsets import FencedError, Moves, OffsetStore
 from gatestream.consumers.partitions import Partitions
@@ -283,18 +285,18 @@ class BatchPipeline:
         started = time.monotonic()
         finished = threading.Event()
         after_stuck_stop(self.stop_event, finished, self.settings.stop_grace_s, self._cut_database)
-        max_rows, max_age = self.settings.batch_max_rows, self.settings.batch_max_ms / 1000
+        rule = FlushRule(self.settings.batch_max_rows, self.settings.batch_max_ms / 1000, self.settings.batch_adaptive)
         unreachable = ""
         try:
             self._start()
             while not self.stop_event.is_set():
                 batch = self._batch
-                timeout = 0.1
-                if batch.ends:
-                    timeout = max(0.0, min(timeout, batch.started + max_age - time.monotonic()))
-                msgs = self._consumer.consume(
-                    num_messages=max(1, min(self.poll_max, max_rows - batch.count)), timeout=timeout
-                )
+                inflight = self._inflight
+                msgs, drained = rule.read(
+                    self._consumer, rule.asked(batch.count, self.poll_max),
+                    age_s=time.monotonic() - batch.started if batch.ends else None,
+                    writer=inflight.future if inflight is not None else None,
+                )  # fmt: skip
                 now = time.monotonic()
                 if msgs:
                     if self.summary.first_event_at is None:
@@ -304,7 +306,8 @@ class BatchPipeline:
                         self._pause_on_registry()
                 self._registry.check(self.parts)
                 batch = self._batch
-                if batch.ends and (batch.count >= max_rows or now - batch.started >= max_age):
+                writer_free = self._inflight is None or self._inflight.future.done()
+                if batch.ends and rule.due(batch.count, now - batch.started, drained=drained, writer_free=writer_free):
                     self._submit()
                 elif self._inflight is not None and self._inflight.future.done():
                     self._await()

@@ -128,15 +128,31 @@ class ProducerSettings(KafkaClientSettings, OpsServerSettings):
     )
     max_in_flight: int = Field(20000, description="Events handed to the Kafka client but not yet acknowledged.")
     message_timeout_ms: int = Field(30000, description="After this an unacknowledged event is retried from the spool.")
-    linger_ms: int = Field(20)
+    linger_ms: int = Field(
+        5,
+        ge=0,
+        description="How long the Kafka client waits to fill a batch before sending (part of each event's latency).",
+    )
     compression: str = Field("lz4")
     partitions: int = Field(6, description="Partitions per event topic when gatestream creates topics.")
 
 
 class IngestSettings(GroupMemberSettings, OpsServerSettings):
     group_id: str = Field("gatestream-ingest", description="Consumer group; start more processes to scale.")
-    batch_max_rows: int = Field(5000, description="A micro-batch commits at this many rows ...")
-    batch_max_ms: int = Field(500, description="... or this long after its first row, whichever comes first.")
+    batch_max_rows: int = Field(
+        5000,
+        ge=1,
+        description="A micro-batch commits at this many rows at most (it grows to it while a backlog is read).",
+    )
+    batch_max_ms: int = Field(
+        100, ge=0, description="A micro-batch commits this long after its first event at the latest."
+    )
+    batch_adaptive: bool = Field(
+        True,
+        description="Commit a micro-batch as soon as the consumer has nothing more buffered and the previous batch "
+        "has committed (low latency at any rate, large batches while a backlog is read); false: only at "
+        "batch_max_rows or batch_max_ms.",
+    )
     earliest_event_time: datetime = Field(
         datetime(2000, 1, 1, tzinfo=UTC),
         description="Events whose time is before this go to the dead-letter topic (event-time-out-of-range): "
@@ -160,7 +176,11 @@ class IngestSettings(GroupMemberSettings, OpsServerSettings):
         "on a server crash, but a partition that receives nothing more after the crash keeps the rewound rows "
         "missing until its next event or rebalance. bench ingest measured no gain from it; leave it off.",
     )
-    fetch_wait_max_ms: int = Field(20)
+    fetch_wait_max_ms: int = Field(
+        20,
+        description="How long the broker holds a fetch that finds nothing new (with fetch.min.bytes 1 it answers as "
+        "soon as one event arrives: no latency added).",
+    )
     stop_after_idle_s: float | None = Field(
         None,
         description="Exit 0 after this many seconds with no new events (demo, tests); unset = run forever.",

@@ -1,4 +1,4 @@
-"""``gatestream bench ingest|replay|metrics``: figures measured in one run (medians, ratios).
+"""``gatestream bench ingest|replay|metrics|latency``: figures measured in one run (medians, ratios).
 
 The fault bench lives in the checkout (``python -m bench.faults``); ``bench faults`` says so."""
 
@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from gatestream.settings import IngestSettings
@@ -14,6 +15,13 @@ from gatestream.settings import IngestSettings
 def cmd_bench(args: argparse.Namespace) -> int:
     from gatestream.bench import bench_ingest, bench_metrics, bench_replay
 
+    if args.bench_command == "latency":
+        from gatestream.bench_latency import bench_latency
+
+        return bench_latency(
+            IngestSettings(), rates=args.rate, seconds=args.seconds, runs=args.runs, warmup_s=args.warmup,
+            json_path=args.json,
+        )  # fmt: skip
     if args.bench_command == "replay":
         return bench_replay(
             IngestSettings(), events=args.events, runs=args.runs, batch_rows=args.batch_rows,
@@ -44,12 +52,46 @@ def add_parsers(sub: Any) -> None:
             )  # fmt: skip
         bi.set_defaults(fn=cmd_bench)
 
+    add_latency_parser(bench)
+
     # The fault bench drives the checkout's ops/ scripts and the local stack: it lives beside
     # the product (bench/faults.py), not in the wheel. The old name tells where it went.
     # (no options of its own: whatever follows, --help and --short included, gets the message)
     bf = bench.add_parser("faults", help=FAULTS_MOVED, description=FAULTS_MOVED, add_help=False, prefix_chars="+")
     bf.add_argument("ignored", nargs="*", help=argparse.SUPPRESS)
     bf.set_defaults(fn=cmd_faults)
+
+
+LATENCY_HELP = (
+    "event -> row-committed latency at a steady rate: one ingest member with default settings, events published "
+    "through the real Publisher; per event the publish call to the commit that made its row visible "
+    "(pg_xact_commit_timestamp; needs track_commit_timestamp = on), split into the producer's share (publish call "
+    "to delivery report) and the pipeline's (delivery report to commit); p50, p99, p99.9 and max, medians over "
+    "the runs. Uses a database of its own (<db>_latency) and a fresh topic per run."
+)
+
+
+def add_latency_parser(bench: Any) -> None:
+    bl = bench.add_parser("latency", help="event -> row-committed latency at a steady rate", description=LATENCY_HELP)
+    bl.add_argument(
+        "--rate", type=_rates, default=[1000, 10000], metavar="R[,R...]",
+        help="events per second, comma-separated; each rate is measured in each run (default 1000,10000)",
+    )  # fmt: skip
+    bl.add_argument("--seconds", type=float, default=120, help="measured seconds per rate and run (default 120)")
+    bl.add_argument("--warmup", type=float, default=5, help="seconds published before measuring (default 5)")
+    bl.add_argument("--runs", type=int, default=3, help="runs; medians are reported (default 3)")
+    bl.add_argument("--json", type=Path, metavar="FILE", help="also write the figures to FILE as JSON")
+    bl.set_defaults(fn=cmd_bench)
+
+
+def _rates(text: str) -> list[int]:
+    try:
+        rates = [int(r) for r in text.split(",") if r.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: events per second, comma-separated integers") from None
+    if not rates or min(rates) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: at least one rate, each above 0")
+    return rates
 
 
 FAULTS_MOVED = "the fault bench is not part of the package: from a checkout, run python -m bench.faults [--short]"

@@ -91,8 +91,12 @@ def add_parsers(sub: Any) -> None:
     ing = sub.add_parser("ingest", help="run an ingest consumer-group member (start more to scale)")
     ing.add_argument("--group", dest="group_id", help="consumer group (default gatestream-ingest)")
     ing.add_argument("--types", type=event_types, help=types_help("ingest"))
-    ing.add_argument("--batch-rows", dest="batch_max_rows", type=int, help="rows per micro-batch (default 5000)")
-    ing.add_argument("--batch-ms", dest="batch_max_ms", type=int, help="max age of a micro-batch (default 500)")
+    ing.add_argument("--batch-rows", dest="batch_max_rows", type=int, help="max rows of a micro-batch (default 5000)")
+    ing.add_argument(
+        "--batch-ms", dest="batch_max_ms", type=int,
+        help="max age of a micro-batch (default 100); a batch commits sooner, as soon as the consumer has nothing "
+        "more buffered and the previous batch has committed (GATESTREAM_BATCH_ADAPTIVE=false: only when full or old)",
+    )  # fmt: skip
     ing.add_argument(
         "--stop-after-idle",
         dest="stop_after_idle_s",

@@ -85,7 +85,9 @@ def test_every_assigned_partition_is_in_kafkas_group_before_its_first_commit(
         fut.result(timeout=15)
     # ... and one with an offset stored in the database (a previous member's commit).
     resumed = filled[1]
-    settings: Any = env.ingest(group_protocol=group_protocol, batch_max_rows=1_000_000, batch_max_ms=600_000)
+    settings: Any = env.ingest(
+        group_protocol=group_protocol, batch_max_rows=1_000_000, batch_max_ms=600_000, batch_adaptive=False
+    )
     with psycopg.connect(env.database_url) as conn:
         conn.execute(
             "INSERT INTO gatestream.consumer_offsets (consumer_group, topic, partition, next_offset) "
