@@ -23,6 +23,7 @@ from gatestream.consumers.deadletter import Reason, Reject, iso_ms
 from gatestream.consumers.decoder import DecodeError, RegistryUnavailable
 from gatestream.consumers.partitions import Partitions
 from gatestream.consumers.routes import Route
+from gatestream.consumers.transcoder import BatchTranscoder
 
 log = structlog.get_logger("gatestream.ingest")
 
@@ -73,8 +74,13 @@ class MicroBatch:
         accept: Callable[[Message, dict[str, Any]], bool] | None = None,
         on_end: Callable[[str, int, int], None] | None = None,
         on_decode_error: Callable[[str, str], None] | None = None,
+        native: BatchTranscoder | None = None,
     ) -> None:
+        """``native``: the native decode path (``consumers.transcoder``), for the events it
+        handles; the others (and all, with an ``accept`` filter, which needs records) take
+        the Python path below."""
         self.routes = routes
+        self.native = native if accept is None else None
         self.parts = parts
         self.plausible = plausible
         self.accept = accept
@@ -97,6 +103,7 @@ class MicroBatch:
         if not ends:
             self.started = time.monotonic()
         added = read = 0
+        native = self.native.rows(msgs, now_ms) if self.native is not None else None
         for i, msg in enumerate(msgs):
             err = msg.error()
             if err is not None:
@@ -114,6 +121,14 @@ class MicroBatch:
                 end = limits.get(tp)
                 if end is not None and offset >= end:
                     continue  # past the end of a bounded range: not read, as far as anyone counts
+            if native is not None and (copy_row := native[i]) is not None:
+                read += 1
+                nxt[tp] = ends[tp] = offset + 1
+                tb = tables[topic]
+                tb.rows.append(copy_row)
+                tb.origins.append(msg)
+                added += 1
+                continue
             route = routes[topic]
             try:
                 record = route.decoder.decode(msg.value())

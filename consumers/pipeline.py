@@ -39,6 +39,7 @@ from gatestream.consumers.offsets import FencedError, Moves, OffsetStore
 from gatestream.consumers.partitions import Partitions
 from gatestream.consumers.registry_outage import RegistryOutage
 from gatestream.consumers.routes import Route
+from gatestream.consumers.transcoder import BatchTranscoder, make_transcoder, native_status
 from gatestream.database import connect, sever
 from gatestream.kafka import base_config, consumer_config
 from gatestream.settings import IngestSettings
@@ -118,6 +119,7 @@ class BatchPipeline:
         self._plausible = Plausibility(
             int(settings.earliest_event_time.timestamp() * 1000), int(settings.max_future_skew_s * 1000)
         )
+        self._native = self._transcoder()
         self._batch = self._new_batch()
         self._retry_pause = 0.0  # grows while batches fail for reasons nobody foresaw
         self._registry = RegistryOutage(self.observer.registry)
@@ -135,8 +137,23 @@ class BatchPipeline:
     def _new_batch(self) -> MicroBatch:
         return MicroBatch(
             self.routes, self.parts, plausible=self._plausible, accept=self.event_filter, on_end=self._at_end,
-            on_decode_error=self.observer.decode_error,
+            on_decode_error=self.observer.decode_error, native=self._native,
         )  # fmt: skip
+
+    def _transcoder(self) -> BatchTranscoder | None:
+        """The native decode path where it is built and usable (one log line says which runs)."""
+        available, why = native_status()
+        native = None
+        if available and self.event_filter is None:
+            p = self._plausible
+            native = make_transcoder(
+                self.routes, earliest_ms=p.earliest_ms, max_future_ms=p.max_future_ms, id_fields=p.ID_FIELDS
+            )
+        elif available:
+            why = "this run filters events by their decoded records"
+        path = "native" if native is not None else "python"
+        log.info("avro decoding path", path=path, **({"why": why} if why else {}))
+        return native
 
     # ------------------------------------------------------------------ writing
     def _write(self, batch: MicroBatch, moves: Moves) -> tuple[WriteResult, list[Reject]]:

@@ -1,0 +1,149 @@
+"""The native decode path: a micro-batch's messages -> binary COPY tuples, in one call without the GIL.
+
+``BatchTranscoder.rows(msgs, now_ms)`` returns, per message, the COPY tuple the table
+takes (``bytes``: what psycopg's ``write_row`` would write for the row the Python path
+makes, byte for byte) or None. None is "take the Python path": the message is then
+decoded by ``consumers.decoder`` as before, so every event the native code does not
+handle exactly (a schema id not yet met, malformed Avro, an implausible time, a value a
+column cannot take, ...) gets today's row or today's dead letter, reason and detail
+included. The native code only has to be right where it says yes; the differential
+unit test (tests/unit/test_transcoder.py) holds it to that.
+
+Plans (``consumers.avro_plan``) are compiled per (topic, writer schema id) once the
+topic's ``Decoder`` knows the id; a schema id met for the first time takes the Python
+path in that call (which fetches it from the registry) and the native one afterwards.
+
+``gatestream.consumers._transcode`` is the optional C extension (``native/transcode.c``,
+built by ``pip install``); without it everything takes the Python path, and
+``native_status()`` says why (logged once when a pipeline starts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+
+from gatestream.consumers.avro_plan import PG_EPOCH_MS, Plan, Unsupported, compile_plan
+from gatestream.consumers.decoder import Decoder
+from gatestream.consumers.pgtypes import strip_logical_types
+
+log = structlog.get_logger("gatestream.ingest")
+
+try:
+    from gatestream.consumers import _transcode  # type: ignore[attr-defined]
+
+    _WHY_NOT = ""
+except ImportError as _exc:  # no compiler where it was installed, or a pure-Python build
+    _transcode = None
+    _WHY_NOT = f"{type(_exc).__name__}: {_exc}"
+
+
+def native_status() -> tuple[bool, str]:
+    """Whether the native transcoder is importable, and if not, why."""
+    return _transcode is not None, _WHY_NOT
+
+
+def native_plan(plan: Plan) -> Any:
+    """The compiled (opaque) form of ``plan``."""
+    if _transcode is None:
+        raise RuntimeError(f"the native transcoder is not available ({_WHY_NOT})")
+    return _transcode.plan(plan.codes, plan.consts)
+
+
+def transcode(msgs: list[Any], plans: dict[str, dict[int, Any]], lo_ms: int, hi_ms: int, check_ids: bool) -> Any:
+    """The raw native call (see ``native/transcode.c``)."""
+    if _transcode is None:
+        raise RuntimeError(f"the native transcoder is not available ({_WHY_NOT})")
+    return _transcode.transcode(msgs, plans, lo_ms, hi_ms, check_ids)
+
+
+LONG_MIN, LONG_MAX = -(2**63), 2**63 - 1
+
+
+class BatchTranscoder:
+    """Per pipeline: the plans of its routes, and the batch call."""
+
+    def __init__(
+        self,
+        routes: Mapping[str, Any],
+        *,
+        earliest_ms: int | None,
+        max_future_ms: int | None,
+        id_fields: tuple[str, ...],
+    ) -> None:
+        """``routes``: topic -> ``consumers.routes.Route``; only routes read by a real
+        ``Decoder`` are transcoded. ``earliest_ms``/``max_future_ms``: the plausibility
+        window (None: no plausibility checks), ``id_fields`` those checked for > 0."""
+        self.routes = {t: r for t, r in routes.items() if type(r.decoder) is Decoder}
+        self.earliest_ms, self.max_future_ms = earliest_ms, max_future_ms
+        self.id_fields = id_fields if earliest_ms is not None else ()
+        self.plans: dict[str, dict[int, Any]] = {t: {} for t in self.routes}
+        self._compiled: dict[str, dict[int, Any]] = {t: {} for t in self.routes}
+        self._generation: dict[str, int] = {}
+
+    def rows(self, msgs: list[Any], now_ms: int) -> list[bytes | None]:
+        self._sync()
+        if self.earliest_ms is None or self.max_future_ms is None:
+            lo, hi = LONG_MIN, LONG_MAX
+        else:
+            lo, hi = self.earliest_ms, min(LONG_MAX, now_ms + self.max_future_ms)
+        out: list[bytes | None] = _transcode.transcode(msgs, self.plans, lo, hi, bool(self.id_fields))
+        return out
+
+    def _sync(self) -> None:
+        """Plans for the schema ids the decoders have met since the last call."""
+        for topic, route in self.routes.items():
+            dec: Decoder = route.decoder
+            if self._generation.get(topic) == dec.generation:
+                continue
+            self._generation[topic] = dec.generation
+            compiled = self._compiled[topic]
+            plans: dict[int, Any] = {}
+            for sid, (writer, same) in dec.known_writers().items():
+                if sid not in compiled:
+                    compiled[sid] = self._compile(route, sid, writer, None if same else dec.reader_raw)
+                if compiled[sid] is not None:
+                    plans[sid] = compiled[sid]
+            for sid in [s for s in compiled if s not in plans and compiled[s] is not None]:
+                del compiled[sid]  # forgotten by the decoder's bounded cache
+            self.plans[topic] = plans
+
+    def _compile(self, route: Any, sid: int, writer: dict[str, Any], reader: dict[str, Any] | None) -> Any:
+        spec = route.spec
+        try:
+            plan = compile_plan(
+                strip_logical_types(writer),
+                strip_logical_types(reader) if reader is not None else None,
+                spec.columns, spec.type_oids, route.time_field, self.id_fields,
+            )  # fmt: skip
+        except Unsupported as exc:
+            log.info("schema id decoded in Python (not expressible natively)", topic=route.topic, schema_id=sid,
+                     why=str(exc))  # fmt: skip
+            return None
+        return None if plan is None else _transcode.plan(plan.codes, plan.consts)
+
+
+def make_transcoder(
+    routes: Mapping[str, Any], *, earliest_ms: int | None, max_future_ms: int | None, id_fields: tuple[str, ...]
+) -> BatchTranscoder | None:
+    """A ``BatchTranscoder`` where the extension is available (else None)."""
+    if _transcode is None:
+        return None
+    return BatchTranscoder(routes, earliest_ms=earliest_ms, max_future_ms=max_future_ms, id_fields=id_fields)
+
+
+def row_time_ms(row: Any, index: int) -> int | None:
+    """The event time (Unix ms) in column ``index`` of a row: a tuple's wire value, or a
+    COPY tuple's timestamptz (metrics only: None where it cannot be read)."""
+    if not isinstance(row, bytes):
+        t = row[index]
+        return t if isinstance(t, int) else None
+    at = 2
+    for _ in range(index):
+        size = int.from_bytes(row[at : at + 4], "big", signed=True)
+        at += 4 + max(size, 0)
+    if row[at : at + 4] != b"\x00\x00\x00\x08":
+        return None
+    return int.from_bytes(row[at + 4 : at + 12], "big", signed=True) // 1000 + PG_EPOCH_MS
