@@ -19,8 +19,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
             IngestSettings(), events=args.events, runs=args.runs, batch_rows=args.batch_rows,
             partitions=args.partitions, max_rate=args.max_rate,
         )  # fmt: skip
-    fn = {"ingest": bench_ingest, "metrics": bench_metrics}[args.bench_command]
-    return fn(
+    if args.bench_command == "ingest":
+        return bench_ingest(
+            IngestSettings(), events=args.events, runs=args.runs, batch_rows=args.batch_rows,
+            partitions=args.partitions, members=args.members, json_path=args.json,
+        )  # fmt: skip
+    return bench_metrics(
         IngestSettings(), events=args.events, runs=args.runs, batch_rows=args.batch_rows, partitions=args.partitions
     )
 
@@ -37,6 +41,13 @@ def add_parsers(sub: Any) -> None:
         bi.add_argument("--runs", type=int, default=3, help="runs; medians are reported (default 3)")
         bi.add_argument("--batch-rows", type=int, default=10_000, help="rows per batch in every path")
         bi.add_argument("--partitions", type=int, default=6, help="partitions of the bench topic")
+        if name == "ingest":
+            bi.add_argument(
+                "--members", type=_counts, default=None, metavar="N,N,...",
+                help="instead: N consumer processes in one group on one topic of 12 partitions, for each N "
+                "(e.g. 1,2,4); total events/s and consumer CPU per event per count",
+            )  # fmt: skip
+            bi.add_argument("--json", default=None, metavar="FILE", help="also write the figures to FILE as JSON")
         if name == "replay":
             bi.add_argument(
                 "--max-rate", type=float, default=0, metavar="EVENTS_PER_S",
@@ -50,6 +61,16 @@ def add_parsers(sub: Any) -> None:
     bf = bench.add_parser("faults", help=FAULTS_MOVED, description=FAULTS_MOVED, add_help=False, prefix_chars="+")
     bf.add_argument("ignored", nargs="*", help=argparse.SUPPRESS)
     bf.set_defaults(fn=cmd_faults)
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected counts like 1,2,4, got {text!r}") from None
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("member counts are 1 or more")
+    return counts
 
 
 FAULTS_MOVED = "the fault bench is not part of the package: from a checkout, run python -m bench.faults [--short]"
