@@ -96,15 +96,30 @@ class MicroBatch:
 
     def add_many(self, msgs: list[Message]) -> int:
         """Add what is ours of ``msgs``; return how many events were read (errors and stale excluded)."""
-        routes, accept, plausible = self.routes, self.accept, self.plausible
         now_ms = int(time.time() * 1000)
+        if not self.ends:
+            self.started = time.monotonic()
+        if self.native is not None:  # the loop in C; each message it does not handle: _add_python for it
+            sinks = {t: (tb.rows, tb.origins) for t, tb in self.tables.items()}
+
+            def fallback(i: int) -> int:
+                read, stopped = self._add_python(msgs, i, i + 1, now_ms)
+                return -1 if stopped else read
+
+            read, added = self.native.add(msgs, now_ms, self.parts, self.ends, sinks, fallback)
+            self.count += added
+            return read
+        return self._add_python(msgs, 0, len(msgs), now_ms)[0]
+
+    def _add_python(self, msgs: list[Message], start: int, stop: int, now_ms: int) -> tuple[int, bool]:
+        """``msgs[start:stop]`` on the Python path: (events read, whether reading stopped there)."""
+        routes, accept, plausible = self.routes, self.accept, self.plausible
         owned, nxt, limits = self.parts.owned, self.parts.next, self.parts.ends
         tables, ends, rejects = self.tables, self.ends, self.rejects
-        if not ends:
-            self.started = time.monotonic()
         added = read = 0
-        native = self.native.rows(msgs, now_ms) if self.native is not None else None
-        for i, msg in enumerate(msgs):
+        stopped = False
+        for i in range(start, stop):
+            msg = msgs[i]
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
@@ -121,19 +136,12 @@ class MicroBatch:
                 end = limits.get(tp)
                 if end is not None and offset >= end:
                     continue  # past the end of a bounded range: not read, as far as anyone counts
-            if native is not None and (copy_row := native[i]) is not None:
-                read += 1
-                nxt[tp] = ends[tp] = offset + 1
-                tb = tables[topic]
-                tb.rows.append(copy_row)
-                tb.origins.append(msg)
-                added += 1
-                continue
             route = routes[topic]
             try:
                 record = route.decoder.decode(msg.value())
             except RegistryUnavailable as exc:
                 self._stop_at(msgs, i, exc)
+                stopped = True
                 break
             except DecodeError as exc:
                 read += 1
@@ -164,7 +172,7 @@ class MicroBatch:
             tb.origins.append(msg)
             added += 1
         self.count += added
-        return read
+        return read, stopped
 
     def _stop_at(self, msgs: list[Message], i: int, exc: RegistryUnavailable) -> None:
         """Decoding ``msgs[i]`` needs the registry, which cannot answer: nothing from

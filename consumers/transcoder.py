@@ -1,13 +1,15 @@
-"""The native decode path: a micro-batch's messages -> binary COPY tuples, in one call without the GIL.
+"""The native decode path: a consume() batch -> binary COPY tuples, decoded in one call without the GIL.
 
-``BatchTranscoder.rows(msgs, now_ms)`` returns, per message, the COPY tuple the table
-takes (``bytes``: what psycopg's ``write_row`` would write for the row the Python path
-makes, byte for byte) or None. None is "take the Python path": the message is then
-decoded by ``consumers.decoder`` as before, so every event the native code does not
-handle exactly (a schema id not yet met, malformed Avro, an implausible time, a value a
-column cannot take, ...) gets today's row or today's dead letter, reason and detail
-included. The native code only has to be right where it says yes; the differential
-unit test (tests/unit/test_transcoder.py) holds it to that.
+``BatchTranscoder.add`` is ``MicroBatch.add_many``'s loop in C (``native/transcode.c``):
+per message it appends to the table's rows the COPY tuple (``bytes``: what psycopg's
+``write_row`` would write for the row the Python path makes, byte for byte) and moves
+the partition's offsets as the Python path does. Any message it does not handle exactly
+(an error event or partition end, a schema id not yet met, malformed Avro, an implausible
+time, a value a column cannot take, ...) is handed, in its place in the order, to the
+Python path for that one message (``MicroBatch``'s ``consumers.decoder`` path), so it
+gets today's row or today's dead letter, reason and detail included. The native code only
+has to be right where it says yes; the differential unit tests
+(tests/unit/test_transcoder.py, tests/unit/test_native_batch.py) hold it to that.
 
 Plans (``consumers.avro_plan``) are compiled per (topic, writer schema id) once the
 topic's ``Decoder`` knows the id; a schema id met for the first time takes the Python
@@ -20,14 +22,17 @@ built by ``pip install``); without it everything takes the Python path, and
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
 
-from gatestream.consumers.avro_plan import PG_EPOCH_MS, Plan, Unsupported, compile_plan
+from gatestream.consumers.avro_plan import PG_EPOCH_MS, Unsupported, compile_plan
 from gatestream.consumers.decoder import Decoder
+from gatestream.consumers.partitions import Partitions
 from gatestream.consumers.pgtypes import strip_logical_types
+
+TP = tuple[str, int]
 
 log = structlog.get_logger("gatestream.ingest")
 
@@ -43,20 +48,6 @@ except ImportError as _exc:  # no compiler where it was installed, or a pure-Pyt
 def native_status() -> tuple[bool, str]:
     """Whether the native transcoder is importable, and if not, why."""
     return _transcode is not None, _WHY_NOT
-
-
-def native_plan(plan: Plan) -> Any:
-    """The compiled (opaque) form of ``plan``."""
-    if _transcode is None:
-        raise RuntimeError(f"the native transcoder is not available ({_WHY_NOT})")
-    return _transcode.plan(plan.codes, plan.consts)
-
-
-def transcode(msgs: list[Any], plans: dict[str, dict[int, Any]], lo_ms: int, hi_ms: int, check_ids: bool) -> Any:
-    """The raw native call (see ``native/transcode.c``)."""
-    if _transcode is None:
-        raise RuntimeError(f"the native transcoder is not available ({_WHY_NOT})")
-    return _transcode.transcode(msgs, plans, lo_ms, hi_ms, check_ids)
 
 
 LONG_MIN, LONG_MAX = -(2**63), 2**63 - 1
@@ -83,14 +74,23 @@ class BatchTranscoder:
         self._compiled: dict[str, dict[int, Any]] = {t: {} for t in self.routes}
         self._generation: dict[str, int] = {}
 
-    def rows(self, msgs: list[Any], now_ms: int) -> list[bytes | None]:
+    def add(
+        self, msgs: list[Any], now_ms: int, parts: Partitions, ends: dict[TP, int],
+        sinks: dict[str, tuple[list[Any], list[Any]]], fallback: Callable[[int], int],
+    ) -> tuple[int, int]:  # fmt: skip
+        """``MicroBatch.add_many``'s loop (see ``native/transcode.c``, ``add``): rows appended
+        to ``sinks`` (topic -> the table batch's rows and origins), ``parts.next`` and
+        ``ends`` moved; ``fallback(i)``: the Python path for ``msgs[i]`` (events read, or -1:
+        stop). Returns (events read, rows appended natively)."""
         self._sync()
         if self.earliest_ms is None or self.max_future_ms is None:
             lo, hi = LONG_MIN, LONG_MAX
         else:
             lo, hi = self.earliest_ms, min(LONG_MAX, now_ms + self.max_future_ms)
-        out: list[bytes | None] = _transcode.transcode(msgs, self.plans, lo, hi, bool(self.id_fields))
-        return out
+        read, added = _transcode.add(
+            msgs, self.plans, lo, hi, bool(self.id_fields), parts.owned, parts.next, parts.ends, ends, sinks, fallback
+        )
+        return int(read), int(added)
 
     def _sync(self) -> None:
         """Plans for the schema ids the decoders have met since the last call."""

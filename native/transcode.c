@@ -3,14 +3,15 @@
  * The Python side (gatestream.consumers.avro_plan) compiles, per (topic, writer schema id),
  * a "plan" from the writer and reader schemas: which writer fields to read and how
  * (schema resolution as fastavro does it), into which slot, and how each table column is
- * written from its slot. This module runs the plans over a list of Kafka messages with
- * the GIL released and returns, per message, the COPY tuple (bytes) or None.
+ * written from its slot. add() is MicroBatch.add_many's loop over a consume() batch: it
+ * runs the plans with the GIL released and appends each message's COPY tuple (bytes) to
+ * its table's rows, with the partition bookkeeping the Python path keeps.
  *
- * None means "not handled here": the caller takes its ordinary Python path for that
- * message (fastavro, the plausibility checks, psycopg's dumpers), which produces the
- * row or the dead letter with today's reason and detail. So this code only has to be
- * right where it says yes; any doubt (a value out of range, bytes that are not valid
- * UTF-8, a union index out of range, trailing bytes, an implausible time) is a None.
+ * A message the plans do not handle goes to the caller's Python path for that one message
+ * (fastavro, the plausibility checks, psycopg's dumpers), which produces the row or the
+ * dead letter with today's reason and detail. So this code only has to be right where it
+ * says yes; any doubt (a value out of range, bytes that are not valid UTF-8, a union index
+ * out of range, trailing bytes, an implausible time) is a "no".
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -380,128 +381,318 @@ static int run_plan(const Plan *pl, const unsigned char *body, Py_ssize_t n, Out
 }
 
 /* ------------------------------------------------------------------ the batch call */
-static PyObject *s_error, *s_topic, *s_value;
+static PyObject *s_error, *s_topic, *s_partition, *s_offset, *s_value;
 
 typedef struct {
-    PyObject *value;  /* owned */
+    PyObject *value;      /* owned; NULL: the Python path takes this message */
     const Plan *plan;
+    Py_ssize_t topic;     /* index into the call's list of distinct topics */
+    int64_t partition, offset;
     size_t start, end;
-    int ok;
+    int ok;               /* the plan made a tuple: [start, end) of the buffer */
 } Item;
 
-/* transcode(msgs, plans, lo_ms, hi_ms, check_ids) -> list[bytes | None]
- * plans: {topic: {schema_id: capsule or None}}; a message whose topic or schema id has no
- * plan, an error event, a value that is not Confluent-framed: None. */
-static PyObject *transcode(PyObject *self, PyObject *args) {
-    PyObject *msgs, *plans;
-    long long lo_ms, hi_ms;
-    int check_ids;
-    if (!PyArg_ParseTuple(args, "O!O!LLp", &PyList_Type, &msgs, &PyDict_Type, &plans, &lo_ms, &hi_ms, &check_ids))
-        return NULL;
-    Py_ssize_t n = PyList_GET_SIZE(msgs);
-    Item *items = PyMem_Calloc(n + 1, sizeof(Item));
-    if (items == NULL) return PyErr_NoMemory();
-    PyObject *result = NULL, *last_topic = NULL, *last_map = NULL;
-    int32_t maxslots = 1;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *msg = PyList_GET_ITEM(msgs, i);
-        PyObject *err = PyObject_CallMethodNoArgs(msg, s_error);
-        if (err == NULL) goto done;
-        int has_err = err != Py_None;
-        Py_DECREF(err);
-        if (has_err) continue;
-        PyObject *topic = PyObject_CallMethodNoArgs(msg, s_topic);
-        if (topic == NULL) goto done;
-        PyObject *map;
-        if (last_topic != NULL && (topic == last_topic || PyObject_RichCompareBool(topic, last_topic, Py_EQ) == 1)) {
-            map = last_map;
-            Py_DECREF(topic);
-        } else {
-            map = PyDict_GetItemWithError(plans, topic);  /* borrowed */
-            if (map == NULL && PyErr_Occurred()) { Py_DECREF(topic); goto done; }
-            Py_XDECREF(last_topic);
-            last_topic = topic;
-            last_map = map;
-        }
-        if (map == NULL || !PyDict_Check(map)) continue;
-        PyObject *value = PyObject_CallMethodNoArgs(msg, s_value);
-        if (value == NULL) goto done;
-        if (!PyBytes_Check(value) || PyBytes_GET_SIZE(value) < 6 || PyBytes_AS_STRING(value)[0] != 0) {
-            Py_DECREF(value);
-            continue;
-        }
-        const unsigned char *v = (const unsigned char *)PyBytes_AS_STRING(value);
-        unsigned long sid = (unsigned long)v[1] << 24 | (unsigned long)v[2] << 16 | (unsigned long)v[3] << 8 | v[4];
-        PyObject *key = PyLong_FromUnsignedLong(sid);
-        if (key == NULL) { Py_DECREF(value); goto done; }
-        PyObject *cap = PyDict_GetItemWithError(map, key);
-        Py_DECREF(key);
-        if (cap == NULL && PyErr_Occurred()) { Py_DECREF(value); goto done; }
-        if (cap == NULL || !PyCapsule_IsValid(cap, CAPSULE)) { Py_DECREF(value); continue; }
-        items[i].value = value;
-        items[i].plan = PyCapsule_GetPointer(cap, CAPSULE);
-        if (items[i].plan->nslots > maxslots) maxslots = items[i].plan->nslots;
+/* The partition of a run of messages, its bookkeeping held in C while the run lasts and
+ * written back (nxt[tp] = ends[tp] = next) before anything else can look at it. */
+typedef struct {
+    PyObject *key;        /* (topic, partition), owned; NULL: no run */
+    Py_ssize_t topic;
+    int64_t partition, next, limit;
+    int owned, has_limit, dirty;
+    PyObject *rows, *origins;  /* borrowed from sinks */
+} Run;
+
+static int run_flush(Run *r, PyObject *nxt, PyObject *ends) {
+    if (r->key != NULL && r->dirty) {
+        PyObject *v = PyLong_FromLongLong(r->next);
+        if (v == NULL) return -1;
+        int bad = PyDict_SetItem(nxt, r->key, v) < 0 || PyDict_SetItem(ends, r->key, v) < 0;
+        Py_DECREF(v);
+        if (bad) return -1;
     }
-    /* The plans stay alive: ``plans`` is the caller's and is not changed during this call
-     * (the GIL is released, but only this thread's caller touches the dict). */
-    {
-        Out o = {NULL, 0, 0, 0};
-        Slot *slots = PyMem_RawMalloc(sizeof(Slot) * maxslots);
-        PyObject **consts = NULL;
-        int32_t maxcols = 1;
-        for (Py_ssize_t i = 0; i < n; i++)
-            if (items[i].plan && items[i].plan->ncols > maxcols) maxcols = items[i].plan->ncols;
-        consts = PyMem_RawMalloc(sizeof(PyObject *) * maxcols);
-        if (slots == NULL || consts == NULL) {
-            PyMem_RawFree(slots); PyMem_RawFree(consts);
-            PyErr_NoMemory();
-            goto done;
+    r->dirty = 0;
+    Py_CLEAR(r->key);
+    return 0;
+}
+
+/* As the Python path sees a message of (topic, partition): owned?  nxt.get(tp, 0), the
+ * bounded range's end (limits.get(tp), only when limits is not empty), the table's lists. */
+static int run_load(Run *r, PyObject *topics, Py_ssize_t t, int64_t partition, PyObject *owned, PyObject *nxt,
+                    PyObject *limits, PyObject *sinks) {
+    PyObject *topic = PyList_GET_ITEM(topics, t);
+    r->key = Py_BuildValue("(OL)", topic, (long long)partition);
+    if (r->key == NULL) return -1;
+    r->topic = t; r->partition = partition; r->dirty = 0;
+    r->owned = PySet_Contains(owned, r->key);
+    if (r->owned < 0) return -1;
+    PyObject *v = PyDict_GetItemWithError(nxt, r->key);
+    if (v == NULL && PyErr_Occurred()) return -1;
+    r->next = v == NULL ? 0 : PyLong_AsLongLong(v);
+    if (r->next == -1 && PyErr_Occurred()) return -1;
+    r->has_limit = 0;
+    if (PyDict_GET_SIZE(limits) > 0) {
+        v = PyDict_GetItemWithError(limits, r->key);
+        if (v == NULL && PyErr_Occurred()) return -1;
+        if (v != NULL && v != Py_None) {
+            r->limit = PyLong_AsLongLong(v);
+            if (r->limit == -1 && PyErr_Occurred()) return -1;
+            r->has_limit = 1;
         }
+    }
+    PyObject *sink = PyDict_GetItemWithError(sinks, topic);
+    if (sink == NULL) {
+        if (!PyErr_Occurred()) PyErr_Format(PyExc_KeyError, "no table for topic %R", topic);
+        return -1;
+    }
+    if (!PyTuple_Check(sink) || PyTuple_GET_SIZE(sink) != 2 || !PyList_Check(PyTuple_GET_ITEM(sink, 0)) ||
+        !PyList_Check(PyTuple_GET_ITEM(sink, 1))) {
+        PyErr_SetString(PyExc_TypeError, "sinks: topic -> (rows list, origins list)");
+        return -1;
+    }
+    r->rows = PyTuple_GET_ITEM(sink, 0);
+    r->origins = PyTuple_GET_ITEM(sink, 1);
+    return 0;
+}
+
+static int as_int64(PyObject *o, int64_t *out) {
+    if (o == NULL) return -1;
+    if (!PyLong_Check(o)) { Py_DECREF(o); return 0; }
+    long long v = PyLong_AsLongLong(o);
+    Py_DECREF(o);
+    if (v == -1 && PyErr_Occurred()) { PyErr_Clear(); return 0; }
+    *out = v;
+    return 1;
+}
+
+/* Messages per round of the three phases below: small enough that a round's messages
+ * and values are still in the core's cache when the plans run and when the rows are
+ * appended (a whole 10k-message batch at once missed the cache on every value). */
+#define CHUNK 512
+
+typedef struct {
+    PyObject *msgs, *plans, *owned, *nxt, *limits, *ends, *sinks, *fallback;
+    int64_t lo_ms, hi_ms;
+    int check_ids;
+    PyObject *topics;   /* the distinct topics met, in order (Item.topic indexes it) */
+    Py_ssize_t last_t;
+    PyObject *last_map; /* plans[topics[last_t]], borrowed (plans is not changed during the call) */
+    Item items[CHUNK];
+    Out out;
+    Run run;
+    long long read, added;
+} Call;
+
+/* The index of ``topic`` in c->topics (appended if new); -1 on error. */
+static Py_ssize_t topic_index(Call *c, PyObject *topic) {
+    if (c->last_t >= 0) {
+        PyObject *lt = PyList_GET_ITEM(c->topics, c->last_t);
+        int eq = topic == lt ? 1 : PyObject_RichCompareBool(topic, lt, Py_EQ);
+        if (eq != 0) return eq < 0 ? -1 : c->last_t;
+    }
+    Py_ssize_t t = -1;
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(c->topics) && t < 0; k++) {
+        int eq = PyObject_RichCompareBool(topic, PyList_GET_ITEM(c->topics, k), Py_EQ);
+        if (eq < 0) return -1;
+        if (eq) t = k;
+    }
+    if (t < 0) {
+        if (PyList_Append(c->topics, topic) < 0) return -1;
+        t = PyList_GET_SIZE(c->topics) - 1;
+    }
+    c->last_map = PyDict_GetItemWithError(c->plans, topic);
+    if (c->last_map == NULL && PyErr_Occurred()) return -1;
+    c->last_t = t;
+    return t;
+}
+
+/* Phase 1 (GIL): what msgs[i] is and which plan, if any, transcodes it; -1 on error. */
+static int gather(Call *c, Py_ssize_t i, Item *it) {
+    PyObject *msg = PyList_GET_ITEM(c->msgs, i);
+    memset(it, 0, sizeof(Item));
+    PyObject *err = PyObject_CallMethodNoArgs(msg, s_error);
+    if (err == NULL) return -1;
+    int has_err = err != Py_None;
+    Py_DECREF(err);
+    if (has_err) return 0;
+    PyObject *topic = PyObject_CallMethodNoArgs(msg, s_topic);
+    if (topic == NULL) return -1;
+    Py_ssize_t t = topic_index(c, topic);
+    Py_DECREF(topic);
+    if (t < 0) return -1;
+    PyObject *map = c->last_map;
+    if (map == NULL || !PyDict_Check(map)) return 0;
+    PyObject *value = PyObject_CallMethodNoArgs(msg, s_value);
+    if (value == NULL) return -1;
+    if (!PyBytes_Check(value) || PyBytes_GET_SIZE(value) < 6 || PyBytes_AS_STRING(value)[0] != 0) {
+        Py_DECREF(value);
+        return 0;
+    }
+    const unsigned char *v = (const unsigned char *)PyBytes_AS_STRING(value);
+    unsigned long sid = (unsigned long)v[1] << 24 | (unsigned long)v[2] << 16 | (unsigned long)v[3] << 8 | v[4];
+    PyObject *key = PyLong_FromUnsignedLong(sid);
+    if (key == NULL) { Py_DECREF(value); return -1; }
+    PyObject *cap = PyDict_GetItemWithError(map, key);
+    Py_DECREF(key);
+    if (cap == NULL && PyErr_Occurred()) { Py_DECREF(value); return -1; }
+    if (cap == NULL || !PyCapsule_IsValid(cap, CAPSULE)) { Py_DECREF(value); return 0; }
+    int got = as_int64(PyObject_CallMethodNoArgs(msg, s_partition), &it->partition);
+    if (got > 0) got = as_int64(PyObject_CallMethodNoArgs(msg, s_offset), &it->offset);
+    if (got <= 0) {  /* an error, or not an int (the Python path's business) */
+        Py_DECREF(value);
+        return got;
+    }
+    it->value = value;
+    it->topic = t;
+    it->plan = PyCapsule_GetPointer(cap, CAPSULE);
+    return 0;
+}
+
+/* Phase 2 (no GIL): the plans run over items[0:k]; 0 when out of memory. */
+static int decode(Call *c, Py_ssize_t k) {
+    int32_t maxslots = 1, maxcols = 1;
+    for (Py_ssize_t i = 0; i < k; i++) {
+        const Plan *pl = c->items[i].plan;
+        if (pl != NULL && pl->nslots > maxslots) maxslots = pl->nslots;
+        if (pl != NULL && pl->ncols > maxcols) maxcols = pl->ncols;
+    }
+    Slot *slots = PyMem_RawMalloc(sizeof(Slot) * maxslots);
+    PyObject **consts = PyMem_RawMalloc(sizeof(PyObject *) * maxcols);
+    Out *o = &c->out;
+    o->len = 0;
+    if (slots != NULL && consts != NULL) {
         Py_BEGIN_ALLOW_THREADS
         const Plan *cur = NULL;
-        for (Py_ssize_t i = 0; i < n && !o.oom; i++) {
-            const Plan *pl = items[i].plan;
+        for (Py_ssize_t i = 0; i < k && !o->oom; i++) {
+            Item *it = &c->items[i];
+            const Plan *pl = it->plan;
             if (pl == NULL) continue;
             if (pl != cur) {  /* constant columns: the bytes objects, fetched once per plan */
-                for (int32_t c = 0; c < pl->ncols; c++)
-                    consts[c] = pl->col_enc[c] == E_CONST ? PyTuple_GET_ITEM(pl->consts, pl->col_const[c]) : NULL;
+                for (int32_t j = 0; j < pl->ncols; j++)
+                    consts[j] = pl->col_enc[j] == E_CONST ? PyTuple_GET_ITEM(pl->consts, pl->col_const[j]) : NULL;
                 cur = pl;
             }
-            const unsigned char *v = (const unsigned char *)PyBytes_AS_STRING(items[i].value);
-            items[i].start = o.len;
-            items[i].ok = run_plan(pl, v + 5, PyBytes_GET_SIZE(items[i].value) - 5, &o, slots, lo_ms, hi_ms,
-                                   check_ids, consts);
-            items[i].end = o.len;
+            const unsigned char *v = (const unsigned char *)PyBytes_AS_STRING(it->value);
+            it->start = o->len;
+            it->ok = run_plan(pl, v + 5, PyBytes_GET_SIZE(it->value) - 5, o, slots, c->lo_ms, c->hi_ms, c->check_ids,
+                              consts);
+            it->end = o->len;
         }
         Py_END_ALLOW_THREADS
-        PyMem_RawFree(slots);
-        PyMem_RawFree(consts);
-        if (o.oom) { PyMem_RawFree(o.buf); PyErr_NoMemory(); goto done; }
-        result = PyList_New(n);
-        if (result == NULL) { PyMem_RawFree(o.buf); goto done; }
-        for (Py_ssize_t i = 0; i < n; i++) {
-            PyObject *row;
-            if (items[i].ok) {
-                row = PyBytes_FromStringAndSize((const char *)o.buf + items[i].start, items[i].end - items[i].start);
-                if (row == NULL) { Py_CLEAR(result); break; }
-            } else {
-                row = Py_NewRef(Py_None);
-            }
-            PyList_SET_ITEM(result, i, row);
-        }
-        PyMem_RawFree(o.buf);
     }
-done:
-    for (Py_ssize_t i = 0; i < n; i++) Py_XDECREF(items[i].value);
-    PyMem_Free(items);
-    Py_XDECREF(last_topic);
+    int ok = slots != NULL && consts != NULL && !o->oom;
+    PyMem_RawFree(slots);
+    PyMem_RawFree(consts);
+    if (!ok) PyErr_NoMemory();
+    return ok;
+}
+
+/* Phase 3 (GIL): items[0:k] (msgs[base:base+k]) in order; 1: go on, 0: stopped, -1: error. */
+static int apply(Call *c, Py_ssize_t base, Py_ssize_t k) {
+    Run *run = &c->run;
+    for (Py_ssize_t j = 0; j < k; j++) {
+        Item *it = &c->items[j];
+        if (!it->ok) {
+            if (run_flush(run, c->nxt, c->ends) < 0) return -1;
+            PyObject *r = PyObject_CallFunction(c->fallback, "n", base + j);
+            if (r == NULL) return -1;
+            long got = PyLong_AsLong(r);
+            Py_DECREF(r);
+            if (got == -1 && PyErr_Occurred()) return -1;
+            if (got < 0) return 0;
+            c->read += got;
+            continue;
+        }
+        if (run->key == NULL || it->topic != run->topic || it->partition != run->partition) {
+            if (run_flush(run, c->nxt, c->ends) < 0) return -1;
+            if (run_load(run, c->topics, it->topic, it->partition, c->owned, c->nxt, c->limits, c->sinks) < 0)
+                return -1;
+        }
+        if (!run->owned || it->offset < run->next) continue;  /* from before a revoke or a seek */
+        if (run->has_limit && it->offset >= run->limit) continue;  /* past the end of a bounded range */
+        PyObject *row = PyBytes_FromStringAndSize((const char *)c->out.buf + it->start, it->end - it->start);
+        if (row == NULL) return -1;
+        int bad = PyList_Append(run->rows, row) < 0 ||
+                  PyList_Append(run->origins, PyList_GET_ITEM(c->msgs, base + j)) < 0;
+        Py_DECREF(row);
+        if (bad) return -1;
+        run->next = it->offset + 1;
+        run->dirty = 1;
+        c->read++;
+        c->added++;
+    }
+    return 1;
+}
+
+/* add(msgs, plans, lo_ms, hi_ms, check_ids, owned, nxt, limits, ends, sinks, fallback) -> (read, added)
+ *
+ * MicroBatch.add_many's loop for a whole consume() batch. plans: {topic: {schema_id:
+ * capsule}}; owned, nxt, limits: the pipeline's Partitions (owned, next, ends); ends: the
+ * batch's offset ends; sinks: {topic: (rows, origins)}, the table batches' lists.
+ * By rounds of CHUNK messages:
+ * 1. (GIL) each message's error(), topic(), value(), partition(), offset() and plan;
+ * 2. (no GIL) the plans run, COPY tuples into one buffer;
+ * 3. (GIL) in order: a message with a tuple is checked as the Python path checks it (owned,
+ *    not before nxt, not past a bounded range's end) and appended, nxt/ends moved; any other
+ *    message (an error event, partition EOF, no plan, a tuple the plan could not make) goes
+ *    to fallback(i), the Python path for msgs[i], which returns how many events it read (0
+ *    or 1), or -1: stop here (the registry could not be asked; it recorded where). Partition
+ *    bookkeeping is written back before each fallback call and at the end, so the Python
+ *    path always sees it as it would have left it itself.
+ * read counts events read (handled or not), added those appended here. */
+static PyObject *add(PyObject *self, PyObject *args) {
+    long long lo_ms, hi_ms;
+    Call *c = PyMem_Calloc(1, sizeof(Call));
+    if (c == NULL) return PyErr_NoMemory();
+    if (!PyArg_ParseTuple(args, "O!O!LLpOO!O!O!O!O", &PyList_Type, &c->msgs, &PyDict_Type, &c->plans, &lo_ms, &hi_ms,
+                          &c->check_ids, &c->owned, &PyDict_Type, &c->nxt, &PyDict_Type, &c->limits, &PyDict_Type,
+                          &c->ends, &PyDict_Type, &c->sinks, &c->fallback)) {
+        PyMem_Free(c);
+        return NULL;
+    }
+    if (!PyAnySet_Check(c->owned)) {
+        PyMem_Free(c);
+        PyErr_SetString(PyExc_TypeError, "owned: a set");
+        return NULL;
+    }
+    c->lo_ms = lo_ms;
+    c->hi_ms = hi_ms;
+    c->last_t = -1;
+    PyObject *msgs = Py_NewRef(c->msgs);  /* its items stay alive while fallback runs Python code */
+    PyObject *result = NULL;
+    c->topics = PyList_New(0);
+    int state = c->topics != NULL ? 1 : -1;
+    for (Py_ssize_t base = 0; state == 1 && base < PyList_GET_SIZE(msgs); base += CHUNK) {
+        Py_ssize_t k = PyList_GET_SIZE(msgs) - base;  /* (fallback may not change msgs, but never trust it) */
+        if (k > CHUNK) k = CHUNK;
+        Py_ssize_t got = 0;
+        while (got < k && gather(c, base + got, &c->items[got]) == 0) got++;
+        if (got == k && decode(c, k))
+            state = apply(c, base, k);
+        else
+            state = -1;
+        for (Py_ssize_t j = 0; j < got; j++) Py_CLEAR(c->items[j].value);
+    }
+    /* what was appended is written back also when a fallback raised */
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    if (run_flush(&c->run, c->nxt, c->ends) < 0) {
+        if (et == NULL) PyErr_Fetch(&et, &ev, &tb);
+        else PyErr_Clear();
+        state = -1;
+    }
+    PyErr_Restore(et, ev, tb);
+    if (state >= 0) result = Py_BuildValue("(LL)", c->read, c->added);
+    PyMem_RawFree(c->out.buf);
+    Py_XDECREF(c->topics);
+    Py_DECREF(msgs);
+    PyMem_Free(c);
     return result;
 }
 
 static PyMethodDef methods[] = {
     {"plan", make_plan, METH_VARARGS, "plan(codes, consts) -> an opaque compiled plan"},
-    {"transcode", transcode, METH_VARARGS,
-     "transcode(msgs, plans, lo_ms, hi_ms, check_ids) -> list of COPY tuples (bytes) or None per message"},
+    {"add", add, METH_VARARGS,
+     "add(msgs, plans, lo_ms, hi_ms, check_ids, owned, nxt, limits, ends, sinks, fallback) -> (read, added)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -512,7 +703,9 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_transcode",
 PyMODINIT_FUNC PyInit__transcode(void) {
     s_error = PyUnicode_InternFromString("error");
     s_topic = PyUnicode_InternFromString("topic");
+    s_partition = PyUnicode_InternFromString("partition");
+    s_offset = PyUnicode_InternFromString("offset");
     s_value = PyUnicode_InternFromString("value");
-    if (!s_error || !s_topic || !s_value) return NULL;
+    if (!s_error || !s_topic || !s_partition || !s_offset || !s_value) return NULL;
     return PyModule_Create(&module);
 }
