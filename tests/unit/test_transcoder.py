@@ -197,8 +197,8 @@ def test_valid_events_give_byte_identical_copy_rows_natively(event_type: EventTy
     entry = CATALOG.latest(event_type)
     route = _route(entry.schema, {entry.schema_id: entry.schema})
 
-    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-    @given(st.lists(_record(entry.schema, clean=True), min_size=1, max_size=20))
+    @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(st.lists(_record(entry.schema, clean=True), min_size=1, max_size=8))
     def check(records: list[dict[str, Any]]) -> None:
         values: list[bytes | None] = [_frame(entry.schema_id, _avro(entry.schema, r)) for r in records]
         py, nat = run_both(route, values)
@@ -215,8 +215,8 @@ def test_any_schema_valid_event_gives_the_same_row_or_dead_letter(event_type: Ev
     route = _route(entry.schema, {entry.schema_id: entry.schema})
     writer = parse_schema(strip_logical_types(entry.schema))
 
-    @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-    @given(st.lists(_record(entry.schema, clean=False), min_size=1, max_size=10))
+    @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(st.lists(_record(entry.schema, clean=False), min_size=1, max_size=6))
     def check(records: list[dict[str, Any]]) -> None:
         values: list[bytes | None] = []
         for r in records:
@@ -313,7 +313,7 @@ def test_hostile_payloads_give_the_same_dead_letters_on_both_paths() -> None:
     assert nat[2] >= 3, "the good events were transcoded natively"
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 @given(st.data())
 def test_mutated_payloads_give_the_same_rows_and_dead_letters(data: st.DataObject) -> None:
     body = bytearray(_body(title=data.draw(TEXT), active_time=data.draw(st.none() | st.integers(*INT))))
