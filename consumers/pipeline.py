@@ -39,7 +39,7 @@ from gatestream.consumers.offsets import FencedError, Moves, OffsetStore
 from gatestream.consumers.partitions import Partitions
 from gatestream.consumers.registry_outage import RegistryOutage
 from gatestream.consumers.routes import Route
-from gatestream.consumers.transcoder import BatchTranscoder, make_transcoder, native_status
+from gatestream.consumers.transcoder import BatchTranscoder, choose_path, make_transcoder
 from gatestream.database import connect, sever
 from gatestream.kafka import base_config, consumer_config
 from gatestream.settings import IngestSettings
@@ -141,16 +141,18 @@ class BatchPipeline:
         )  # fmt: skip
 
     def _transcoder(self) -> BatchTranscoder | None:
-        """The native decode path where it is built and usable (one log line says which runs)."""
-        available, why = native_status()
+        """The native decode path where it is built and usable (one log line says which runs, and why)."""
+        info = self._conn.info
+        why = choose_path(
+            self.settings.native_decode, self.event_filter is not None, info.parameter_status("server_encoding"),
+            info.encoding,
+        )  # fmt: skip
         native = None
-        if available and self.event_filter is None:
+        if why is None:
             p = self._plausible
             native = make_transcoder(
                 self.routes, earliest_ms=p.earliest_ms, max_future_ms=p.max_future_ms, id_fields=p.ID_FIELDS
             )
-        elif available:
-            why = "this run filters events by their decoded records"
         path = "native" if native is not None else "python"
         log.info("avro decoding path", path=path, **({"why": why} if why else {}))
         return native

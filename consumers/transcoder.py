@@ -134,6 +134,31 @@ def make_transcoder(
     return BatchTranscoder(routes, earliest_ms=earliest_ms, max_future_ms=max_future_ms, id_fields=id_fields)
 
 
+def text_encoding_problem(server_encoding: str | None, client_encoding: str | None) -> str | None:
+    """Why the native path cannot write this connection's text, or None. It writes text
+    columns as the UTF-8 bytes of the Avro string: a server that does not store UTF-8, or
+    a connection whose client_encoding is not UTF-8 (the server converts from it), would
+    store other characters than the event's. (``client_encoding``: psycopg's
+    ``conn.info.encoding``, a Python codec name.)"""
+    if (server_encoding or "").upper() not in ("UTF8", "UTF-8"):
+        return f"the database's server_encoding is {server_encoding}, not UTF8"
+    if (client_encoding or "").lower().replace("_", "-") not in ("utf-8", "utf8"):
+        return f"the connection's client_encoding is {client_encoding}, not UTF8"
+    return None
+
+
+def choose_path(mode: str, filtered: bool, server_encoding: str | None, client_encoding: str | None) -> str | None:
+    """Why a pipeline decodes in Python, or None where the native path runs: ``mode`` is
+    GATESTREAM_NATIVE_DECODE, ``filtered`` whether the run filters events by their records."""
+    if mode == "off":
+        return "GATESTREAM_NATIVE_DECODE=off"
+    if _transcode is None:
+        return f"the native transcoder is not built ({_WHY_NOT})"
+    if filtered:
+        return "this run filters events by their decoded records"
+    return text_encoding_problem(server_encoding, client_encoding)
+
+
 def row_time_ms(row: Any, index: int) -> int | None:
     """The event time (Unix ms) in column ``index`` of a row: a tuple's wire value, or a
     COPY tuple's timestamptz (metrics only: None where it cannot be read)."""

@@ -24,7 +24,7 @@ from gatestream.consumers.batch import MicroBatch
 from gatestream.consumers.decoder import Decoder
 from gatestream.consumers.partitions import Partitions
 from gatestream.consumers.routes import Route, event_time_field
-from gatestream.consumers.transcoder import BatchTranscoder, native_status
+from gatestream.consumers.transcoder import BatchTranscoder, choose_path, native_status
 from tests.unit.test_transcoder import AW, FIXED_CLOCK, PLAUSIBLE, _body, _frame, _spec, copy_bytes
 
 pytestmark = pytest.mark.skipif(not native_status()[0], reason=f"native transcoder not built: {native_status()[1]}")
@@ -157,3 +157,20 @@ def test_a_fallback_that_raises_still_leaves_the_offsets_of_what_was_added() -> 
         batch.add_many([m(X, 0, 0), m(X, 0, 1), event(KafkaError._PARTITION_EOF, X, 0, 2), m(X, 0, 2)])
     assert batch.ends == {(X, 0): 2} and parts.next == {(X, 0): 2}
     assert len(batch.tables[X].rows) == 2
+
+
+@pytest.mark.parametrize(
+    ("mode", "filtered", "server", "client", "why"),
+    [
+        ("auto", False, "UTF8", "utf-8", None),
+        ("off", False, "UTF8", "utf-8", "GATESTREAM_NATIVE_DECODE=off"),
+        ("auto", True, "UTF8", "utf-8", "this run filters events by their decoded records"),
+        ("auto", False, "LATIN1", "iso8859-1", "the database's server_encoding is LATIN1, not UTF8"),
+        ("auto", False, "SQL_ASCII", "utf-8", "the database's server_encoding is SQL_ASCII, not UTF8"),
+        ("auto", False, "UTF8", "iso8859-1", "the connection's client_encoding is iso8859-1, not UTF8"),
+    ],
+)
+def test_the_native_path_runs_only_where_asked_and_where_text_arrives_as_utf8(
+    mode: str, filtered: bool, server: str, client: str, why: str | None
+) -> None:
+    assert choose_path(mode, filtered, server, client) == why
