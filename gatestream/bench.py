@@ -13,8 +13,10 @@ is computed per run and then its median taken.
 
 CPU: the consumer process's own (``resource.getrusage``: the loop, the writer thread,
 librdkafka's threads) and the database backends' serving the bench database
-(``gatestream.cpu``), per event. ``--members 1,2,4``: as many consumer processes in one
-group on one topic of 12 partitions, total events/s per count (``_members``).
+(``gatestream.cpu``), per event. ``--decode native,python``: each decoding path in every
+run (alternating their order), so the two compare on the same events and machine state.
+``--members 1,2,4``: as many consumer processes in one group on one topic of 12
+partitions, total events/s per count (``gatestream.bench_members``).
 
 ``bench replay``: live ingest beside replay on the same events, replaying into an empty
 table (every row missing, as after a restore) and over the full table (every row
@@ -24,8 +26,8 @@ already present).
 from __future__ import annotations
 
 import json
-import multiprocessing
 import statistics
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -187,142 +189,93 @@ def _truncate(url: str) -> None:
         conn.execute("TRUNCATE monitoring.active_windows")
 
 
+DECODE_PATHS = ("native", "python")
+
+
 def bench_ingest(
     settings: IngestSettings, *, events: int, runs: int, batch_rows: int, partitions: int,
-    members: list[int] | None = None, json_path: str | None = None,
+    members: list[int] | None = None, json_path: str | None = None, decode: list[str] | None = None,
 ) -> int:  # fmt: skip
-    """Raw binary COPY vs end-to-end ingest, and ingest with each batch's commit
-    asynchronous (SET LOCAL synchronous_commit = off, the default) vs synchronous; CPU
-    per event; with ``members``, the scale-out figure on 12 partitions instead."""
-    if members:
-        return bench_members(settings, events=events, runs=runs, batch_rows=batch_rows, members=members,
-                             json_path=json_path)  # fmt: skip
+    """Raw binary COPY vs end-to-end ingest on each decoding path in ``decode`` (native,
+    python; default: native where it is built), ingest with each batch's commit
+    asynchronous (SET LOCAL synchronous_commit = off) vs synchronous (the first path only);
+    CPU per event; with ``members``, the scale-out figure on 12 partitions instead."""
     native, why = native_status()
+    paths = decode or ["native" if native else "python"]
+    if "native" in paths and not native:
+        print(f"bench ingest: the native decoding path is not available here ({why})", file=sys.stderr)
+        return 2
+    if members:
+        from gatestream.bench_members import bench_members
+
+        s = settings.model_copy(update={"native_decode": "auto" if paths[0] == "native" else "off"})
+        return bench_members(s, events=events, runs=runs, batch_rows=batch_rows, members=members, json_path=json_path)
     print(f"bench: {events} {EVENT_TYPE.value} events, batches of {batch_rows}, {partitions} partitions, {runs} runs")
-    print(f"avro decoding path: {'native' if native else 'python (' + why + ')'}")
-    results = []
+    print(f"avro decoding paths: {', '.join(paths)}" + ("" if native else f" (native not available: {why})"))
+    raws: list[float] = []
+    got: dict[str, list[tuple[float, float, float | None]]] = {p: [] for p in paths}
     sync: list[float] = []
-    cpu: list[float] = []
-    db_cpu: list[float] = []
     with bench_data(settings, events, batch_rows, partitions) as d:
         for i in range(runs):
-            raw = _raw_copy(d.url, d.route.spec, d.rows, batch_rows)
-            e2e, c, dbc = _ingest_cpu(d.settings.model_copy(update={"async_commit": True}), d.url, d.topic, d.route,
-                                      events)  # fmt: skip
-            cpu.append(c)
-            if dbc is not None:
-                db_cpu.append(dbc)
-            sync.append(_ingest(d.settings.model_copy(update={"async_commit": False}), d.url, d.topic, d.route, events))
-            results.append(RunResult(raw, e2e))
-            print(
-                f"  run {i + 1}: raw COPY {raw:>10,.0f} rows/s   ingest {e2e:>10,.0f} events/s   ratio {e2e / raw:.0%}"
-                f"   consumer CPU {c:.2f} µs/event   database CPU {_us(dbc)}"
-                f"   ingest with synchronous commits {sync[-1]:>10,.0f} events/s"
-            )
-    raw_med = statistics.median(r.raw_rows_per_s for r in results)
-    e2e_med = statistics.median(r.ingest_events_per_s for r in results)
-    ratio_med = statistics.median(r.ratio for r in results)
-    sync_ratio = statistics.median(s / r.ingest_events_per_s for s, r in zip(sync, results, strict=True))
-    cpu_med = statistics.median(cpu)
-    db_med = statistics.median(db_cpu) if db_cpu else None
-    print(
-        f"median: raw COPY {raw_med:,.0f} rows/s, ingest {e2e_med:,.0f} events/s (one consumer process), "
-        f"ingest/raw {ratio_med:.0%}; consumer CPU {cpu_med:.2f} µs/event, database backends {_us(db_med)}; "
-        f"synchronous commits {statistics.median(sync):,.0f} events/s "
-        f"({sync_ratio:.0%} of asynchronous, median of per-run ratios)"
-    )
-    print("targets: >= 150,000 events/s per consumer process; >= 80% of raw COPY; <= 5 µs consumer CPU per event")
-    _write_json(json_path, {
+            raws.append(_raw_copy(d.url, d.route.spec, d.rows, batch_rows))
+            line = f"  run {i + 1}: raw COPY {raws[-1]:>9,.0f} rows/s"
+            order = paths if i % 2 == 0 else paths[::-1]  # alternate, so drift favours no path
+            for path in order:
+                s = d.settings.model_copy(update={"async_commit": True, "native_decode": _mode(path)})
+                got[path].append(_ingest_cpu(s, d.url, d.topic, d.route, events))
+            for path in paths:
+                e2e, c, dbc = got[path][-1]
+                line += f"   {path}: {e2e:>9,.0f} events/s {e2e / raws[-1]:.0%} CPU {c:.2f} µs/event db {_us(dbc)}"
+            s = d.settings.model_copy(update={"async_commit": False, "native_decode": _mode(paths[0])})
+            sync.append(_ingest(s, d.url, d.topic, d.route, events))
+            print(line + f"   {paths[0]} with synchronous commits {sync[-1]:>9,.0f} events/s")
+    raw_med = statistics.median(raws)
+    figures: dict[str, Any] = {
         "bench": "ingest", "events": events, "batch_rows": batch_rows, "partitions": partitions, "runs": runs,
-        "decoding": "native" if native else "python",
-        "per_run": [
-            {"raw_copy_rows_per_s": r.raw_rows_per_s, "ingest_events_per_s": r.ingest_events_per_s, "ratio": r.ratio,
-             "consumer_cpu_us_per_event": c, "sync_commit_events_per_s": sc}
-            for r, c, sc in zip(results, cpu, sync, strict=True)
-        ],
-        "median": {"raw_copy_rows_per_s": raw_med, "ingest_events_per_s": e2e_med, "ratio": ratio_med,
-                   "consumer_cpu_us_per_event": cpu_med, "database_cpu_us_per_event": db_med,
-                   "sync_commit_events_per_s": statistics.median(sync), "sync_vs_async": sync_ratio},
-    })  # fmt: skip
+        "raw_copy_rows_per_s": {"median": raw_med, "per_run": raws}, "decoding": {},
+    }  # fmt: skip
+    print(f"median: raw COPY {raw_med:,.0f} rows/s")
+    print(f"{'decoding':>9} {'events/s':>10} {'of raw':>7} {'consumer µs/event':>18} {'database µs/event':>18}")
+    for path in paths:
+        rates = [g[0] for g in got[path]]
+        ratio = statistics.median(g[0] / r for g, r in zip(got[path], raws, strict=True))
+        cpu = statistics.median(g[1] for g in got[path])
+        dbs = [g[2] for g in got[path] if g[2] is not None]
+        db = statistics.median(dbs) if dbs else None
+        db_text = "n/a" if db is None else f"{db:.2f}"
+        print(f"{path:>9} {statistics.median(rates):>10,.0f} {ratio:>7.0%} {cpu:>18.2f} {db_text:>18}")
+        figures["decoding"][path] = {
+            "ingest_events_per_s": statistics.median(rates), "ratio": ratio, "consumer_cpu_us_per_event": cpu,
+            "database_cpu_us_per_event": db, "per_run": [
+                {"ingest_events_per_s": e, "ratio": e / r, "consumer_cpu_us_per_event": c,
+                 "database_cpu_us_per_event": dbc} for (e, c, dbc), r in zip(got[path], raws, strict=True)
+            ],
+        }  # fmt: skip
+    first = [g[0] for g in got[paths[0]]]
+    sync_ratio = statistics.median(sc / e for sc, e in zip(sync, first, strict=True))
+    print(f"{paths[0]} with synchronous commits: {statistics.median(sync):,.0f} events/s "
+          f"({sync_ratio:.0%} of asynchronous, median of per-run ratios)")  # fmt: skip
+    figures["sync_commit"] = {"decoding": paths[0], "events_per_s": statistics.median(sync), "vs_async": sync_ratio,
+                              "per_run": sync}  # fmt: skip
+    print("targets: >= 150,000 events/s per consumer process; >= 80% of raw COPY; <= 5 µs consumer CPU per event")
+    write_json(json_path, figures)
     return 0
+
+
+def _mode(path: str) -> str:
+    """GATESTREAM_NATIVE_DECODE for a decoding path."""
+    return "auto" if path == "native" else "off"
 
 
 def _us(v: float | None) -> str:
     return "n/a (server not on this machine)" if v is None else f"{v:.2f} µs/event"
 
 
-def _write_json(path: str | None, figures: dict[str, Any]) -> None:
+def write_json(path: str | None, figures: dict[str, Any]) -> None:
     if path:
         with open(path, "w") as f:
             json.dump(figures, f, indent=2)
         print(f"figures written to {path}")
-
-
-MEMBER_PARTITIONS = 12
-
-
-def _member(settings: IngestSettings, topic: str, group: str, stop: Any, out: Any) -> None:
-    """One consumer process of ``bench ingest --members`` (run in a child process)."""
-    from gatestream.consumers.routes import build_routes
-
-    with connect_once(settings.database_url, autocommit=False) as conn:
-        routes = build_routes(conn, settings, {topic: EVENT_TYPE.value})
-    cpu0 = process_cpu_s()
-    summary = Ingestor(settings, routes, group_id=group, stop_when=lambda sm: stop.is_set()).run()
-    out.put((summary.first_event_at, summary.last_commit_at, summary.inserted, process_cpu_s() - cpu0))
-
-
-def _members_run(d: BenchData, n: int, events: int) -> tuple[float, float]:
-    """``n`` consumer processes in one new group until every event is a row: total events/s, CPU µs per event."""
-    _truncate(d.url)
-    ctx = multiprocessing.get_context("spawn")  # librdkafka's threads do not survive a fork
-    stop, out = ctx.Event(), ctx.Queue()
-    group = f"bench-{uuid.uuid4().hex[:8]}"
-    s = d.settings.model_copy(update={"stop_after_idle_s": None})
-    procs = [ctx.Process(target=_member, args=(s, d.topic, group, stop, out)) for _ in range(n)]
-    for p in procs:
-        p.start()
-    deadline = time.monotonic() + 600
-    with connect_once(d.url) as conn:
-        while conn.execute("SELECT count(*) FROM monitoring.active_windows").fetchone() != (events,):
-            if time.monotonic() > deadline or not any(p.is_alive() for p in procs):
-                stop.set()
-                raise RuntimeError(f"bench ingest --members {n}: not every event landed")
-            time.sleep(0.1)
-    stop.set()
-    got = [out.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(60)
-    firsts = [g[0] for g in got if g[0] is not None]
-    lasts = [g[1] for g in got if g[1] is not None]
-    return events / (max(lasts) - min(firsts)), sum(g[3] for g in got) / events * 1e6
-
-
-def bench_members(
-    settings: IngestSettings, *, events: int, runs: int, batch_rows: int, members: list[int], json_path: str | None
-) -> int:
-    print(f"bench: {events} {EVENT_TYPE.value} events, batches of {batch_rows}, one topic of {MEMBER_PARTITIONS} "
-          f"partitions, members {members}, {runs} runs")  # fmt: skip
-    rates: dict[int, list[float]] = {n: [] for n in members}
-    cpus: dict[int, list[float]] = {n: [] for n in members}
-    with bench_data(settings, events, batch_rows, MEMBER_PARTITIONS, with_rows=False) as d:
-        for i in range(runs):
-            for n in members:
-                rate, cpu = _members_run(d, n, events)
-                rates[n].append(rate)
-                cpus[n].append(cpu)
-                print(f"  run {i + 1}: {n} member(s) {rate:>10,.0f} events/s in all   consumer CPU {cpu:.2f} µs/event")
-    base = statistics.median(rates[members[0]])
-    print(f"{'members':>8} {'events/s (median)':>18} {'vs ' + str(members[0]):>8} {'CPU µs/event':>13}")
-    table = []
-    for n in members:
-        med = statistics.median(rates[n])
-        table.append({"members": n, "events_per_s": med, "speedup": med / base,
-                      "consumer_cpu_us_per_event": statistics.median(cpus[n]), "per_run": rates[n]})  # fmt: skip
-        print(f"{n:>8} {med:>18,.0f} {med / base:>7.2f}x {statistics.median(cpus[n]):>13.2f}")
-    _write_json(json_path, {"bench": "ingest --members", "events": events, "batch_rows": batch_rows,
-                            "partitions": MEMBER_PARTITIONS, "runs": runs, "members": table})  # fmt: skip
-    return 0
 
 
 def bench_metrics(settings: IngestSettings, *, events: int, runs: int, batch_rows: int, partitions: int) -> int:

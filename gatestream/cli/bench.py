@@ -22,7 +22,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.bench_command == "ingest":
         return bench_ingest(
             IngestSettings(), events=args.events, runs=args.runs, batch_rows=args.batch_rows,
-            partitions=args.partitions, members=args.members, json_path=args.json,
+            partitions=args.partitions, members=args.members, json_path=args.json, decode=args.decode,
         )  # fmt: skip
     return bench_metrics(
         IngestSettings(), events=args.events, runs=args.runs, batch_rows=args.batch_rows, partitions=args.partitions
@@ -45,7 +45,13 @@ def add_parsers(sub: Any) -> None:
             bi.add_argument(
                 "--members", type=_counts, default=None, metavar="N,N,...",
                 help="instead: N consumer processes in one group on one topic of 12 partitions, for each N "
-                "(e.g. 1,2,4); total events/s and consumer CPU per event per count",
+                "(e.g. 1,2,4), started together (each joins with its partitions paused; the clock starts when all "
+                "12 are assigned); total events/s and consumer CPU per event per count",
+            )  # fmt: skip
+            bi.add_argument(
+                "--decode", type=_paths, default=None, metavar="PATH,...",
+                help="the Avro decoding paths to measure, each in every run: native, python or native,python "
+                "(default: native where the extension is built, else python); with --members the first one",
             )  # fmt: skip
             bi.add_argument("--json", default=None, metavar="FILE", help="also write the figures to FILE as JSON")
         if name == "replay":
@@ -71,6 +77,13 @@ def _counts(text: str) -> list[int]:
     if not counts or min(counts) < 1:
         raise argparse.ArgumentTypeError("member counts are 1 or more")
     return counts
+
+
+def _paths(text: str) -> list[str]:
+    paths = [p.strip() for p in text.split(",")]
+    if not paths or any(p not in ("native", "python") for p in paths) or len(set(paths)) != len(paths):
+        raise argparse.ArgumentTypeError(f"expected native, python or native,python, got {text!r}")
+    return paths
 
 
 FAULTS_MOVED = "the fault bench is not part of the package: from a checkout, run python -m bench.faults [--short]"
