@@ -17,6 +17,7 @@ does the rest, the same way for both:
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Callable
@@ -127,6 +128,10 @@ class BatchPipeline:
         self._batch = self._new_batch()
         self._retry_pause = 0.0  # grows while batches fail for reasons nobody foresaw
         self._registry = RegistryOutage(self.observer.registry)
+        # What is alive now (modules, schemas, plans, a bench's own data) lives as long as the
+        # process: keep it out of the collector's full passes, which walked all of it every few
+        # batches as the held Kafka messages (GC-tracked) aged (~1.2-1.7 µs per event, bench ingest).
+        gc.freeze()
 
     # ------------------------------------------------------------------ plumbing
     def _connect(self) -> psycopg.Connection[Any]:
