@@ -16,7 +16,7 @@ import resource
 import threading
 from typing import Any
 
-import psycopg
+from gatestream.database import connect_once
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -50,7 +50,7 @@ class BackendCpu:
         self._thread = threading.Thread(target=self._run, name="backend-cpu", daemon=True)
 
     def __enter__(self) -> BackendCpu:
-        self._conn = psycopg.connect(self.url, autocommit=True)
+        self._conn = connect_once(self.url)
         self._own = self._conn.info.backend_pid
         self._base = self._sample()  # backends already there: only their growth counts
         self._thread.start()
