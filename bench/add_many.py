@@ -1,13 +1,13 @@
 """Micro-bench of the consumer's per-message work: ``MicroBatch.add_many`` on in-memory messages.
 
 No services: realistic ``active_windows`` events (the load generator's), Avro-encoded and
-Confluent-framed, wrapped in the unit tests' ``FakeMessage`` stand-in, go through
-``add_many`` in batches as ``consume()`` would return them, on the native path and on the
-Python one. Prints µs per event (median of ``--runs``), the CPU figure the consumer spends
-before COPY. (A real ``confluent_kafka.Message``'s methods cost about what the stand-in's
-do; what this isolates is the loop around them.)
+Confluent-framed, as ``confluent_kafka.Message`` objects (``--messages fake``: the unit
+tests' ``FakeMessage`` stand-ins, whose Python methods cost more to call), go through
+``add_many`` in batches as ``consume()`` returns them (runs of one partition), on the
+native path and on the Python one. Prints CPU µs per event (median of ``--runs``): what
+the consumer spends between consume() and COPY.
 
-    python -m bench.add_many [--events 100000] [--batch 10000] [--runs 5]
+    python -m bench.add_many [--events 100000] [--batch 500] [--runs 5] [--paths native,python]
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def one_run(route: Route, msgs: list[Message], batch: int, native: bool) -> floa
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=100_000)
-    ap.add_argument("--batch", type=int, default=10_000, help="messages per add_many call (a consume() batch)")
+    ap.add_argument("--batch", type=int, default=500, help="messages per add_many call (a consume() batch)")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--paths", default="native,python")
     ap.add_argument(
