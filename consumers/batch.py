@@ -23,6 +23,7 @@ from gatestream.consumers.deadletter import Reason, Reject, iso_ms
 from gatestream.consumers.decoder import DecodeError, RegistryUnavailable
 from gatestream.consumers.partitions import Partitions
 from gatestream.consumers.routes import Route
+from gatestream.consumers.transcoder import BatchTranscoder
 
 log = structlog.get_logger("gatestream.ingest")
 
@@ -73,8 +74,13 @@ class MicroBatch:
         accept: Callable[[Message, dict[str, Any]], bool] | None = None,
         on_end: Callable[[str, int, int], None] | None = None,
         on_decode_error: Callable[[str, str], None] | None = None,
+        native: BatchTranscoder | None = None,
     ) -> None:
+        """``native``: the native decode path (``consumers.transcoder``), for the events it
+        handles; the others (and all, with an ``accept`` filter, which needs records) take
+        the Python path below."""
         self.routes = routes
+        self.native = native if accept is None else None
         self.parts = parts
         self.plausible = plausible
         self.accept = accept
@@ -90,14 +96,30 @@ class MicroBatch:
 
     def add_many(self, msgs: list[Message]) -> int:
         """Add what is ours of ``msgs``; return how many events were read (errors and stale excluded)."""
-        routes, accept, plausible = self.routes, self.accept, self.plausible
         now_ms = int(time.time() * 1000)
+        if not self.ends:
+            self.started = time.monotonic()
+        if self.native is not None:  # the loop in C; each message it does not handle: _add_python for it
+            sinks = {t: (tb.rows, tb.origins) for t, tb in self.tables.items()}
+
+            def fallback(i: int) -> int:
+                read, stopped = self._add_python(msgs, i, i + 1, now_ms)
+                return -1 if stopped else read
+
+            read, added = self.native.add(msgs, now_ms, self.parts, self.ends, sinks, fallback)
+            self.count += added
+            return read
+        return self._add_python(msgs, 0, len(msgs), now_ms)[0]
+
+    def _add_python(self, msgs: list[Message], start: int, stop: int, now_ms: int) -> tuple[int, bool]:
+        """``msgs[start:stop]`` on the Python path: (events read, whether reading stopped there)."""
+        routes, accept, plausible = self.routes, self.accept, self.plausible
         owned, nxt, limits = self.parts.owned, self.parts.next, self.parts.ends
         tables, ends, rejects = self.tables, self.ends, self.rejects
-        if not ends:
-            self.started = time.monotonic()
         added = read = 0
-        for i, msg in enumerate(msgs):
+        stopped = False
+        for i in range(start, stop):
+            msg = msgs[i]
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
@@ -119,6 +141,7 @@ class MicroBatch:
                 record = route.decoder.decode(msg.value())
             except RegistryUnavailable as exc:
                 self._stop_at(msgs, i, exc)
+                stopped = True
                 break
             except DecodeError as exc:
                 read += 1
@@ -149,7 +172,7 @@ class MicroBatch:
             tb.origins.append(msg)
             added += 1
         self.count += added
-        return read
+        return read, stopped
 
     def _stop_at(self, msgs: list[Message], i: int, exc: RegistryUnavailable) -> None:
         """Decoding ``msgs[i]`` needs the registry, which cannot answer: nothing from

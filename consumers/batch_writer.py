@@ -27,7 +27,7 @@ import psycopg
 from psycopg import sql
 
 from gatestream.consumers.deadletter import Reason
-from gatestream.consumers.pgtypes import register_wire_dumpers
+from gatestream.consumers.pgtypes import COPY_SIGNATURE, COPY_TRAILER, register_wire_dumpers
 from gatestream.consumers.tables import TableSpec
 
 Origin = Any  # the source confluent_kafka.Message (topic, partition, offset, key, value)
@@ -35,8 +35,11 @@ Origin = Any  # the source confluent_kafka.Message (topic, partition, offset, ke
 
 @dataclass
 class TableBatch:
+    """Rows are tuples of values (psycopg writes them) or COPY tuples the native
+    transcoder made (``bytes``, written as they are)."""
+
     spec: TableSpec
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    rows: list[Any] = field(default_factory=list)
     origins: list[Origin] = field(default_factory=list)
 
 
@@ -102,15 +105,24 @@ class BatchWriter:
         return result
 
     # ------------------------------------------------------------------ paths
-    def _copy(self, target: sql.Composable, spec: TableSpec, rows: list[tuple[Any, ...]]) -> None:
+    def _copy(self, target: sql.Composable, spec: TableSpec, rows: list[Any]) -> None:
         stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
             target, sql.SQL(", ").join(map(sql.Identifier, spec.columns))
         )
+        encoded = [row for row in rows if type(row) is bytes]
         with self.conn.cursor().copy(stmt) as cp:
             cp.set_types(list(spec.type_oids))
+            if encoded:  # the stream's header, then the native COPY tuples as one block
+                cp.write(COPY_SIGNATURE)
+                cp.write(b"".join(encoded))
+            if len(encoded) == len(rows):
+                if encoded:
+                    cp.write(COPY_TRAILER)  # (psycopg adds it only after rows of its own)
+                return
             write_row = cp.write_row
             for row in rows:
-                write_row(row)
+                if type(row) is not bytes:
+                    write_row(row)
 
     def _write_table(self, tb: TableBatch, result: WriteResult, upsert: bool) -> None:
         if not upsert:
@@ -136,7 +148,7 @@ class BatchWriter:
         )
         return name
 
-    def _staged_insert(self, spec: TableSpec, rows: list[tuple[Any, ...]]) -> int:
+    def _staged_insert(self, spec: TableSpec, rows: list[Any]) -> int:
         stage = self._staging_table(spec)
         self.conn.execute(sql.SQL("TRUNCATE {}").format(stage))
         self._copy(stage, spec, rows)

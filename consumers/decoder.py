@@ -74,6 +74,9 @@ class Decoder:
         self.reader = _parse(reader_schema)
         self._reader_key = normalized(reader_schema)
         self._by_id: BoundedCache[int, DecodeFn] = BoundedCache(MAX_SCHEMAS)
+        # writer schema per id met (JSON, and whether it is the reader's): for the native plans
+        self._writers: BoundedCache[int, tuple[dict[str, Any], bool]] = BoundedCache(MAX_SCHEMAS)
+        self.generation = 0  # grows with each schema id learnt (consumers.transcoder re-plans then)
         self._misses: BoundedCache[int, tuple[float, DecodeError]] = BoundedCache(MAX_MISSES)
         self.clock = time.monotonic
 
@@ -88,14 +91,26 @@ class Decoder:
                 raise DecodeError(known.reason, known.detail) from known.__cause__
             self._misses.pop(schema_id)
         try:
-            fn = self._fetch(schema_id)
+            fn, writer = self._fetch(schema_id)
         except DecodeError as exc:  # the registry's definitive answer: cached for a while
             self._misses.put(schema_id, (self.clock() + MISS_TTL_S, exc))
             raise
         self._by_id.put(schema_id, fn)
+        self._writers.put(schema_id, writer)
+        self.generation += 1
         return fn
 
-    def _fetch(self, schema_id: int) -> DecodeFn:
+    def known_writers(self) -> dict[int, tuple[dict[str, Any], bool]]:
+        """The writer schemas of the ids this decoder decodes now: id -> (schema JSON,
+        whether it is the reader schema itself)."""
+        out: dict[int, tuple[dict[str, Any], bool]] = {}
+        for sid in self._writers.keys():
+            w = self._writers.get(sid)
+            if w is not None and self._by_id.get(sid) is not None:
+                out[sid] = w
+        return out
+
+    def _fetch(self, schema_id: int) -> tuple[DecodeFn, tuple[dict[str, Any], bool]]:
         try:
             writer_raw = self.registry.get_schema(schema_id)
         except Exception as exc:  # noqa: BLE001 - sorted below: only a definitive "no such id" is the event's fault
@@ -117,7 +132,7 @@ class Decoder:
         def fn(buf: io.BytesIO, _w: Any = writer, _r: Any = reader) -> dict[str, Any]:
             return cast(dict[str, Any], schemaless_reader(buf, _w, _r))
 
-        return fn
+        return fn, (writer_json, reader is None)
 
     def decode(self, value: bytes | None) -> dict[str, Any]:
         if value is None:

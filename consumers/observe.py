@@ -14,6 +14,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from gatestream.consumers import metrics
 from gatestream.consumers.batch_writer import TableBatch, WriteResult
+from gatestream.consumers.transcoder import row_time_ms
 from gatestream.kafka_log import ClientLog
 
 if TYPE_CHECKING:
@@ -103,7 +104,7 @@ class IngestObserver:
                 ts_type, ts = msg.timestamp()
                 if ts_type:
                     br_hist.observe(max(0.0, now - ts / 1000))
-                t = tb.rows[i][ti] if ti >= 0 else None
+                t = row_time_ms(tb.rows[i], ti) if ti >= 0 else None
                 if isinstance(t, int):
                     ev_hist.observe(max(0.0, now - t / 1000))
 

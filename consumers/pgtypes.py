@@ -23,6 +23,10 @@ TIMESTAMPTZ_OID = 1184
 _PG_EPOCH_MS = 946_684_800_000  # 2000-01-01T00:00:00Z in Unix milliseconds
 _PG_EPOCH_DT = datetime(2000, 1, 1, tzinfo=UTC)
 _pack_int8 = struct.Struct(">q").pack
+# binary COPY's stream header (signature, flags, no extension) and trailer, around the
+# COPY tuples the native transcoder makes (consumers.transcoder)
+COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+COPY_TRAILER = b"\xff\xff"
 
 
 class WireUuid:

@@ -11,6 +11,13 @@ Runs alternate the two, each on an empty table, in a database of its own
 (``<database>_bench``, created and migrated fresh). Medians are reported, and the ratio
 is computed per run and then its median taken.
 
+CPU: the consumer process's own (``resource.getrusage``: the loop, the writer thread,
+librdkafka's threads) and the database backends' serving the bench database
+(``gatestream.cpu``), per event. ``--decode native,python``: each decoding path in every
+run (alternating their order), so the two compare on the same events and machine state.
+``--members 1,2,4``: as many consumer processes in one group on one topic of 12
+partitions, total events/s per count (``gatestream.bench_members``).
+
 ``bench replay``: live ingest beside replay on the same events, replaying into an empty
 table (every row missing, as after a restore) and over the full table (every row
 already present).
@@ -18,7 +25,9 @@ already present).
 
 from __future__ import annotations
 
+import json
 import statistics
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -35,6 +44,8 @@ from gatestream.consumers.ingest import Ingestor, Route
 from gatestream.consumers.pgtypes import register_wire_dumpers
 from gatestream.consumers.routes import event_time_field
 from gatestream.consumers.tables import TableSpec, describe_table
+from gatestream.consumers.transcoder import native_status
+from gatestream.cpu import BackendCpu, process_cpu_s
 from gatestream.database import connect_once
 from gatestream.kafka import base_config
 from gatestream.migrate import migrate
@@ -108,15 +119,30 @@ def _raw_copy(url: str, spec: TableSpec, rows: list[tuple[Any, ...]], batch: int
 
 
 def _ingest(settings: IngestSettings, url: str, topic: str, route: Route, count: int) -> float:
+    return _ingest_cpu(settings, url, topic, route, count)[0]
+
+
+def _ingest_cpu(
+    settings: IngestSettings, url: str, topic: str, route: Route, count: int
+) -> tuple[float, float, float | None]:
+    """events/s, and CPU µs per event of this (the consumer) process and of the database backends."""
     _truncate(url)
     s = settings.model_copy(update={"database_url": url, "stop_after_idle_s": None})
-    ing = Ingestor(
-        s, {topic: route}, group_id=f"bench-{uuid.uuid4().hex[:8]}", stop_when=lambda sm: sm.inserted >= count
-    )
-    summary = ing.run()
+    with BackendCpu(url) as db_cpu:
+        cpu0 = process_cpu_s()
+        ing = Ingestor(
+            s, {topic: route}, group_id=f"bench-{uuid.uuid4().hex[:8]}", stop_when=lambda sm: sm.inserted >= count
+        )
+        summary = ing.run()
+        cpu = process_cpu_s() - cpu0
     if summary.inserted != count or summary.first_event_at is None or summary.last_commit_at is None:
         raise RuntimeError(f"bench ingest wrote {summary.inserted} of {count} events")
-    return count / (summary.last_commit_at - summary.first_event_at)
+    db = db_cpu.seconds
+    return (
+        count / (summary.last_commit_at - summary.first_event_at),
+        cpu / count * 1e6,
+        (None if db is None else db / count * 1e6),
+    )
 
 
 @dataclass
@@ -163,33 +189,93 @@ def _truncate(url: str) -> None:
         conn.execute("TRUNCATE monitoring.active_windows")
 
 
-def bench_ingest(settings: IngestSettings, *, events: int, runs: int, batch_rows: int, partitions: int) -> int:
-    """Raw binary COPY vs end-to-end ingest, and ingest with each batch's commit
-    asynchronous (SET LOCAL synchronous_commit = off, the default) vs synchronous."""
+DECODE_PATHS = ("native", "python")
+
+
+def bench_ingest(
+    settings: IngestSettings, *, events: int, runs: int, batch_rows: int, partitions: int,
+    members: list[int] | None = None, json_path: str | None = None, decode: list[str] | None = None,
+) -> int:  # fmt: skip
+    """Raw binary COPY vs end-to-end ingest on each decoding path in ``decode`` (native,
+    python; default: native where it is built), ingest with each batch's commit
+    asynchronous (SET LOCAL synchronous_commit = off) vs synchronous (the first path only);
+    CPU per event; with ``members``, the scale-out figure on 12 partitions instead."""
+    native, why = native_status()
+    paths = decode or ["native" if native else "python"]
+    if "native" in paths and not native:
+        print(f"bench ingest: the native decoding path is not available here ({why})", file=sys.stderr)
+        return 2
+    if members:
+        from gatestream.bench_members import bench_members
+
+        s = settings.model_copy(update={"native_decode": "auto" if paths[0] == "native" else "off"})
+        return bench_members(s, events=events, runs=runs, batch_rows=batch_rows, members=members, json_path=json_path)
     print(f"bench: {events} {EVENT_TYPE.value} events, batches of {batch_rows}, {partitions} partitions, {runs} runs")
-    results = []
+    print(f"avro decoding paths: {', '.join(paths)}" + ("" if native else f" (native not available: {why})"))
+    raws: list[float] = []
+    got: dict[str, list[tuple[float, float, float | None]]] = {p: [] for p in paths}
     sync: list[float] = []
     with bench_data(settings, events, batch_rows, partitions) as d:
         for i in range(runs):
-            raw = _raw_copy(d.url, d.route.spec, d.rows, batch_rows)
-            e2e = _ingest(d.settings.model_copy(update={"async_commit": True}), d.url, d.topic, d.route, events)
-            sync.append(_ingest(d.settings.model_copy(update={"async_commit": False}), d.url, d.topic, d.route, events))
-            results.append(RunResult(raw, e2e))
-            print(
-                f"  run {i + 1}: raw COPY {raw:>10,.0f} rows/s   ingest {e2e:>10,.0f} events/s   ratio {e2e / raw:.0%}"
-                f"   ingest with synchronous commits {sync[-1]:>10,.0f} events/s"
-            )
-    raw_med = statistics.median(r.raw_rows_per_s for r in results)
-    e2e_med = statistics.median(r.ingest_events_per_s for r in results)
-    ratio_med = statistics.median(r.ratio for r in results)
-    sync_ratio = statistics.median(s / r.ingest_events_per_s for s, r in zip(sync, results, strict=True))
-    print(
-        f"median: raw COPY {raw_med:,.0f} rows/s, ingest {e2e_med:,.0f} events/s (one consumer process), "
-        f"ingest/raw {ratio_med:.0%}; synchronous commits {statistics.median(sync):,.0f} events/s "
-        f"({sync_ratio:.0%} of asynchronous, median of per-run ratios)"
-    )
-    print("targets: >= 100,000 events/s per consumer process; >= 70% of raw COPY")
+            raws.append(_raw_copy(d.url, d.route.spec, d.rows, batch_rows))
+            line = f"  run {i + 1}: raw COPY {raws[-1]:>9,.0f} rows/s"
+            order = paths if i % 2 == 0 else paths[::-1]  # alternate, so drift favours no path
+            for path in order:
+                s = d.settings.model_copy(update={"async_commit": True, "native_decode": _mode(path)})
+                got[path].append(_ingest_cpu(s, d.url, d.topic, d.route, events))
+            for path in paths:
+                e2e, c, dbc = got[path][-1]
+                line += f"   {path}: {e2e:>9,.0f} events/s {e2e / raws[-1]:.0%} CPU {c:.2f} µs/event db {_us(dbc)}"
+            s = d.settings.model_copy(update={"async_commit": False, "native_decode": _mode(paths[0])})
+            sync.append(_ingest(s, d.url, d.topic, d.route, events))
+            print(line + f"   {paths[0]} with synchronous commits {sync[-1]:>9,.0f} events/s")
+    raw_med = statistics.median(raws)
+    figures: dict[str, Any] = {
+        "bench": "ingest", "events": events, "batch_rows": batch_rows, "partitions": partitions, "runs": runs,
+        "raw_copy_rows_per_s": {"median": raw_med, "per_run": raws}, "decoding": {},
+    }  # fmt: skip
+    print(f"median: raw COPY {raw_med:,.0f} rows/s")
+    print(f"{'decoding':>9} {'events/s':>10} {'of raw':>7} {'consumer µs/event':>18} {'database µs/event':>18}")
+    for path in paths:
+        rates = [g[0] for g in got[path]]
+        ratio = statistics.median(g[0] / r for g, r in zip(got[path], raws, strict=True))
+        cpu = statistics.median(g[1] for g in got[path])
+        dbs = [g[2] for g in got[path] if g[2] is not None]
+        db = statistics.median(dbs) if dbs else None
+        db_text = "n/a" if db is None else f"{db:.2f}"
+        print(f"{path:>9} {statistics.median(rates):>10,.0f} {ratio:>7.0%} {cpu:>18.2f} {db_text:>18}")
+        figures["decoding"][path] = {
+            "ingest_events_per_s": statistics.median(rates), "ratio": ratio, "consumer_cpu_us_per_event": cpu,
+            "database_cpu_us_per_event": db, "per_run": [
+                {"ingest_events_per_s": e, "ratio": e / r, "consumer_cpu_us_per_event": c,
+                 "database_cpu_us_per_event": dbc} for (e, c, dbc), r in zip(got[path], raws, strict=True)
+            ],
+        }  # fmt: skip
+    first = [g[0] for g in got[paths[0]]]
+    sync_ratio = statistics.median(sc / e for sc, e in zip(sync, first, strict=True))
+    print(f"{paths[0]} with synchronous commits: {statistics.median(sync):,.0f} events/s "
+          f"({sync_ratio:.0%} of asynchronous, median of per-run ratios)")  # fmt: skip
+    figures["sync_commit"] = {"decoding": paths[0], "events_per_s": statistics.median(sync), "vs_async": sync_ratio,
+                              "per_run": sync}  # fmt: skip
+    print("targets: >= 150,000 events/s per consumer process; >= 80% of raw COPY; <= 5 µs consumer CPU per event")
+    write_json(json_path, figures)
     return 0
+
+
+def _mode(path: str) -> str:
+    """GATESTREAM_NATIVE_DECODE for a decoding path."""
+    return "auto" if path == "native" else "off"
+
+
+def _us(v: float | None) -> str:
+    return "n/a (server not on this machine)" if v is None else f"{v:.2f} µs/event"
+
+
+def write_json(path: str | None, figures: dict[str, Any]) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(figures, f, indent=2)
+        print(f"figures written to {path}")
 
 
 def bench_metrics(settings: IngestSettings, *, events: int, runs: int, batch_rows: int, partitions: int) -> int:

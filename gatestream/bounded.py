@@ -31,6 +31,9 @@ class BoundedCache(Generic[K, V]):
     def pop(self, key: K) -> None:
         self._items.pop(key, None)
 
+    def keys(self) -> list[K]:
+        return list(self._items)
+
     def __len__(self) -> int:
         return len(self._items)
 

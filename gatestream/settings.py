@@ -186,6 +186,12 @@ class IngestSettings(GroupMemberSettings, OpsServerSettings):
         description="Exit 0 after this many seconds with no new events (demo, tests); unset = run forever.",
     )
     metrics_enabled: bool = Field(True, description="Record metrics (off only to measure their cost).")
+    native_decode: Literal["auto", "off"] = Field(
+        "auto",
+        description="auto: decode Avro in the native transcoder where it is built and the database takes UTF-8 "
+        "text (the start-up line 'avro decoding path' says which path runs, and why); off: always the Python "
+        "path (to compare the two, or to rule the native one out).",
+    )
 
 
 class PolicySettings(GroupMemberSettings, OpsServerSettings):

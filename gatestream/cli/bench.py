@@ -27,8 +27,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
             IngestSettings(), events=args.events, runs=args.runs, batch_rows=args.batch_rows,
             partitions=args.partitions, max_rate=args.max_rate,
         )  # fmt: skip
-    fn = {"ingest": bench_ingest, "metrics": bench_metrics}[args.bench_command]
-    return fn(
+    if args.bench_command == "ingest":
+        return bench_ingest(
+            IngestSettings(), events=args.events, runs=args.runs, batch_rows=args.batch_rows,
+            partitions=args.partitions, members=args.members, json_path=args.json, decode=args.decode,
+        )  # fmt: skip
+    return bench_metrics(
         IngestSettings(), events=args.events, runs=args.runs, batch_rows=args.batch_rows, partitions=args.partitions
     )
 
@@ -45,6 +49,19 @@ def add_parsers(sub: Any) -> None:
         bi.add_argument("--runs", type=int, default=3, help="runs; medians are reported (default 3)")
         bi.add_argument("--batch-rows", type=int, default=10_000, help="rows per batch in every path")
         bi.add_argument("--partitions", type=int, default=6, help="partitions of the bench topic")
+        if name == "ingest":
+            bi.add_argument(
+                "--members", type=_counts, default=None, metavar="N,N,...",
+                help="instead: N consumer processes in one group on one topic of 12 partitions, for each N "
+                "(e.g. 1,2,4), started together (each joins with its partitions paused; the clock starts when all "
+                "12 are assigned); total events/s and consumer CPU per event per count",
+            )  # fmt: skip
+            bi.add_argument(
+                "--decode", type=_paths, default=None, metavar="PATH,...",
+                help="the Avro decoding paths to measure, each in every run: native, python or native,python "
+                "(default: native where the extension is built, else python); with --members the first one",
+            )  # fmt: skip
+            bi.add_argument("--json", default=None, metavar="FILE", help="also write the figures to FILE as JSON")
         if name == "replay":
             bi.add_argument(
                 "--max-rate", type=float, default=0, metavar="EVENTS_PER_S",
@@ -85,13 +102,29 @@ def add_latency_parser(bench: Any) -> None:
 
 
 def _rates(text: str) -> list[int]:
+    return _positive_ints(text, "events per second")
+
+
+def _counts(text: str) -> list[int]:
+    return _positive_ints(text, "member counts")
+
+
+def _positive_ints(text: str, what: str) -> list[int]:
+    """``1,2,4``: comma-separated integers, each above 0."""
     try:
-        rates = [int(r) for r in text.split(",") if r.strip()]
+        values = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: events per second, comma-separated integers") from None
-    if not rates or min(rates) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: at least one rate, each above 0")
-    return rates
+        raise argparse.ArgumentTypeError(f"{what}: comma-separated integers like 1,2,4, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{what}: at least one, each above 0, got {text!r}")
+    return values
+
+
+def _paths(text: str) -> list[str]:
+    paths = [p.strip() for p in text.split(",")]
+    if not paths or any(p not in ("native", "python") for p in paths) or len(set(paths)) != len(paths):
+        raise argparse.ArgumentTypeError(f"expected native, python or native,python, got {text!r}")
+    return paths
 
 
 FAULTS_MOVED = "the fault bench is not part of the package: from a checkout, run python -m bench.faults [--short]"
