@@ -1,0 +1,417 @@
+"""A realistic monitoring dataset for the storage and query benches, loaded by binary COPY.
+
+Shape (issue 23 §4): ``days`` days (60) ending now, ``orgs`` organizations (1,000),
+``devices`` desktop seats (users_on_computers_id, 50,000) and ``gateways`` (5,000),
+with ``rows`` event rows in all, shared between the hypertables as ``SHARES`` says.
+
+What makes it realistic rather than uniform:
+- organization sizes follow Zipf (rank^-``zipf_s``): a few large organizations hold most
+  devices, gateways and events; each device's activity is log-normal within its
+  organization (some users are much busier);
+- time: working hours, weekends quieter, rows of a day in time order (as ingest writes
+  them); ``created_at`` is the event time plus an ingest delay of under 3 s;
+- values repeat as monitoring data does: a few hundred applications and sites, Zipf
+  popular, each with its own set of window titles / paths (a long tail of document
+  names and video ids included); icons follow the application;
+- ids: UUIDv7 at the event time; gateways are in ``monitoring.gateway_instances`` and
+  report status snapshots on a steady cadence.
+
+Rows are encoded straight into PostgreSQL's binary COPY format (no per-value adaptation):
+a day of one table is one COPY and one transaction.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import itertools
+import math
+import random
+import struct
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from gatestream.database import connect_once
+
+SHARES: dict[str, float] = {
+    "active_windows": 0.55,
+    "visited_sites": 0.33,
+    "gateway_status_snapshots": 0.05,
+    "user_sessions": 0.04,
+    "screenshots": 0.03,
+}
+_PG_EPOCH_S = 946_684_800  # 2000-01-01 in Unix seconds
+_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
+_TRAILER = b"\xff\xff"
+_NULL = b"\xff\xff\xff\xff"
+_i32 = struct.Struct("!i").pack
+_head = struct.Struct("!hi16siiiiiq").pack  # field count, event_id, organization_id, device, time
+_int4 = struct.Struct("!ii").pack
+_ts = struct.Struct("!iq").pack
+_f8 = struct.Struct("!id").pack
+_gw_head = struct.Struct("!hi16siii16s").pack  # field count, event_id, organization_id, gateway_id
+
+
+def _text(s: str) -> bytes:
+    b = s.encode()
+    return _i32(len(b)) + b
+
+
+def _ts_us(unix_us: int) -> bytes:
+    return _ts(8, unix_us - _PG_EPOCH_S * 1_000_000)
+
+
+def zipf_weights(n: int, s: float) -> list[float]:
+    return [1 / (rank**s) for rank in range(1, n + 1)]
+
+
+# ------------------------------------------------------------------ vocabularies
+APPS = [
+    ("chrome.exe", "Google Chrome"), ("msedge.exe", "Microsoft Edge"), ("outlook.exe", "Outlook"),
+    ("excel.exe", "Excel"), ("winword.exe", "Word"), ("teams.exe", "Microsoft Teams"),
+    ("explorer.exe", "File Explorer"),
+    ("slack.exe", "Slack"), ("firefox.exe", "Mozilla Firefox"), ("code.exe", "Visual Studio Code"),
+    ("1cv8.exe", "1C:Enterprise"), ("telegram.exe", "Telegram"), ("powerpnt.exe", "PowerPoint"),
+    ("zoom.exe", "Zoom"), ("acrord32.exe", "Adobe Acrobat Reader"), ("notepad.exe", "Notepad"),
+    ("onenote.exe", "OneNote"), ("mstsc.exe", "Remote Desktop Connection"), ("putty.exe", "PuTTY"),
+    ("idea64.exe", "IntelliJ IDEA"), ("devenv.exe", "Visual Studio"), ("sapgui.exe", "SAP Logon"),
+    ("whatsapp.exe", "WhatsApp"), ("skype.exe", "Skype"), ("yandex.exe", "Yandex Browser"),
+    ("bitrix24.exe", "Bitrix24"), ("notepad++.exe", "Notepad++"), ("calc.exe", "Calculator"),
+    ("mspaint.exe", "Paint"), ("cmd.exe", "Command Prompt"), ("powershell.exe", "Windows PowerShell"),
+    ("taskmgr.exe", "Task Manager"), ("spotify.exe", "Spotify"), ("anydesk.exe", "AnyDesk"),
+    ("photoshop.exe", "Adobe Photoshop"), ("acad.exe", "AutoCAD"), ("figma.exe", "Figma"),
+    ("postman.exe", "Postman"), ("dbeaver.exe", "DBeaver"), ("keepass.exe", "KeePass"),
+]  # fmt: skip
+SITES = [
+    "mail.google.com", "docs.google.com", "www.youtube.com", "github.com", "stackoverflow.com", "outlook.office.com",
+    "teams.microsoft.com", "www.linkedin.com", "en.wikipedia.org", "web.whatsapp.com", "yandex.ru", "mail.yandex.ru",
+    "vk.com", "ok.ru", "www.google.com", "drive.google.com", "calendar.google.com", "jira.company.local",
+    "confluence.company.local", "gitlab.company.local", "portal.company.local", "crm.company.local",
+    "www.amazon.com", "www.ozon.ru", "www.wildberries.ru", "hh.ru", "habr.com", "www.reddit.com", "twitter.com",
+    "www.facebook.com", "www.instagram.com", "news.ycombinator.com", "www.bbc.com", "lenta.ru", "rbc.ru",
+    "chat.openai.com", "translate.google.com", "web.telegram.org", "www.notion.so", "trello.com",
+]  # fmt: skip
+_WORDS = [
+    "Q3 budget", "Contract", "Invoice", "Report", "Minutes", "Roadmap", "Plan", "Offer", "Payroll", "Inventory",
+    "Sales", "Forecast", "Checklist", "Proposal", "Timesheet", "Specs", "Agenda", "Notes", "Draft", "Summary",
+]  # fmt: skip
+_EXTS = {"excel.exe": "xlsx", "winword.exe": "docx", "powerpnt.exe": "pptx", "acrord32.exe": "pdf", "acad.exe": "dwg"}
+BROWSERS = [("chrome", 0.55), ("edge", 0.2), ("yandex", 0.15), ("firefox", 0.1)]
+SESSION_EVENTS = [("active", 0.3), ("idle", 0.3), ("lock", 0.15), ("unlock", 0.15), ("logon", 0.05), ("logoff", 0.05)]
+RESOLUTIONS = [(1920, 1080), (1920, 1080), (1920, 1080), (2560, 1440), (1366, 768), (1536, 864), (3840, 2160)]
+HOUR_WEIGHTS = [0.2, 0.1, 0.1, 0.1, 0.1, 0.3, 1, 3, 7, 10, 10, 10, 7, 9, 10, 10, 9, 7, 4, 2, 1.5, 1, 0.6, 0.4]
+
+
+def _apps(rnd: random.Random, count: int) -> list[tuple[str, str]]:
+    """``count`` applications: the well-known ones first (most used), then a long tail of
+    line-of-business tools."""
+    tail = [(f"lob{n:03d}.exe", f"LOB tool {n}") for n in range(count - len(APPS))]
+    return (APPS + tail)[:count]
+
+
+def _titles(app: str, display: str, rnd: random.Random) -> list[str]:
+    """Window titles of one application, most frequent first (a head of fixed screens and a
+    tail of document names)."""
+    if app in _EXTS:
+        docs = [f"{w} {y}-{m:02d}.{_EXTS[app]}" for w in _WORDS for y in (2025, 2026) for m in (1, 4, 7, 10, 11)]
+        rnd.shuffle(docs)
+        return [f"{d} - {display}" for d in docs[:120]]
+    if display.endswith(("Chrome", "Edge", "Firefox", "Browser")):
+        return [f"{s} - {display}" for s in SITES] + [f"New Tab - {display}"]
+    if app in ("outlook.exe", "slack.exe", "teams.exe", "telegram.exe", "whatsapp.exe", "skype.exe"):
+        return [
+            f"{c} - {display}" for c in ("Inbox", "General", "Chat", "Calendar", "Meeting", "Sent Items", "Team")
+        ] + [f"{w} discussion - {display}" for w in _WORDS]
+    return [display] + [f"{w} - {display}" for w in _WORDS[: rnd.randint(2, 12)]]
+
+
+def _paths(site: str, rnd: random.Random) -> list[str]:
+    head = ["", "inbox", "search", "home", "dashboard", "projects", "settings", "notifications"]
+    return [f"https://{site}/{p}" for p in head[: rnd.randint(3, len(head))]] + [
+        f"https://{site}/{rnd.choice(['doc', 'issues', 'view', 'item'])}/{rnd.randint(1, 5000)}" for _ in range(20)
+    ]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    rows: int
+    days: int = 60
+    orgs: int = 1000
+    devices: int = 50_000
+    gateways: int = 5_000
+    apps: int = 300
+    sites: int = 300
+    zipf_s: float = 1.0
+    seed: int = 23
+    end: datetime = field(default_factory=lambda: datetime.now(UTC).replace(minute=0, second=0, microsecond=0))
+
+    @property
+    def start(self) -> datetime:
+        return self.end - timedelta(days=self.days)
+
+    def rows_of(self, table: str) -> int:
+        return round(self.rows * SHARES[table])
+
+
+@dataclass
+class Fleet:
+    """Organizations, devices and gateways with their activity weights."""
+
+    org_weights: list[float]  # index org-1
+    device_ids: list[int]
+    device_org: list[int]
+    device_cum: list[float]  # cumulative activity weights over device_ids
+    gateways: list[tuple[int, uuid.UUID]]  # (organization, gateway id)
+    org_devices: dict[int, list[int]]
+
+    @classmethod
+    def build(cls, spec: DatasetSpec, rnd: random.Random) -> Fleet:
+        ow = zipf_weights(spec.orgs, spec.zipf_s)
+        total = sum(ow)
+        sizes = [max(1, math.floor(spec.devices * w / total)) for w in ow]
+        sizes[0] += spec.devices - sum(sizes)  # the largest one absorbs the rounding
+        ids = list(range(1, spec.devices + 1))
+        rnd.shuffle(ids)  # seats were registered over time, organizations interleaved
+        device_org: list[int] = []
+        for org, n in enumerate(sizes, start=1):
+            device_org += [org] * n
+        weights = [rnd.lognormvariate(0, 0.8) for _ in ids]
+        gw_sizes = [1 + math.floor((spec.gateways - spec.orgs) * w / total) for w in ow]
+        gw_sizes[0] += spec.gateways - sum(gw_sizes)
+        gateways = [
+            (org, uuid.UUID(int=rnd.getrandbits(128), version=4)) for org, n in enumerate(gw_sizes, 1) for _ in range(n)
+        ]
+        org_devices: dict[int, list[int]] = {}
+        for d, o in zip(ids, device_org, strict=True):
+            org_devices.setdefault(o, []).append(d)
+        return cls(ow, ids, device_org, list(itertools.accumulate(weights)), gateways, org_devices)
+
+
+class _Vocab:
+    """Value combinations, pre-encoded as COPY fields, with cumulative weights."""
+
+    def __init__(self, spec: DatasetSpec, rnd: random.Random) -> None:
+        apps = _apps(rnd, spec.apps)
+        self.windows: list[bytes] = []  # title, process_name, icon
+        wweights: list[float] = []
+        for (app, display), aw in zip(apps, zipf_weights(len(apps), 1.1), strict=True):
+            titles = _titles(app, display, rnd)
+            for title, tw in zip(titles, zipf_weights(len(titles), 1.0), strict=True):
+                self.windows.append(_text(title) + _text(app) + _text(f"icons/{app.removesuffix('.exe')}.png"))
+                wweights.append(aw * tw / sum(zipf_weights(len(titles), 1.0)))
+        self.windows_cum = list(itertools.accumulate(wweights))
+        sites = SITES + [f"www.site{n:03d}.com" for n in range(spec.sites - len(SITES))]
+        self.urls: list[tuple[str, str]] = []  # (url, title); a url ending in "=" gets an id
+        uweights: list[float] = []
+        for site, sw in zip(sites[: spec.sites], zipf_weights(spec.sites, 1.1), strict=True):
+            paths = _paths(site, rnd)
+            if site == "www.youtube.com":
+                paths.append(f"https://{site}/watch?v=")
+            for p, pw in zip(paths, zipf_weights(len(paths), 0.9), strict=True):
+                self.urls.append(
+                    (p, f"{site.removeprefix('www.').split('.')[0].capitalize()} - {p.rsplit('/', 1)[-1]}")
+                )
+                uweights.append(sw * pw / sum(zipf_weights(len(paths), 0.9)))
+        self.urls_cum = list(itertools.accumulate(uweights))
+        self.browsers = [_text(b) for b, _ in BROWSERS]
+        self.browsers_cum = list(itertools.accumulate(w for _, w in BROWSERS))
+        self.sessions = [_text(e) for e, _ in SESSION_EVENTS]
+        self.sessions_cum = list(itertools.accumulate(w for _, w in SESSION_EVENTS))
+        # seconds in a window / on a page: log-normal, drawn from 4,096 samples (faster than drawing each)
+        self.active_times = [min(3600, int(rnd.lognormvariate(3.5, 1.2)) + 1) for _ in range(4096)]
+        self.durations = [min(7200, int(rnd.lognormvariate(4, 1.3))) for _ in range(4096)]
+
+
+def _day_times(rnd: random.Random, day_start_us: int, n: int) -> list[int]:
+    """``n`` event times (Unix µs, millisecond precision) in one day, working hours heavier, sorted."""
+    hours = rnd.choices(range(24), weights=HOUR_WEIGHTS, k=n)
+    r = rnd.random
+    out = [day_start_us + (h * 3_600_000 + int(r() * 3_600_000)) * 1000 for h in hours]
+    out.sort()
+    return out
+
+
+def _day_shares(spec: DatasetSpec) -> list[float]:
+    w = [0.2 if (spec.start + timedelta(days=d)).weekday() >= 5 else 1.0 for d in range(spec.days)]
+    total = sum(w)
+    return [x / total for x in w]
+
+
+def _uuid7_bytes(unix_us: int, rnd: random.Random) -> bytes:
+    ms = unix_us // 1000
+    tail = rnd.getrandbits(74)
+    return ((ms << 80) | (0x7 << 76) | ((tail >> 62) << 64) | (0b10 << 62) | (tail & ((1 << 62) - 1))).to_bytes(16)
+
+
+RowEncoder = Callable[[random.Random, int, int, int], bytes]  # (rnd, unix_us, org, device) -> row
+
+
+class Dataset:
+    """The generated rows of every table, one day at a time (reproducible from the seed)."""
+
+    def __init__(self, spec: DatasetSpec) -> None:
+        self.spec = spec
+        rnd = random.Random(spec.seed)
+        self.fleet = Fleet.build(spec, rnd)
+        self.vocab = _Vocab(spec, rnd)
+
+    # each encoder returns one binary COPY row in its table's COLUMNS order
+    COLUMNS: dict[str, Sequence[str]] = {
+        "active_windows": ("event_id", "organization_id", "users_on_computers_id", "datetime", "title",
+                           "process_name", "icon", "active_time", "created_at"),
+        "visited_sites": ("event_id", "organization_id", "users_on_computers_id", "datetime", "url", "title",
+                          "browser", "duration", "created_at"),
+        "user_sessions": ("event_id", "organization_id", "users_on_computers_id", "datetime", "session_event",
+                          "username", "session_id", "duration_seconds", "created_at"),
+        "screenshots": ("event_id", "organization_id", "users_on_computers_id", "datetime", "storage_url",
+                        "size_bytes", "sha256", "width", "height", "mime_type", "created_at"),
+        "gateway_status_snapshots": ("event_id", "organization_id", "gateway_id", "timestamp", "cpu_usage",
+                                     "disk_usage", "memory_usage", "queue_depth", "connected_agents", "created_at"),
+    }  # fmt: skip
+
+    def _active_window(self, rnd: random.Random, us: int, org: int, dev: int) -> bytes:
+        v = self.vocab
+        frag = v.windows[bisect.bisect(v.windows_cum, rnd.random() * v.windows_cum[-1])]
+        active = v.active_times[rnd.getrandbits(12)]
+        return (
+            _head(9, 16, _uuid7_bytes(us, rnd), 4, org, 4, dev, 8, us - _PG_EPOCH_S * 1_000_000)
+            + frag + _int4(4, active) + _ts_us(us + 20_000 + int(rnd.random() * 2_980_000))
+        )  # fmt: skip
+
+    def _visited_site(self, rnd: random.Random, us: int, org: int, dev: int) -> bytes:
+        v = self.vocab
+        url, title = v.urls[bisect.bisect(v.urls_cum, rnd.random() * v.urls_cum[-1])]
+        if url.endswith("="):
+            url += "".join(rnd.choices("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-", k=11))
+        browser = v.browsers[bisect.bisect(v.browsers_cum, rnd.random() * v.browsers_cum[-1])]
+        return (
+            _head(9, 16, _uuid7_bytes(us, rnd), 4, org, 4, dev, 8, us - _PG_EPOCH_S * 1_000_000)
+            + _text(url) + _text(title) + browser + _int4(4, v.durations[rnd.getrandbits(12)])
+            + _ts_us(us + 20_000 + int(rnd.random() * 2_980_000))
+        )  # fmt: skip
+
+    def _user_session(self, rnd: random.Random, us: int, org: int, dev: int) -> bytes:
+        v = self.vocab
+        ev = v.sessions[bisect.bisect(v.sessions_cum, rnd.random() * v.sessions_cum[-1])]
+        return (
+            _head(9, 16, _uuid7_bytes(us, rnd), 4, org, 4, dev, 8, us - _PG_EPOCH_S * 1_000_000)
+            + ev + _text(f"user{dev}") + _text(str(dev % 7 + 1)) + _int4(4, rnd.randrange(0, 28_800))
+            + _ts_us(us + 20_000 + int(rnd.random() * 2_980_000))
+        )  # fmt: skip
+
+    def _screenshot(self, rnd: random.Random, us: int, org: int, dev: int) -> bytes:
+        digest = rnd.randbytes(32).hex()
+        w, h = RESOLUTIONS[dev % len(RESOLUTIONS)]
+        return (
+            _head(11, 16, _uuid7_bytes(us, rnd), 4, org, 4, dev, 8, us - _PG_EPOCH_S * 1_000_000)
+            + _text(f"s3://screenshots/{org}/{dev}/{digest[:16]}.webp")
+            + struct.pack("!iq", 8, rnd.randrange(40_000, 900_000))
+            + _text(digest) + _int4(4, w) + _int4(4, h) + _text("image/webp")
+            + _ts_us(us + 20_000 + int(rnd.random() * 2_980_000))
+        )  # fmt: skip
+
+    def day_rows(self, table: str, day: int, count: int) -> Iterator[bytes]:
+        """``count`` rows of ``table`` on day ``day`` (0 = the first), in time order."""
+        rnd = random.Random(f"{self.spec.seed}:{table}:{day}")
+        day_start = int((self.spec.start + timedelta(days=day)).timestamp()) * 1_000_000
+        if table == "gateway_status_snapshots":
+            yield from self._snapshots(rnd, day, day_start)
+            return
+        encode: RowEncoder = {
+            "active_windows": self._active_window, "visited_sites": self._visited_site,
+            "user_sessions": self._user_session, "screenshots": self._screenshot,
+        }[table]  # fmt: skip
+        f = self.fleet
+        picks = [bisect.bisect(f.device_cum, x * f.device_cum[-1]) for x in (rnd.random() for _ in range(count))]
+        for us, i in zip(_day_times(rnd, day_start, count), picks, strict=True):
+            yield encode(rnd, us, f.device_org[i], f.device_ids[i])
+
+    def _snapshots(self, rnd: random.Random, day: int, day_start: int) -> Iterator[bytes]:
+        """Every gateway reports on a steady cadence (``rows_of`` spread over the gateways and days)."""
+        spec = self.spec
+        per_gateway = max(1, spec.rows_of("gateway_status_snapshots") // len(self.fleet.gateways))
+        every_us = spec.days * 86_400_000_000 // per_gateway
+        start_us = int(spec.start.timestamp()) * 1_000_000
+        day_end = day_start + 86_400_000_000
+        per_org = collections.Counter(o for o, _ in self.fleet.gateways)
+        rows: list[tuple[int, bytes]] = []
+        for n, (org, gw) in enumerate(self.fleet.gateways):
+            phase = (n * 7_919_000_003) % every_us
+            k = max(0, -(-(day_start - start_us - phase) // every_us))
+            t = start_us + phase + k * every_us
+            agents = len(self.fleet.org_devices.get(org, ())) // per_org[org]
+            while t < day_end:
+                us = t - t % 1000
+                load = HOUR_WEIGHTS[(us // 3_600_000_000) % 24] / 10
+                rows.append((us, (
+                    _gw_head(10, 16, _uuid7_bytes(us, rnd), 4, org, 16, gw.bytes)
+                    + _ts_us(us) + _f8(8, round(min(99.0, 5 + 60 * load + rnd.uniform(0, 15)), 1))
+                    + _f8(8, round(30 + (n % 50) + day * 0.2, 1))
+                    + _f8(8, round(40 + 30 * load + rnd.uniform(0, 10), 1))
+                    + _int4(4, 0 if rnd.random() < 0.8 else rnd.randrange(1, 5000)) + _int4(4, min(agents, 200))
+                    + _ts_us(us + 20_000 + int(rnd.random() * 2_980_000))
+                )))  # fmt: skip
+                t += every_us
+        rows.sort(key=lambda r: r[0])
+        for _, row in rows:
+            yield row
+
+
+@dataclass
+class LoadResult:
+    rows: dict[str, int]
+    seconds: float
+
+    @property
+    def rows_per_s(self) -> float:
+        return sum(self.rows.values()) / self.seconds if self.seconds else 0.0
+
+
+def load(url: str, spec: DatasetSpec, *, progress: Callable[[str], None] | None = None) -> LoadResult:
+    """Generate the dataset and COPY it into the hypertables (and the gateways into
+    ``monitoring.gateway_instances``); a day of one table per transaction; ANALYZE at the end."""
+    ds = Dataset(spec)
+    shares = _day_shares(spec)
+    counts: dict[str, int] = dict.fromkeys(SHARES, 0)
+    t0 = time.perf_counter()
+    with connect_once(url) as conn:
+        _load_gateways(conn, ds, spec)
+        for day in range(spec.days):
+            for table in SHARES:
+                n = round(spec.rows_of(table) * shares[day])
+                stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+                    sql.Identifier("monitoring", table), sql.SQL(", ").join(map(sql.Identifier, Dataset.COLUMNS[table]))
+                )
+                buf = bytearray(_SIGNATURE)
+                with conn.transaction(), conn.cursor().copy(stmt) as cp:
+                    for row in ds.day_rows(table, day, n):
+                        buf += row
+                        counts[table] += 1
+                        if len(buf) > 1 << 20:
+                            cp.write(bytes(buf))
+                            buf.clear()
+                    buf += _TRAILER
+                    cp.write(bytes(buf))
+            if progress and (day + 1) % 10 == 0:
+                progress(f"  loaded day {day + 1}/{spec.days}: {sum(counts.values()):,} rows")
+        for table in SHARES:
+            conn.execute(sql.SQL("ANALYZE {}").format(sql.Identifier("monitoring", table)))
+    return LoadResult(counts, time.perf_counter() - t0)
+
+
+def _load_gateways(conn: psycopg.Connection[Any], ds: Dataset, spec: DatasetSpec) -> None:
+    with (
+        conn.transaction(),
+        conn.cursor().copy(
+            "COPY monitoring.gateway_instances (id, organization_id, name, status, last_seen_at) FROM STDIN"
+        ) as cp,
+    ):
+        for n, (org, gw) in enumerate(ds.fleet.gateways):
+            cp.write_row((gw, org, f"gw-{org}-{n}", "ONLINE", spec.end))
