@@ -106,6 +106,10 @@ _EXTS = {"excel.exe": "xlsx", "winword.exe": "docx", "powerpnt.exe": "pptx", "ac
 BROWSERS = [("chrome", 0.55), ("edge", 0.2), ("yandex", 0.15), ("firefox", 0.1)]
 SESSION_EVENTS = [("active", 0.3), ("idle", 0.3), ("lock", 0.15), ("unlock", 0.15), ("logon", 0.05), ("logoff", 0.05)]
 RESOLUTIONS = [(1920, 1080), (1920, 1080), (1920, 1080), (2560, 1440), (1366, 768), (1536, 864), (3840, 2160)]
+_delays = random.Random(0)
+# event time -> row written: a log-normal ingest delay around 100 ms with a tail of seconds (4,096 samples)
+_DELAYS_US = [min(30_000_000, int(_delays.lognormvariate(11.5, 0.8))) for _ in range(4096)]
+HABIT_CUM = list(itertools.accumulate(zipf_weights(30, 1.0)))  # a device's 30 usual windows / pages
 HOUR_WEIGHTS = [0.2, 0.1, 0.1, 0.1, 0.1, 0.3, 1, 3, 7, 10, 10, 10, 7, 9, 10, 10, 9, 7, 4, 2, 1.5, 1, 0.6, 0.4]
 
 
@@ -150,7 +154,7 @@ class DatasetSpec:
     sites: int = 300
     zipf_s: float = 1.0
     seed: int = 23
-    end: datetime = field(default_factory=lambda: datetime.now(UTC).replace(minute=0, second=0, microsecond=0))
+    end: datetime = field(default_factory=lambda: datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0))
 
     @property
     def start(self) -> datetime:
@@ -261,6 +265,7 @@ class Dataset:
         rnd = random.Random(spec.seed)
         self.fleet = Fleet.build(spec, rnd)
         self.vocab = _Vocab(spec, rnd)
+        self._sets: dict[tuple[str, int], list[int]] = {}
 
     # each encoder returns one binary COPY row in its table's COLUMNS order
     COLUMNS: dict[str, Sequence[str]] = {
@@ -276,25 +281,40 @@ class Dataset:
                                      "disk_usage", "memory_usage", "queue_depth", "connected_agents", "created_at"),
     }  # fmt: skip
 
+    def _habits(self, kind: str, dev: int, cum: list[float], size: int) -> list[int]:
+        """A device's own working set (``size`` windows or pages drawn by global popularity):
+        a person switches between a few windows and sites all day, so their rows repeat."""
+        key = (kind, dev)
+        found = self._sets.get(key)
+        if found is None:
+            rnd = random.Random(f"{self.spec.seed}:{kind}:{dev}")
+            found = [bisect.bisect(cum, rnd.random() * cum[-1]) for _ in range(size)]
+            self._sets[key] = found
+        return found
+
+    def _pick_habit(self, rnd: random.Random, kind: str, dev: int, cum: list[float]) -> int:
+        habits = self._habits(kind, dev, cum, len(HABIT_CUM))
+        return habits[bisect.bisect(HABIT_CUM, rnd.random() * HABIT_CUM[-1])]
+
     def _active_window(self, rnd: random.Random, us: int, org: int, dev: int) -> bytes:
         v = self.vocab
-        frag = v.windows[bisect.bisect(v.windows_cum, rnd.random() * v.windows_cum[-1])]
+        frag = v.windows[self._pick_habit(rnd, "windows", dev, v.windows_cum)]
         active = v.active_times[rnd.getrandbits(12)]
         return (
             _head(9, 16, _uuid7_bytes(us, rnd), 4, org, 4, dev, 8, us - _PG_EPOCH_S * 1_000_000)
-            + frag + _int4(4, active) + _ts_us(us + 20_000 + int(rnd.random() * 2_980_000))
+            + frag + _int4(4, active) + _ts_us(us + _DELAYS_US[rnd.getrandbits(12)])
         )  # fmt: skip
 
     def _visited_site(self, rnd: random.Random, us: int, org: int, dev: int) -> bytes:
         v = self.vocab
-        url, title = v.urls[bisect.bisect(v.urls_cum, rnd.random() * v.urls_cum[-1])]
+        url, title = v.urls[self._pick_habit(rnd, "urls", dev, v.urls_cum)]
         if url.endswith("="):
             url += "".join(rnd.choices("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-", k=11))
         browser = v.browsers[bisect.bisect(v.browsers_cum, rnd.random() * v.browsers_cum[-1])]
         return (
             _head(9, 16, _uuid7_bytes(us, rnd), 4, org, 4, dev, 8, us - _PG_EPOCH_S * 1_000_000)
             + _text(url) + _text(title) + browser + _int4(4, v.durations[rnd.getrandbits(12)])
-            + _ts_us(us + 20_000 + int(rnd.random() * 2_980_000))
+            + _ts_us(us + _DELAYS_US[rnd.getrandbits(12)])
         )  # fmt: skip
 
     def _user_session(self, rnd: random.Random, us: int, org: int, dev: int) -> bytes:
@@ -303,7 +323,7 @@ class Dataset:
         return (
             _head(9, 16, _uuid7_bytes(us, rnd), 4, org, 4, dev, 8, us - _PG_EPOCH_S * 1_000_000)
             + ev + _text(f"user{dev}") + _text(str(dev % 7 + 1)) + _int4(4, rnd.randrange(0, 28_800))
-            + _ts_us(us + 20_000 + int(rnd.random() * 2_980_000))
+            + _ts_us(us + _DELAYS_US[rnd.getrandbits(12)])
         )  # fmt: skip
 
     def _screenshot(self, rnd: random.Random, us: int, org: int, dev: int) -> bytes:
@@ -314,7 +334,7 @@ class Dataset:
             + _text(f"s3://screenshots/{org}/{dev}/{digest[:16]}.webp")
             + struct.pack("!iq", 8, rnd.randrange(40_000, 900_000))
             + _text(digest) + _int4(4, w) + _int4(4, h) + _text("image/webp")
-            + _ts_us(us + 20_000 + int(rnd.random() * 2_980_000))
+            + _ts_us(us + _DELAYS_US[rnd.getrandbits(12)])
         )  # fmt: skip
 
     def day_rows(self, table: str, day: int, count: int) -> Iterator[bytes]:
@@ -356,7 +376,7 @@ class Dataset:
                     + _f8(8, round(30 + (n % 50) + day * 0.2, 1))
                     + _f8(8, round(40 + 30 * load + rnd.uniform(0, 10), 1))
                     + _int4(4, 0 if rnd.random() < 0.8 else rnd.randrange(1, 5000)) + _int4(4, min(agents, 200))
-                    + _ts_us(us + 20_000 + int(rnd.random() * 2_980_000))
+                    + _ts_us(us + _DELAYS_US[rnd.getrandbits(12)])
                 )))  # fmt: skip
                 t += every_us
         rows.sort(key=lambda r: r[0])

@@ -47,9 +47,59 @@ def add_parsers(sub: Any) -> None:
     # The fault bench drives the checkout's ops/ scripts and the local stack: it lives beside
     # the product (bench/faults.py), not in the wheel. The old name tells where it went.
     # (no options of its own: whatever follows, --help and --short included, gets the message)
+    add_dataset_parsers(bench)
+
     bf = bench.add_parser("faults", help=FAULTS_MOVED, description=FAULTS_MOVED, add_help=False, prefix_chars="+")
     bf.add_argument("ignored", nargs="*", help=argparse.SUPPRESS)
     bf.set_defaults(fn=cmd_faults)
+
+
+STORAGE_HELP = (
+    "bytes per row per hypertable (heap, indexes, TOAST) on a generated, realistic dataset (60 days, 1,000 "
+    "organizations, 50,000 devices, 5,000 gateways, Zipf-skewed activity; loaded by binary COPY into a scratch "
+    "database <db>_bench_storage, dropped afterwards), and on the Community edition the columnstore ratio with the "
+    "settings the policy consumer applies (segmentby organization_id, orderby <device>, <time> DESC; goal >= 10:1). "
+    "On the Apache edition the columnstore part says it is not available, and why."
+)
+
+
+def add_dataset_parsers(bench: Any) -> None:
+    """bench storage: the generated dataset's bytes per row and columnstore ratio."""
+    bs = bench.add_parser("storage", help="bytes per row per hypertable and the columnstore ratio",
+                          description=STORAGE_HELP)  # fmt: skip
+    bs.add_argument("--rows", type=_count, default=2_000_000, help="rows in all hypertables together (default 2M; "
+                    "k/M suffixes allowed, e.g. 10M)")  # fmt: skip
+    bs.add_argument("--days", type=int, default=2, help="days the rows are spread over (default 2: the ratio depends "
+                    "on the rows per organization and chunk; production's 100M events/day is far denser than any "
+                    "dataset spread over 60 days here)")  # fmt: skip
+    bs.add_argument("--runs", type=int, default=3, help="compress/decompress runs; medians reported (default 3)")
+    bs.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
+    bs.add_argument("--orderby", metavar="COLUMNS", help="measure this columnstore orderby instead of the policy's "
+                    "(a comparison, e.g. 'datetime DESC'; <time> stands for each table's time column)")  # fmt: skip
+    bs.add_argument("--keep", action="store_true", help="keep the scratch database afterwards (to look at it)")
+    bs.set_defaults(fn=cmd_storage)
+
+
+def _count(text: str) -> int:
+    """A row count: 200000, 200k, 10M, 1.5M."""
+    units = {"k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
+    t = text.strip().lower().replace("_", "").replace(",", "")
+    try:
+        n = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a count: {text!r} (e.g. 200000, 200k, 10M)") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return int(n)
+
+
+def cmd_storage(args: argparse.Namespace) -> int:
+    from gatestream.benches.storage import bench_storage
+    from gatestream.settings import CommonSettings
+
+    return bench_storage(
+        CommonSettings(), rows=args.rows, days=args.days, runs=args.runs, json_path=args.json, keep=args.keep
+    )
 
 
 FAULTS_MOVED = "the fault bench is not part of the package: from a checkout, run python -m bench.faults [--short]"
