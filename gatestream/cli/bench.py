@@ -79,6 +79,30 @@ def add_dataset_parsers(bench: Any) -> None:
     bs.add_argument("--keep", action="store_true", help="keep the scratch database afterwards (to look at it)")
     bs.set_defaults(fn=cmd_storage)
 
+    bq = bench.add_parser("queries", help="p50/p99 of the dashboard queries on a generated dataset",
+                          description=QUERIES_HELP)  # fmt: skip
+    bq.add_argument("--rows", type=_count, default=10_000_000, help="rows in all hypertables together (default 10M, "
+                    "the issue's figure; 100M on demand; a sanity run: 200k)")  # fmt: skip
+    bq.add_argument("--days", type=int, default=60, help="days the rows are spread over (default 60)")
+    bq.add_argument("--runs", type=int, default=50, help="runs of each query per round, random parameters (default 50)")
+    bq.add_argument("--rounds", type=int, default=3, help="rounds; the median of their p50/p99 is reported (default 3)")
+    bq.add_argument("--explain", action="store_true", help="print each query's plan (EXPLAIN ANALYZE, BUFFERS) for "
+                    "the largest organization first")  # fmt: skip
+    bq.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
+    bq.add_argument("--keep", action="store_true", help="keep the scratch database afterwards (to look at it)")
+    bq.set_defaults(fn=cmd_queries)
+
+
+QUERIES_HELP = (
+    "the dashboard queries (gatestream/benches/dashboard_queries.py: active time per user and day over 7 and 30 "
+    "days, top 10 applications and sites over 7 days, one user's day, the latest status of an organization's "
+    "gateways, the daily totals over 90 days) on a generated dataset (60 days, 1,000 organizations, 50,000 devices, "
+    "5,000 gateways, Zipf-skewed; loaded by binary COPY into a scratch database <db>_bench_queries, dropped "
+    "afterwards): the aggregates are refreshed, then each query runs --runs times per round with random parameters "
+    "(organizations drawn by size); p50/p99 per query, medians over the rounds. Goal: p99 < 100 ms each at 10M rows. "
+    "Exit status 1 when a query misses it."
+)
+
 
 def _count(text: str) -> int:
     """A row count: 200000, 200k, 10M, 1.5M."""
@@ -98,8 +122,24 @@ def cmd_storage(args: argparse.Namespace) -> int:
     from gatestream.settings import CommonSettings
 
     return bench_storage(
-        CommonSettings(), rows=args.rows, days=args.days, runs=args.runs, json_path=args.json, keep=args.keep
+        CommonSettings(),
+        rows=args.rows,
+        days=args.days,
+        runs=args.runs,
+        json_path=args.json,
+        keep=args.keep,
+        orderby=args.orderby,
     )
+
+
+def cmd_queries(args: argparse.Namespace) -> int:
+    from gatestream.benches.queries import bench_queries
+    from gatestream.settings import CommonSettings
+
+    return bench_queries(
+        CommonSettings(), rows=args.rows, days=args.days, runs=args.runs, rounds=args.rounds,
+        show_plans=args.explain, json_path=args.json, keep=args.keep,
+    )  # fmt: skip
 
 
 FAULTS_MOVED = "the fault bench is not part of the package: from a checkout, run python -m bench.faults [--short]"
