@@ -23,7 +23,7 @@ from typing import Any
 
 import psycopg
 
-from gatestream.benches.dashboard_queries import QUERIES, DashboardQuery
+from gatestream.benches.dashboard_queries import PAGE_USERS, QUERIES, DashboardQuery
 from gatestream.benches.dataset import Dataset, DatasetSpec, load
 from gatestream.benches.output import table, write_json
 from gatestream.benches.scratch import scratch_database
@@ -52,18 +52,22 @@ class Parameters:
 
     def draw(self, q: DashboardQuery) -> dict[str, Any]:
         org = self.rnd.choices(self.orgs, weights=self.org_weights)[0]
-        return self._params(q, org, self.rnd.choice(self.devices[org]), self.rnd.randrange(self.spec.days))
+        users = sorted(self.devices[org])
+        first = self.rnd.randrange(0, len(users), PAGE_USERS)
+        return self._params(
+            q, org, self.rnd.choice(users), self.rnd.randrange(self.spec.days), users[first : first + PAGE_USERS]
+        )
 
     def largest(self, q: DashboardQuery) -> dict[str, Any]:
         """The worst case: the largest organization, its first device, the last weekday."""
         org = max(self.orgs, key=lambda o: len(self.devices[o]))
         day = next(d for d in range(self.spec.days - 1, -1, -1) if (self.spec.start + timedelta(days=d)).weekday() < 5)
-        return self._params(q, org, self.devices[org][0], day)
+        return self._params(q, org, self.devices[org][0], day, sorted(self.devices[org])[:PAGE_USERS])
 
-    def _params(self, q: DashboardQuery, org: int, user: int, day: int) -> dict[str, Any]:
+    def _params(self, q: DashboardQuery, org: int, user: int, day: int, users: list[int]) -> dict[str, Any]:
         end = self.spec.end
         values: dict[str, Any] = {
-            "org": org, "user": user, "day": self.spec.start + timedelta(days=day), "end": end,
+            "org": org, "user": user, "users": users, "day": self.spec.start + timedelta(days=day), "end": end,
             "start": end - (q.window or timedelta(days=1)),
         }  # fmt: skip
         return {k: values[k] for k in q.params}

@@ -3,8 +3,9 @@
 The aggregates (issue 23 §5: ``monitoring.{active_windows,visited_sites}_{hourly,daily}``
 and ``CALL gatestream.refresh_dashboard_aggregates(window_start, window_end)``) come from
 their own migrations. Where the scratch database has no such procedure (a tree without
-them), the bench creates plain tables with the same columns, an index on
-(organization_id, bucket) and a refresh procedure that recomputes a window, so the
+them), the bench creates plain tables with the same columns, the indexes a continuous
+aggregate gets by default (each grouping id with the bucket: (organization_id, bucket
+DESC), (users_on_computers_id, bucket DESC)) and a refresh procedure that recomputes a window, so the
 dashboard queries run as written. Never a migration: the real objects replace these.
 """
 
@@ -23,10 +24,14 @@ CREATE TABLE monitoring.visited_sites_hourly (
     organization_id integer NOT NULL, users_on_computers_id integer NOT NULL, site text,
     bucket timestamptz NOT NULL, total_visits bigint NOT NULL, total_duration bigint);
 CREATE TABLE monitoring.visited_sites_daily (LIKE monitoring.visited_sites_hourly);
-CREATE INDEX ON monitoring.active_windows_hourly (organization_id, bucket);
-CREATE INDEX ON monitoring.active_windows_daily (organization_id, bucket);
-CREATE INDEX ON monitoring.visited_sites_hourly (organization_id, bucket);
-CREATE INDEX ON monitoring.visited_sites_daily (organization_id, bucket);
+CREATE INDEX ON monitoring.active_windows_hourly (organization_id, bucket DESC);
+CREATE INDEX ON monitoring.active_windows_hourly (users_on_computers_id, bucket DESC);
+CREATE INDEX ON monitoring.active_windows_daily (organization_id, bucket DESC);
+CREATE INDEX ON monitoring.active_windows_daily (users_on_computers_id, bucket DESC);
+CREATE INDEX ON monitoring.visited_sites_hourly (organization_id, bucket DESC);
+CREATE INDEX ON monitoring.visited_sites_hourly (users_on_computers_id, bucket DESC);
+CREATE INDEX ON monitoring.visited_sites_daily (organization_id, bucket DESC);
+CREATE INDEX ON monitoring.visited_sites_daily (users_on_computers_id, bucket DESC);
 CREATE PROCEDURE gatestream.refresh_dashboard_aggregates(window_start timestamptz, window_end timestamptz)
 LANGUAGE plpgsql AS $$
 BEGIN
