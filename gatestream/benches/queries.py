@@ -87,15 +87,14 @@ def explain(conn: psycopg.Connection[Any], q: DashboardQuery, params: dict[str, 
 def bench_queries(
     settings: CommonSettings,
     *,
-    rows: int,
-    days: int,
+    spec: DatasetSpec,
     runs: int,
     rounds: int,
     show_plans: bool,
     json_path: str | None,
     keep: bool,
 ) -> int:
-    spec = DatasetSpec(rows=rows, days=days)
+    rows, days = spec.rows, spec.days
     print(
         f"bench queries: {rows:,} rows over {spec.days} days, {spec.orgs} organizations, {spec.devices:,} devices, "
         f"{spec.gateways:,} gateways; {rounds} rounds of {runs} runs per query"

@@ -106,14 +106,13 @@ def decompress(conn: psycopg.Connection[Any], table: str) -> None:
 def bench_storage(
     settings: CommonSettings,
     *,
-    rows: int,
-    days: int,
+    spec: DatasetSpec,
     runs: int,
     json_path: str | None,
     keep: bool,
     orderby: str | None = None,
 ) -> int:
-    spec = DatasetSpec(rows=rows, days=days)
+    rows = spec.rows
     keys = columnstore.key_columns(catalog_of(settings))
     print(
         f"bench storage: {rows:,} rows over {spec.days} days, {spec.orgs} organizations, {spec.devices:,} devices, "

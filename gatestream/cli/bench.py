@@ -69,9 +69,11 @@ def add_dataset_parsers(bench: Any) -> None:
                           description=STORAGE_HELP)  # fmt: skip
     bs.add_argument("--rows", type=_count, default=2_000_000, help="rows in all hypertables together (default 2M; "
                     "k/M suffixes allowed, e.g. 10M)")  # fmt: skip
-    bs.add_argument("--days", type=int, default=2, help="days the rows are spread over (default 2: the ratio depends "
-                    "on the rows per organization and chunk; production's 100M events/day is far denser than any "
-                    "dataset spread over 60 days here)")  # fmt: skip
+    bs.add_argument("--days", type=int, default=1, help="days the rows are spread over (default 1: the ratio depends "
+                    "on how many rows a device has per chunk (a day); production's 100M events/day over 50k devices "
+                    "is 2,000 per device and day: --rows 1M --orgs 25 --devices 500 --gateways 50 has that "
+                    "density)")  # fmt: skip
+    _fleet_options(bs)
     bs.add_argument("--runs", type=int, default=3, help="compress/decompress runs; medians reported (default 3)")
     bs.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
     bs.add_argument("--orderby", metavar="COLUMNS", help="measure this columnstore orderby instead of the policy's "
@@ -84,6 +86,7 @@ def add_dataset_parsers(bench: Any) -> None:
     bq.add_argument("--rows", type=_count, default=10_000_000, help="rows in all hypertables together (default 10M, "
                     "the issue's figure; 100M on demand; a sanity run: 200k)")  # fmt: skip
     bq.add_argument("--days", type=int, default=60, help="days the rows are spread over (default 60)")
+    _fleet_options(bq)
     bq.add_argument("--runs", type=int, default=50, help="runs of each query per round, random parameters (default 50)")
     bq.add_argument("--rounds", type=int, default=3, help="rounds; the median of their p50/p99 is reported (default 3)")
     bq.add_argument("--explain", action="store_true", help="print each query's plan (EXPLAIN ANALYZE, BUFFERS) for "
@@ -102,6 +105,22 @@ QUERIES_HELP = (
     "(organizations drawn by size); p50/p99 per query, medians over the rounds. Goal: p99 < 100 ms each at 10M rows. "
     "Exit status 1 when a query misses it."
 )
+
+
+def _fleet_options(parser: Any) -> None:
+    parser.add_argument("--orgs", type=int, default=1000, help="organizations (default 1000; Zipf-sized)")
+    parser.add_argument("--devices", type=_count, default=50_000, help="devices, users_on_computers_id (default 50k)")
+    parser.add_argument("--gateways", type=_count, default=5_000, help="gateways (default 5k)")
+
+
+def _spec(args: argparse.Namespace) -> Any:
+    from gatestream.benches.dataset import DatasetSpec
+
+    if args.devices < args.orgs or args.gateways < args.orgs:
+        raise SystemExit(
+            "gatestream bench: --devices and --gateways must be at least --orgs (one of each per organization)"
+        )
+    return DatasetSpec(rows=args.rows, days=args.days, orgs=args.orgs, devices=args.devices, gateways=args.gateways)
 
 
 def _count(text: str) -> int:
@@ -123,8 +142,7 @@ def cmd_storage(args: argparse.Namespace) -> int:
 
     return bench_storage(
         CommonSettings(),
-        rows=args.rows,
-        days=args.days,
+        spec=_spec(args),
         runs=args.runs,
         json_path=args.json,
         keep=args.keep,
@@ -137,7 +155,7 @@ def cmd_queries(args: argparse.Namespace) -> int:
     from gatestream.settings import CommonSettings
 
     return bench_queries(
-        CommonSettings(), rows=args.rows, days=args.days, runs=args.runs, rounds=args.rounds,
+        CommonSettings(), spec=_spec(args), runs=args.runs, rounds=args.rounds,
         show_plans=args.explain, json_path=args.json, keep=args.keep,
     )  # fmt: skip
 
