@@ -49,19 +49,20 @@ class Parameters:
         self.orgs = sorted(ds.fleet.org_devices)
         self.org_weights = [len(ds.fleet.org_devices[o]) for o in self.orgs]
         self.devices = ds.fleet.org_devices
+        self.workdays = [d for d in range(self.spec.days) if (self.spec.start + timedelta(days=d)).weekday() < 5]
 
     def draw(self, q: DashboardQuery) -> dict[str, Any]:
         org = self.rnd.choices(self.orgs, weights=self.org_weights)[0]
         users = sorted(self.devices[org])
         first = self.rnd.randrange(0, len(users), PAGE_USERS)
         return self._params(
-            q, org, self.rnd.choice(users), self.rnd.randrange(self.spec.days), users[first : first + PAGE_USERS]
+            q, org, self.rnd.choice(users), self.rnd.choice(self.workdays or [0]), users[first : first + PAGE_USERS]
         )
 
     def largest(self, q: DashboardQuery) -> dict[str, Any]:
         """The worst case: the largest organization, its first device, the last weekday."""
         org = max(self.orgs, key=lambda o: len(self.devices[o]))
-        day = next(d for d in range(self.spec.days - 1, -1, -1) if (self.spec.start + timedelta(days=d)).weekday() < 5)
+        day = self.workdays[-1] if self.workdays else 0
         return self._params(q, org, self.devices[org][0], day, sorted(self.devices[org])[:PAGE_USERS])
 
     def _params(self, q: DashboardQuery, org: int, user: int, day: int, users: list[int]) -> dict[str, Any]:
