@@ -117,9 +117,9 @@ def _spec(args: argparse.Namespace) -> Any:
     from gatestream.benches.dataset import DatasetSpec
 
     if args.devices < args.orgs or args.gateways < args.orgs:
-        raise SystemExit(
-            "gatestream bench: --devices and --gateways must be at least --orgs (one of each per organization)"
-        )
+        print("gatestream bench: --devices and --gateways must be at least --orgs (one of each per organization)",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(2)  # a bad argument, as argparse's own
     return DatasetSpec(rows=args.rows, days=args.days, orgs=args.orgs, devices=args.devices, gateways=args.gateways)
 
 
