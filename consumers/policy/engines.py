@@ -153,7 +153,8 @@ class TimescaleJobs:
         return {
             str(ht): {"segmentby": _columns(seg), "orderby": _columns(order)}
             for ht, seg, order in self.conn.execute(
-                "SELECT hypertable::text, segmentby, orderby FROM timescaledb_information.hypertable_columnstore_settings"
+                "SELECT hypertable::text, segmentby, orderby "
+                "FROM timescaledb_information.hypertable_columnstore_settings"
             ).fetchall()
         }
 
