@@ -38,6 +38,15 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from gatestream.benches.vocabulary import (
+    DELAYS_US,
+    HABIT_CUM,
+    HOUR_WEIGHTS,
+    RESOLUTIONS,
+    Vocabulary,
+    copy_text,
+    zipf_weights,
+)
 from gatestream.database import connect_once
 
 SHARES: dict[str, float] = {
@@ -51,7 +60,6 @@ _PG_EPOCH_S = 946_684_800  # 2000-01-01 in Unix seconds
 _SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8
 _TRAILER = b"\xff\xff"
 _NULL = b"\xff\xff\xff\xff"
-_i32 = struct.Struct("!i").pack
 _head = struct.Struct("!hi16siiiiiq").pack  # field count, event_id, organization_id, device, time
 _int4 = struct.Struct("!ii").pack
 _ts = struct.Struct("!iq").pack
@@ -59,88 +67,8 @@ _f8 = struct.Struct("!id").pack
 _gw_head = struct.Struct("!hi16siii16s").pack  # field count, event_id, organization_id, gateway_id
 
 
-def _text(s: str) -> bytes:
-    b = s.encode()
-    return _i32(len(b)) + b
-
-
 def _ts_us(unix_us: int) -> bytes:
     return _ts(8, unix_us - _PG_EPOCH_S * 1_000_000)
-
-
-def zipf_weights(n: int, s: float) -> list[float]:
-    return [1 / (rank**s) for rank in range(1, n + 1)]
-
-
-# ------------------------------------------------------------------ vocabularies
-APPS = [
-    ("chrome.exe", "Google Chrome"), ("msedge.exe", "Microsoft Edge"), ("outlook.exe", "Outlook"),
-    ("excel.exe", "Excel"), ("winword.exe", "Word"), ("teams.exe", "Microsoft Teams"),
-    ("explorer.exe", "File Explorer"),
-    ("slack.exe", "Slack"), ("firefox.exe", "Mozilla Firefox"), ("code.exe", "Visual Studio Code"),
-    ("1cv8.exe", "1C:Enterprise"), ("telegram.exe", "Telegram"), ("powerpnt.exe", "PowerPoint"),
-    ("zoom.exe", "Zoom"), ("acrord32.exe", "Adobe Acrobat Reader"), ("notepad.exe", "Notepad"),
-    ("onenote.exe", "OneNote"), ("mstsc.exe", "Remote Desktop Connection"), ("putty.exe", "PuTTY"),
-    ("idea64.exe", "IntelliJ IDEA"), ("devenv.exe", "Visual Studio"), ("sapgui.exe", "SAP Logon"),
-    ("whatsapp.exe", "WhatsApp"), ("skype.exe", "Skype"), ("yandex.exe", "Yandex Browser"),
-    ("bitrix24.exe", "Bitrix24"), ("notepad++.exe", "Notepad++"), ("calc.exe", "Calculator"),
-    ("mspaint.exe", "Paint"), ("cmd.exe", "Command Prompt"), ("powershell.exe", "Windows PowerShell"),
-    ("taskmgr.exe", "Task Manager"), ("spotify.exe", "Spotify"), ("anydesk.exe", "AnyDesk"),
-    ("photoshop.exe", "Adobe Photoshop"), ("acad.exe", "AutoCAD"), ("figma.exe", "Figma"),
-    ("postman.exe", "Postman"), ("dbeaver.exe", "DBeaver"), ("keepass.exe", "KeePass"),
-]  # fmt: skip
-SITES = [
-    "mail.google.com", "docs.google.com", "www.youtube.com", "github.com", "stackoverflow.com", "outlook.office.com",
-    "teams.microsoft.com", "www.linkedin.com", "en.wikipedia.org", "web.whatsapp.com", "yandex.ru", "mail.yandex.ru",
-    "vk.com", "ok.ru", "www.google.com", "drive.google.com", "calendar.google.com", "jira.company.local",
-    "confluence.company.local", "gitlab.company.local", "portal.company.local", "crm.company.local",
-    "www.amazon.com", "www.ozon.ru", "www.wildberries.ru", "hh.ru", "habr.com", "www.reddit.com", "twitter.com",
-    "www.facebook.com", "www.instagram.com", "news.ycombinator.com", "www.bbc.com", "lenta.ru", "rbc.ru",
-    "chat.openai.com", "translate.google.com", "web.telegram.org", "www.notion.so", "trello.com",
-]  # fmt: skip
-_WORDS = [
-    "Q3 budget", "Contract", "Invoice", "Report", "Minutes", "Roadmap", "Plan", "Offer", "Payroll", "Inventory",
-    "Sales", "Forecast", "Checklist", "Proposal", "Timesheet", "Specs", "Agenda", "Notes", "Draft", "Summary",
-]  # fmt: skip
-_EXTS = {"excel.exe": "xlsx", "winword.exe": "docx", "powerpnt.exe": "pptx", "acrord32.exe": "pdf", "acad.exe": "dwg"}
-BROWSERS = [("chrome", 0.55), ("edge", 0.2), ("yandex", 0.15), ("firefox", 0.1)]
-SESSION_EVENTS = [("active", 0.3), ("idle", 0.3), ("lock", 0.15), ("unlock", 0.15), ("logon", 0.05), ("logoff", 0.05)]
-RESOLUTIONS = [(1920, 1080), (1920, 1080), (1920, 1080), (2560, 1440), (1366, 768), (1536, 864), (3840, 2160)]
-_delays = random.Random(0)
-# event time -> row written: a log-normal ingest delay around 100 ms with a tail of seconds (4,096 samples)
-_DELAYS_US = [min(30_000_000, int(_delays.lognormvariate(11.5, 0.8))) for _ in range(4096)]
-HABIT_CUM = list(itertools.accumulate(zipf_weights(30, 1.0)))  # a device's 30 usual windows / pages
-HOUR_WEIGHTS = [0.2, 0.1, 0.1, 0.1, 0.1, 0.3, 1, 3, 7, 10, 10, 10, 7, 9, 10, 10, 9, 7, 4, 2, 1.5, 1, 0.6, 0.4]
-
-
-def _apps(rnd: random.Random, count: int) -> list[tuple[str, str]]:
-    """``count`` applications: the well-known ones first (most used), then a long tail of
-    line-of-business tools."""
-    tail = [(f"lob{n:03d}.exe", f"LOB tool {n}") for n in range(count - len(APPS))]
-    return (APPS + tail)[:count]
-
-
-def _titles(app: str, display: str, rnd: random.Random) -> list[str]:
-    """Window titles of one application, most frequent first (a head of fixed screens and a
-    tail of document names)."""
-    if app in _EXTS:
-        docs = [f"{w} {y}-{m:02d}.{_EXTS[app]}" for w in _WORDS for y in (2025, 2026) for m in (1, 4, 7, 10, 11)]
-        rnd.shuffle(docs)
-        return [f"{d} - {display}" for d in docs[:120]]
-    if display.endswith(("Chrome", "Edge", "Firefox", "Browser")):
-        return [f"{s} - {display}" for s in SITES] + [f"New Tab - {display}"]
-    if app in ("outlook.exe", "slack.exe", "teams.exe", "telegram.exe", "whatsapp.exe", "skype.exe"):
-        return [
-            f"{c} - {display}" for c in ("Inbox", "General", "Chat", "Calendar", "Meeting", "Sent Items", "Team")
-        ] + [f"{w} discussion - {display}" for w in _WORDS]
-    return [display] + [f"{w} - {display}" for w in _WORDS[: rnd.randint(2, 12)]]
-
-
-def _paths(site: str, rnd: random.Random) -> list[str]:
-    head = ["", "inbox", "search", "home", "dashboard", "projects", "settings", "notifications"]
-    return [f"https://{site}/{p}" for p in head[: rnd.randint(3, len(head))]] + [
-        f"https://{site}/{rnd.choice(['doc', 'issues', 'view', 'item'])}/{rnd.randint(1, 5000)}" for _ in range(20)
-    ]
 
 
 @dataclass(frozen=True)
@@ -198,41 +126,6 @@ class Fleet:
         return cls(ow, ids, device_org, list(itertools.accumulate(weights)), gateways, org_devices)
 
 
-class _Vocab:
-    """Value combinations, pre-encoded as COPY fields, with cumulative weights."""
-
-    def __init__(self, spec: DatasetSpec, rnd: random.Random) -> None:
-        apps = _apps(rnd, spec.apps)
-        self.windows: list[bytes] = []  # title, process_name, icon
-        wweights: list[float] = []
-        for (app, display), aw in zip(apps, zipf_weights(len(apps), 1.1), strict=True):
-            titles = _titles(app, display, rnd)
-            for title, tw in zip(titles, zipf_weights(len(titles), 1.0), strict=True):
-                self.windows.append(_text(title) + _text(app) + _text(f"icons/{app.removesuffix('.exe')}.png"))
-                wweights.append(aw * tw / sum(zipf_weights(len(titles), 1.0)))
-        self.windows_cum = list(itertools.accumulate(wweights))
-        sites = SITES + [f"www.site{n:03d}.com" for n in range(spec.sites - len(SITES))]
-        self.urls: list[tuple[str, str]] = []  # (url, title); a url ending in "=" gets an id
-        uweights: list[float] = []
-        for site, sw in zip(sites[: spec.sites], zipf_weights(spec.sites, 1.1), strict=True):
-            paths = _paths(site, rnd)
-            if site == "www.youtube.com":
-                paths.append(f"https://{site}/watch?v=")
-            for p, pw in zip(paths, zipf_weights(len(paths), 0.9), strict=True):
-                self.urls.append(
-                    (p, f"{site.removeprefix('www.').split('.')[0].capitalize()} - {p.rsplit('/', 1)[-1]}")
-                )
-                uweights.append(sw * pw / sum(zipf_weights(len(paths), 0.9)))
-        self.urls_cum = list(itertools.accumulate(uweights))
-        self.browsers = [_text(b) for b, _ in BROWSERS]
-        self.browsers_cum = list(itertools.accumulate(w for _, w in BROWSERS))
-        self.sessions = [_text(e) for e, _ in SESSION_EVENTS]
-        self.sessions_cum = list(itertools.accumulate(w for _, w in SESSION_EVENTS))
-        # seconds in a window / on a page: log-normal, drawn from 4,096 samples (faster than drawing each)
-        self.active_times = [min(3600, int(rnd.lognormvariate(3.5, 1.2)) + 1) for _ in range(4096)]
-        self.durations = [min(7200, int(rnd.lognormvariate(4, 1.3))) for _ in range(4096)]
-
-
 def _day_times(rnd: random.Random, day_start_us: int, n: int) -> list[int]:
     """``n`` event times (Unix µs, millisecond precision) in one day, working hours heavier, sorted."""
     hours = rnd.choices(range(24), weights=HOUR_WEIGHTS, k=n)
@@ -264,7 +157,7 @@ class Dataset:
         self.spec = spec
         rnd = random.Random(spec.seed)
         self.fleet = Fleet.build(spec, rnd)
-        self.vocab = _Vocab(spec, rnd)
+        self.vocab = Vocabulary(spec.apps, spec.sites, rnd)
         self._sets: dict[tuple[str, int], list[int]] = {}
 
     # each encoder returns one binary COPY row in its table's COLUMNS order
@@ -302,7 +195,7 @@ class Dataset:
         active = v.active_times[rnd.getrandbits(12)]
         return (
             _head(9, 16, _uuid7_bytes(us, rnd), 4, org, 4, dev, 8, us - _PG_EPOCH_S * 1_000_000)
-            + frag + _int4(4, active) + _ts_us(us + _DELAYS_US[rnd.getrandbits(12)])
+            + frag + _int4(4, active) + _ts_us(us + DELAYS_US[rnd.getrandbits(12)])
         )  # fmt: skip
 
     def _visited_site(self, rnd: random.Random, us: int, org: int, dev: int) -> bytes:
@@ -313,8 +206,8 @@ class Dataset:
         browser = v.browsers[bisect.bisect(v.browsers_cum, rnd.random() * v.browsers_cum[-1])]
         return (
             _head(9, 16, _uuid7_bytes(us, rnd), 4, org, 4, dev, 8, us - _PG_EPOCH_S * 1_000_000)
-            + _text(url) + _text(title) + browser + _int4(4, v.durations[rnd.getrandbits(12)])
-            + _ts_us(us + _DELAYS_US[rnd.getrandbits(12)])
+            + copy_text(url) + copy_text(title) + browser + _int4(4, v.durations[rnd.getrandbits(12)])
+            + _ts_us(us + DELAYS_US[rnd.getrandbits(12)])
         )  # fmt: skip
 
     def _user_session(self, rnd: random.Random, us: int, org: int, dev: int) -> bytes:
@@ -322,8 +215,8 @@ class Dataset:
         ev = v.sessions[bisect.bisect(v.sessions_cum, rnd.random() * v.sessions_cum[-1])]
         return (
             _head(9, 16, _uuid7_bytes(us, rnd), 4, org, 4, dev, 8, us - _PG_EPOCH_S * 1_000_000)
-            + ev + _text(f"user{dev}") + _text(str(dev % 7 + 1)) + _int4(4, rnd.randrange(0, 28_800))
-            + _ts_us(us + _DELAYS_US[rnd.getrandbits(12)])
+            + ev + copy_text(f"user{dev}") + copy_text(str(dev % 7 + 1)) + _int4(4, rnd.randrange(0, 28_800))
+            + _ts_us(us + DELAYS_US[rnd.getrandbits(12)])
         )  # fmt: skip
 
     def _screenshot(self, rnd: random.Random, us: int, org: int, dev: int) -> bytes:
@@ -331,10 +224,10 @@ class Dataset:
         w, h = RESOLUTIONS[dev % len(RESOLUTIONS)]
         return (
             _head(11, 16, _uuid7_bytes(us, rnd), 4, org, 4, dev, 8, us - _PG_EPOCH_S * 1_000_000)
-            + _text(f"s3://screenshots/{org}/{dev}/{digest[:16]}.webp")
+            + copy_text(f"s3://screenshots/{org}/{dev}/{digest[:16]}.webp")
             + struct.pack("!iq", 8, rnd.randrange(40_000, 900_000))
-            + _text(digest) + _int4(4, w) + _int4(4, h) + _text("image/webp")
-            + _ts_us(us + _DELAYS_US[rnd.getrandbits(12)])
+            + copy_text(digest) + _int4(4, w) + _int4(4, h) + copy_text("image/webp")
+            + _ts_us(us + DELAYS_US[rnd.getrandbits(12)])
         )  # fmt: skip
 
     def day_rows(self, table: str, day: int, count: int) -> Iterator[bytes]:
@@ -376,7 +269,7 @@ class Dataset:
                     + _f8(8, round(30 + (n % 50) + day * 0.2, 1))
                     + _f8(8, round(40 + 30 * load + rnd.uniform(0, 10), 1))
                     + _int4(4, 0 if rnd.random() < 0.8 else rnd.randrange(1, 5000)) + _int4(4, min(agents, 200))
-                    + _ts_us(us + _DELAYS_US[rnd.getrandbits(12)])
+                    + _ts_us(us + DELAYS_US[rnd.getrandbits(12)])
                 )))  # fmt: skip
                 t += every_us
         rows.sort(key=lambda r: r[0])
