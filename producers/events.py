@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
 
+from gatestream.producers.event_ids import uuid7
 from gatestream.schemas import EventType
 
 
@@ -42,13 +43,15 @@ class CatalogEvent:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Event:
-    """Common to all events. ``event_id`` identifies an event across resends and replays."""
+    """Common to all events. ``event_id`` identifies an event across resends and replays: a
+    UUIDv7 fixed when the event object is made (before the spool), so every resend and
+    replay carries the same id and the primary key drops the copies."""
 
     event_type: ClassVar[EventType]
     key_field: ClassVar[str] = "users_on_computers_id"
 
     organization_id: int
-    event_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    event_id: uuid.UUID = field(default_factory=uuid7)
 
     def key(self) -> bytes:
         """Kafka key: the device, so one device's events stay in order on one partition."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from gatestream.producers.event_ids import uuid7_at
 from gatestream.producers.events import (
     ActiveWindow,
     CatalogEvent,
@@ -79,7 +80,7 @@ def make_event(
     fleet_gateways: list[tuple[int, uuid.UUID]],
     when: datetime,
 ) -> Event:
-    eid = uuid.UUID(int=rnd.getrandbits(128), version=4)
+    eid = uuid7_at(_unix_ms(when), rnd)  # made when the event happens, as a gateway would
     if event_type is EventType.GATEWAY_STATUS_SNAPSHOTS:
         org, gw = rnd.choice(fleet_gateways)
         return GatewayStatusSnapshot(
@@ -144,6 +145,13 @@ def make_event(
     )
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _unix_ms(when: datetime) -> int:
+    return (when - _EPOCH) // timedelta(milliseconds=1)
+
+
 WORDS = ["north", "main", "lab", "front", "archive", "server", "east", "lobby", "dock", "office"]
 
 
@@ -151,6 +159,8 @@ def _value(ftype: Any, name: str, rnd: random.Random, ids: dict[str, Any], when:
     """A plausible value of an Avro field type (ids: values for the fleet's identifier fields)."""
     if name in ids:
         return ids[name]
+    if name == "event_id":
+        return uuid7_at(_unix_ms(when), rnd)
     if isinstance(ftype, list):  # a union: the first non-null branch
         return _value(next((t for t in ftype if t != "null"), "null"), name, rnd, ids, when)
     if isinstance(ftype, dict):

@@ -110,6 +110,7 @@ class TimescaleJobs:
                 "FROM timescaledb_information.continuous_aggregates"
             ).fetchall()
         }
+        settings = self._columnstore_settings()
         for job_id, proc_schema, proc, schema, table, every_s, config in self.conn.execute(
             """SELECT job_id, proc_schema, proc_name, hypertable_schema, hypertable_name,
                       extract(epoch FROM schedule_interval)::bigint, config
@@ -120,9 +121,10 @@ class TimescaleJobs:
             target = views.get(target, target) if target else None
             if proc == "policy_retention" and target:
                 kind = JobKind.CAGG_RETENTION if target in self.caggs else JobKind.RETENTION
-                params = {"drop_after_days": _days(config.get("drop_after"))}
+                params: dict[str, Any] = {"drop_after_days": _days(config.get("drop_after"))}
             elif proc == "policy_compression" and target:
-                kind, params = JobKind.COMPRESSION, {"compress_after_days": _days(config.get("compress_after"))}
+                kind = JobKind.COMPRESSION  # a changed segmentby/orderby is drift too
+                params = {"compress_after_days": _days(config.get("compress_after")), **settings.get(target, {})}
             elif proc == "policy_refresh_continuous_aggregate" and target:
                 kind, params = JobKind.CAGG_REFRESH, {"start_offset_days": _days(config.get("start_offset"))}
             elif proc_schema == "gatestream" and proc == "delete_expired_rows_job":
@@ -139,8 +141,26 @@ class TimescaleJobs:
             out[key] = ActualJob(key, int(job_id), f"{int(every_s)}s", params)
         return out, foreign
 
+    def _columnstore_settings(self) -> dict[str, dict[str, str]]:
+        """schema.table -> its columnstore segmentby/orderby as the server states them (versions
+        before 2.18 have no such view: their settings are not compared)."""
+        found = self.conn.execute(
+            "SELECT to_regclass('timescaledb_information.hypertable_columnstore_settings') IS NOT NULL"
+        ).fetchone()
+        if not (found and found[0]):
+            return {}
+        return {
+            str(ht): {"segmentby": _columns(seg), "orderby": _columns(order)}
+            for ht, seg, order in self.conn.execute(
+                "SELECT hypertable::text, segmentby, orderby "
+                "FROM timescaledb_information.hypertable_columnstore_settings"
+            ).fetchall()
+        }
+
     def matches(self, want: DesiredJob, have: ActualJob) -> bool:
-        mine = {k: v for k, v in want.params.items() if k in have.params}
+        mine = {
+            k: _columns(v) if k in ("segmentby", "orderby") else v for k, v in want.params.items() if k in have.params
+        }
         return have.schedule == f"{want.schedule_s}s" and mine == have.params
 
     def add(self, want: DesiredJob) -> None:
@@ -158,17 +178,7 @@ class TimescaleJobs:
         elif want.kind == JobKind.COMPRESSION:
             # 2.18 renamed compression to columnstore (the old names remain as aliases): the
             # current names where the installed version has them
-            columnstore = timescaledb_has(self.conn, "add_columnstore_policy")
-            options = (
-                "timescaledb.enable_columnstore, timescaledb.segmentby = {}, timescaledb.orderby = {}"
-                if columnstore
-                else "timescaledb.compress, timescaledb.compress_segmentby = {}, timescaledb.compress_orderby = {}"
-            )
-            self.conn.execute(
-                sql.SQL("ALTER TABLE {} SET (" + options + ")").format(
-                    sql.Identifier(*want.target.split(".")), sql.Literal(p["segmentby"]), sql.Literal(p["orderby"])
-                )
-            )
+            columnstore = self._set_columnstore(want)
             policy = (
                 "CALL add_columnstore_policy({}, after => make_interval(days => {}), schedule_interval => {})"
                 if columnstore
@@ -185,6 +195,24 @@ class TimescaleJobs:
             raise ValueError(f"unknown job kind {want.kind}")
         self.conn.execute(q)
 
+    def _set_columnstore(self, want: DesiredJob) -> bool:
+        """Apply the job's segmentby/orderby to its hypertable (chunks compressed before keep
+        theirs until recompressed); whether the server has the columnstore names (2.18+)."""
+        columnstore = timescaledb_has(self.conn, "add_columnstore_policy")
+        options = (
+            "timescaledb.enable_columnstore, timescaledb.segmentby = {}, timescaledb.orderby = {}"
+            if columnstore
+            else "timescaledb.compress, timescaledb.compress_segmentby = {}, timescaledb.compress_orderby = {}"
+        )
+        self.conn.execute(
+            sql.SQL("ALTER TABLE {} SET (" + options + ")").format(
+                sql.Identifier(*want.target.split(".")),
+                sql.Literal(want.params["segmentby"]),
+                sql.Literal(want.params["orderby"]),
+            )
+        )
+        return columnstore
+
     @staticmethod
     def _row_config(want: DesiredJob) -> dict[str, Any]:
         return {"hypertable": want.target, "default_days": want.params["default_days"]}
@@ -199,6 +227,7 @@ class TimescaleJobs:
         elif want.kind == JobKind.ROW_RETENTION:
             config = sql.SQL("{}::jsonb").format(sql.Literal(json.dumps(self._row_config(want))))
         elif want.kind == JobKind.COMPRESSION:
+            self._set_columnstore(want)
             config = sql.SQL("jsonb_set(config, '{{compress_after}}', to_jsonb({}::text))").format(
                 sql.Literal(f"{p['compress_after_days']} days")
             )
@@ -226,6 +255,12 @@ def _edition_migrated(conn: psycopg.Connection[Any], folder: str, path: Path, ed
     ).fetchone()
     if not row or row[0] < len(list(path.glob("*.sql"))):
         raise EngineUnavailable(f"the {edition} edition's migrations are not applied: run gatestream db migrate")
+
+
+def _columns(text: Any) -> str:
+    """A segmentby/orderby list as the server prints it ('a,b DESC'), whatever the spacing and
+    quoting (the server quotes a column named like a keyword: "timestamp")."""
+    return ",".join(" ".join(part.split()) for part in str(text or "").replace('"', "").split(","))
 
 
 def _days(value: Any) -> int | None:

@@ -17,7 +17,9 @@ from typing import Any
 
 import psycopg
 
+from gatestream.consumers.policy import columnstore
 from gatestream.edition import Edition
+from gatestream.schemas import catalog_of
 from gatestream.settings import PolicySettings
 
 
@@ -134,6 +136,7 @@ def desired_state(conn: psycopg.Connection[Any], settings: PolicySettings, editi
         ).fetchall()
     }
     tsl = edition == Edition.COMMUNITY
+    keys = columnstore.key_columns(catalog_of(settings))
     jobs: dict[str, DesiredJob] = {}
     policies: dict[str, ResourcePolicy] = {}
     for rt, res in resources.items():
@@ -158,8 +161,8 @@ def desired_state(conn: psycopg.Connection[Any], settings: PolicySettings, editi
         if tsl:
             jobs[f"compression:{ht}"] = DesiredJob(
                 f"compression:{ht}", JobKind.COMPRESSION, ht, rt, settings.compression_interval_s,
-                {"compress_after_days": settings.compress_after_days, "segmentby": "organization_id",
-                 "orderby": f"{res.time_column} DESC"},
+                {"compress_after_days": settings.compress_after_days, "segmentby": columnstore.SEGMENTBY,
+                 "orderby": columnstore.orderby(res.time_column, keys.get(ht))},
             )  # fmt: skip
     jobs.update(_aggregate_jobs(settings, tsl))
     unavailable = []

@@ -74,6 +74,8 @@ def add_parsers(sub: Any) -> None:
     # The fault bench drives the checkout's ops/ scripts and the local stack: it lives beside
     # the product (bench/faults.py), not in the wheel. The old name tells where it went.
     # (no options of its own: whatever follows, --help and --short included, gets the message)
+    add_dataset_parsers(bench)
+
     bf = bench.add_parser("faults", help=FAULTS_MOVED, description=FAULTS_MOVED, add_help=False, prefix_chars="+")
     bf.add_argument("ignored", nargs="*", help=argparse.SUPPRESS)
     bf.set_defaults(fn=cmd_faults)
@@ -125,6 +127,112 @@ def _paths(text: str) -> list[str]:
     if not paths or any(p not in ("native", "python") for p in paths) or len(set(paths)) != len(paths):
         raise argparse.ArgumentTypeError(f"expected native, python or native,python, got {text!r}")
     return paths
+
+
+STORAGE_HELP = (
+    "bytes per row per hypertable (heap, indexes, TOAST) on a generated, realistic dataset (60 days, 1,000 "
+    "organizations, 50,000 devices, 5,000 gateways, Zipf-skewed activity; loaded by binary COPY into a scratch "
+    "database <db>_bench_storage, dropped afterwards), and on the Community edition the columnstore ratio with the "
+    "settings the policy consumer applies (segmentby organization_id, orderby <device>, <time> DESC; goal >= 10:1). "
+    "On the Apache edition the columnstore part says it is not available, and why."
+)
+
+
+def add_dataset_parsers(bench: Any) -> None:
+    """bench storage: the generated dataset's bytes per row and columnstore ratio."""
+    bs = bench.add_parser("storage", help="bytes per row per hypertable and the columnstore ratio",
+                          description=STORAGE_HELP)  # fmt: skip
+    bs.add_argument("--rows", type=_count, default=2_000_000, help="rows in all hypertables together (default 2M; "
+                    "k/M suffixes allowed, e.g. 10M)")  # fmt: skip
+    bs.add_argument("--days", type=int, default=1, help="days the rows are spread over (default 1: the ratio depends "
+                    "on how many rows a device has per chunk (a day); production's 100M events/day over 50k devices "
+                    "is 2,000 per device and day: --rows 1M --orgs 25 --devices 500 --gateways 50 has that "
+                    "density)")  # fmt: skip
+    _fleet_options(bs)
+    bs.add_argument("--runs", type=int, default=3, help="compress/decompress runs; medians reported (default 3)")
+    bs.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
+    bs.add_argument("--orderby", metavar="COLUMNS", help="measure this columnstore orderby instead of the policy's "
+                    "(a comparison, e.g. 'datetime DESC'; <time> stands for each table's time column)")  # fmt: skip
+    bs.add_argument("--keep", action="store_true", help="keep the scratch database afterwards (to look at it)")
+    bs.set_defaults(fn=cmd_storage)
+
+    bq = bench.add_parser("queries", help="p50/p99 of the dashboard queries on a generated dataset",
+                          description=QUERIES_HELP)  # fmt: skip
+    bq.add_argument("--rows", type=_count, default=10_000_000, help="rows in all hypertables together (default 10M, "
+                    "the issue's figure; 100M on demand; a sanity run: 200k)")  # fmt: skip
+    bq.add_argument("--days", type=int, default=60, help="days the rows are spread over (default 60)")
+    _fleet_options(bq)
+    bq.add_argument("--runs", type=int, default=50, help="runs of each query per round, random parameters (default 50)")
+    bq.add_argument("--rounds", type=int, default=3, help="rounds; the median of their p50/p99 is reported (default 3)")
+    bq.add_argument("--explain", action="store_true", help="print each query's plan (EXPLAIN ANALYZE, BUFFERS) for "
+                    "the largest organization first")  # fmt: skip
+    bq.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
+    bq.add_argument("--keep", action="store_true", help="keep the scratch database afterwards (to look at it)")
+    bq.set_defaults(fn=cmd_queries)
+
+
+QUERIES_HELP = (
+    "the dashboard queries (gatestream/benches/dashboard_queries.py: active time per user and day over 7 and 30 "
+    "days, top 10 applications and sites over 7 days, one user's day, the latest status of an organization's "
+    "gateways, the daily totals over 90 days) on a generated dataset (60 days, 1,000 organizations, 50,000 devices, "
+    "5,000 gateways, Zipf-skewed; loaded by binary COPY into a scratch database <db>_bench_queries, dropped "
+    "afterwards): the aggregates are refreshed, then each query runs --runs times per round with random parameters "
+    "(organizations drawn by size); p50/p99 per query, medians over the rounds. Goal: p99 < 100 ms each at 10M rows. "
+    "Exit status 1 when a query misses it."
+)
+
+
+def _fleet_options(parser: Any) -> None:
+    parser.add_argument("--orgs", type=int, default=1000, help="organizations (default 1000; Zipf-sized)")
+    parser.add_argument("--devices", type=_count, default=50_000, help="devices, users_on_computers_id (default 50k)")
+    parser.add_argument("--gateways", type=_count, default=5_000, help="gateways (default 5k)")
+
+
+def _spec(args: argparse.Namespace) -> Any:
+    from gatestream.benches.dataset import DatasetSpec
+
+    if args.devices < args.orgs or args.gateways < args.orgs:
+        print("gatestream bench: --devices and --gateways must be at least --orgs (one of each per organization)",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(2)  # a bad argument, as argparse's own
+    return DatasetSpec(rows=args.rows, days=args.days, orgs=args.orgs, devices=args.devices, gateways=args.gateways)
+
+
+def _count(text: str) -> int:
+    """A row count: 200000, 200k, 10M, 1.5M."""
+    units = {"k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
+    t = text.strip().lower().replace("_", "").replace(",", "")
+    try:
+        n = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a count: {text!r} (e.g. 200000, 200k, 10M)") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return int(n)
+
+
+def cmd_storage(args: argparse.Namespace) -> int:
+    from gatestream.benches.storage import bench_storage
+    from gatestream.settings import CommonSettings
+
+    return bench_storage(
+        CommonSettings(),
+        spec=_spec(args),
+        runs=args.runs,
+        json_path=args.json,
+        keep=args.keep,
+        orderby=args.orderby,
+    )
+
+
+def cmd_queries(args: argparse.Namespace) -> int:
+    from gatestream.benches.queries import bench_queries
+    from gatestream.settings import CommonSettings
+
+    return bench_queries(
+        CommonSettings(), spec=_spec(args), runs=args.runs, rounds=args.rounds,
+        show_plans=args.explain, json_path=args.json, keep=args.keep,
+    )  # fmt: skip
 
 
 FAULTS_MOVED = "the fault bench is not part of the package: from a checkout, run python -m bench.faults [--short]"

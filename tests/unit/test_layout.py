@@ -75,7 +75,7 @@ def test_one_import_root_and_layers_that_import_one_way() -> None:
     for path in _sources():
         rel = path.relative_to(PACKAGE)
         layer = rel.parts[0] if len(rel.parts) > 1 else ("app" if f"gatestream.{rel.stem}".startswith(apps) else "core")
-        if layer in ("cli", "app", "sql"):
+        if layer in ("cli", "app", "sql", "benches"):  # benches: applications, like bench
             continue
         bad = {n for n in _imports(path) if n.startswith(forbidden[layer])}
         assert not bad, f"{rel} ({layer}) imports a layer above it: {bad}"

@@ -52,7 +52,9 @@ def test_proxy_forwards_hangs_refuses_and_resumes(proxy: TcpProxy) -> None:
 def test_via_proxy_keeps_user_and_path() -> None:
     p = TcpProxy("127.0.0.1", 9)
     try:
-        assert via_proxy("postgresql://postgres@127.0.0.1:5432/db?x=1", p) == f"postgresql://postgres@{p.address}/db?x=1"
+        assert (
+            via_proxy("postgresql://postgres@127.0.0.1:5432/db?x=1", p) == f"postgresql://postgres@{p.address}/db?x=1"
+        )
         assert via_proxy("http://127.0.0.1:8081/apis/ccompat/v7", p) == f"http://{p.address}/apis/ccompat/v7"
     finally:
         p.close()

@@ -357,7 +357,10 @@ def test_edition_specific_migrations_go_through_the_same_runner() -> None:
     for edition in (community, apache):
         assert edition[: len(common)] == common, "the edition's migrations come after the common ones"
     assert community[len(common) :] == ["tsl/010_active_windows_daily.sql", "tsl/011_dashboard_aggregates.sql"]
-    assert apache[len(common) :] == ["apache/011_dashboard_aggregates.sql"]
+    assert apache[len(common) :] == [
+        "apache/011_dashboard_aggregates.sql",
+        "apache/020_dashboard_aggregate_indexes.sql",
+    ]
 
 
 def test_plausibility_refuses_absurd_times_and_ids_and_lets_the_rest_through() -> None:
