@@ -25,7 +25,6 @@ already present).
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
@@ -39,6 +38,7 @@ from typing import Any
 import psycopg
 from confluent_kafka import Producer
 
+from gatestream.bench_output import write_json
 from gatestream.consumers.decoder import Decoder
 from gatestream.consumers.ingest import Ingestor, Route
 from gatestream.consumers.pgtypes import register_wire_dumpers
@@ -231,7 +231,7 @@ def bench_ingest(
             print(line + f"   {paths[0]} with synchronous commits {sync[-1]:>9,.0f} events/s")
     raw_med = statistics.median(raws)
     figures: dict[str, Any] = {
-        "bench": "ingest", "events": events, "batch_rows": batch_rows, "partitions": partitions, "runs": runs,
+        "events": events, "batch_rows": batch_rows, "partitions": partitions, "runs": runs,
         "raw_copy_rows_per_s": {"median": raw_med, "per_run": raws}, "decoding": {},
     }  # fmt: skip
     print(f"median: raw COPY {raw_med:,.0f} rows/s")
@@ -258,7 +258,7 @@ def bench_ingest(
     figures["sync_commit"] = {"decoding": paths[0], "events_per_s": statistics.median(sync), "vs_async": sync_ratio,
                               "per_run": sync}  # fmt: skip
     print("targets: >= 150,000 events/s per consumer process; >= 80% of raw COPY; <= 5 µs consumer CPU per event")
-    write_json(json_path, figures)
+    write_json(json_path, "ingest", figures)
     return 0
 
 
@@ -269,13 +269,6 @@ def _mode(path: str) -> str:
 
 def _us(v: float | None) -> str:
     return "n/a (server not on this machine)" if v is None else f"{v:.2f} µs/event"
-
-
-def write_json(path: str | None, figures: dict[str, Any]) -> None:
-    if path:
-        with open(path, "w") as f:
-            json.dump(figures, f, indent=2)
-        print(f"figures written to {path}")
 
 
 def bench_metrics(settings: IngestSettings, *, events: int, runs: int, batch_rows: int, partitions: int) -> int:

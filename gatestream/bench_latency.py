@@ -360,5 +360,4 @@ def bench_latency(
             },
         }  # fmt: skip
         write_json(json_path, "latency", figures)
-        print(f"figures written to {json_path}")
     return 0

@@ -125,7 +125,8 @@ def members_run(settings: IngestSettings, url: str, topic: str, n: int, events: 
 def bench_members(
     settings: IngestSettings, *, events: int, runs: int, batch_rows: int, members: list[int], json_path: str | None
 ) -> int:
-    from gatestream.bench import bench_data, write_json
+    from gatestream.bench import bench_data
+    from gatestream.bench_output import write_json
 
     decoding = "native" if settings.native_decode == "auto" else "python"
     print(f"bench: {events} {EVENT_TYPE.value} events, batches of {batch_rows}, one topic of {MEMBER_PARTITIONS} "
@@ -147,7 +148,7 @@ def bench_members(
         table.append({"members": n, "events_per_s": med, "speedup": med / base,
                       "consumer_cpu_us_per_event": statistics.median(cpus[n]), "per_run": rates[n]})  # fmt: skip
         print(f"{n:>8} {med:>18,.0f} {med / base:>7.2f}x {statistics.median(cpus[n]):>13.2f}")
-    write_json(json_path, {"bench": "ingest --members", "events": events, "batch_rows": batch_rows,
+    write_json(json_path, "ingest --members", {"events": events, "batch_rows": batch_rows,
                            "partitions": MEMBER_PARTITIONS, "runs": runs, "members": table,
                            "decoding": decoding})  # fmt: skip
     return 0

@@ -28,6 +28,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def _cell(v: object) -> str:
+    if v is None:
+        return "-"
     if isinstance(v, float):
         return f"{v:,.1f}"
     if isinstance(v, int) and not isinstance(v, bool):
@@ -43,7 +45,11 @@ def machine() -> dict[str, Any]:
     }  # fmt: skip
 
 
-def write_json(path: Path, bench: str, figures: Mapping[str, Any]) -> None:
-    """The figures as JSON, with the bench's name, the command line and the machine."""
+def write_json(path: Path | str | None, bench: str, figures: Mapping[str, Any]) -> None:
+    """The figures as JSON (nothing without a path), with the bench's name, the command line
+    and the machine; says where they went."""
+    if not path:
+        return
     doc = {"bench": bench, "command": ["gatestream", *sys.argv[1:]], "machine": machine(), **figures}
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    Path(path).write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    print(f"figures written to {path}")

@@ -3,7 +3,7 @@
 Loads the generated dataset (``gatestream.benches.dataset``: 60 days, 1,000 organizations,
 50,000 devices, 5,000 gateways, Zipf-skewed) into a scratch database, materializes the
 dashboard aggregates (``CALL gatestream.refresh_dashboard_aggregates`` over the whole
-range; stand-ins where the tree has none, see ``standin_aggregates``), then runs each
+range), then runs each
 query of ``dashboard_queries`` ``runs`` times per round with random parameters and reports
 p50/p99 per query: the median over ``rounds`` rounds. Organizations are drawn in
 proportion to their size (large organizations look at their dashboards more, and they
@@ -16,18 +16,16 @@ from __future__ import annotations
 import math
 import random
 import statistics
-import sys
 import time
 from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
 
+from gatestream.bench_output import table, write_json
 from gatestream.benches.dashboard_queries import PAGE_USERS, QUERIES, DashboardQuery
 from gatestream.benches.dataset import Dataset, DatasetSpec, load
-from gatestream.benches.output import table, write_json
 from gatestream.benches.scratch import scratch_database
-from gatestream.benches.standin_aggregates import create_standins
 from gatestream.database import connect_once
 from gatestream.settings import CommonSettings
 
@@ -109,16 +107,11 @@ def bench_queries(
         ds = Dataset(spec)
         params = Parameters(ds, spec.seed)
         with connect_once(url) as conn:
-            stood_in = create_standins(conn)
-            if stood_in:
-                print(
-                    f"no dashboard aggregates in this tree: stand-ins (plain tables, bench only): {', '.join(stood_in)}"
-                )
             t0 = time.perf_counter()
             conn.execute("CALL gatestream.refresh_dashboard_aggregates(%s, %s)", (spec.start, spec.end))
             refresh_s = time.perf_counter() - t0
             for rel in ("active_windows_daily", "visited_sites_daily", "active_windows_hourly", "visited_sites_hourly"):
-                conn.execute(f"ANALYZE monitoring.{rel}")
+                conn.execute(psycopg.sql.SQL("ANALYZE {}").format(psycopg.sql.Identifier("monitoring", rel)))
             sizes = _dataset_figures(conn, params, spec.end)
             print(f"aggregates refreshed in {refresh_s:.1f} s; {sizes['note']}")
             if show_plans:
@@ -157,9 +150,9 @@ def bench_queries(
     print(table(["query", "p50 ms", "p99 ms", "max ms", "rows (max)", f"p99 < {GOAL_P99_MS:.0f} ms"], out_rows))
     print(f"medians over {rounds} rounds of {runs} runs; TimescaleDB {edition} edition")
     write_json(
-        json_path, "queries", sys.argv,
+        json_path, "queries",
         {"rows": rows, "days": days, "edition": str(edition), "load_seconds": loaded.seconds,
-         "refresh_seconds": refresh_s, "stand_ins": stood_in, "dataset": sizes, "queries": figures_q},
+         "refresh_seconds": refresh_s, "dataset": sizes, "queries": figures_q},
     )  # fmt: skip
     return 0 if all(f["meets_goal"] for f in figures_q.values()) else 1
 

@@ -14,7 +14,6 @@ are reported. The Apache edition has no columnstore: that part says so.
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,8 +21,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from gatestream.bench_output import table, write_json
 from gatestream.benches.dataset import SHARES, DatasetSpec, load
-from gatestream.benches.output import table, write_json
 from gatestream.benches.scratch import scratch_database
 from gatestream.consumers.policy import columnstore
 from gatestream.database import connect_once
@@ -185,5 +184,5 @@ def bench_storage(
         print(f"columnstore: segmentby {columnstore.SEGMENTBY}, {which}; medians of the runs; goal >= 10:1")
     else:
         print(f"columnstore: {APACHE_REASON}")
-    write_json(json_path, "storage", sys.argv, figures)
+    write_json(json_path, "storage", figures)
     return 0

@@ -21,7 +21,6 @@ from psycopg import sql
 from gatestream.benches.dashboard_queries import BY_NAME, PAGE_USERS
 from gatestream.benches.dataset import SHARES, Dataset, DatasetSpec, load
 from gatestream.benches.queries import Parameters
-from gatestream.benches.standin_aggregates import create_standins
 from gatestream.benches.storage import APACHE_REASON, settings_of
 from gatestream.consumers.policy import columnstore
 from gatestream.consumers.policy.model import JobKind, desired_state
@@ -42,7 +41,6 @@ def test_dashboard_queries_return_what_the_raw_rows_say(edition_db_url: str) -> 
     ds = Dataset(SMALL)
     params = Parameters(ds, seed=1)
     with psycopg.connect(edition_db_url, autocommit=True) as conn:
-        create_standins(conn)
         conn.execute("CALL gatestream.refresh_dashboard_aggregates(%s, %s)", (SMALL.start, SMALL.end))
         p = params.largest(BY_NAME["per_user_daily_30d"])
         org, users = p["org"], p["users"]
