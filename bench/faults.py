@@ -250,7 +250,10 @@ def main(argv: list[str] | None = None) -> int:
         "local stack's services are never stopped. Run from the checkout; "
         'settings from GATESTREAM_* (eval "$(ops/stack env)").',
     )
-    p.add_argument("--short", action="store_true", help=f"the CI form (under 3 minutes): {', '.join(SHORT)}")
+    p.add_argument(
+        "--short", action="store_true",
+        help=f"the CI form (under 3 minutes): small rounds of {', '.join(SHORT)} (or of --scenarios)",
+    )  # fmt: skip
     p.add_argument("--scenarios", help=f"comma-separated (default: all): {', '.join(SCENARIOS)}")
     p.add_argument("--events", type=int, default=20000, help="events per scenario round (default 20000)")
     p.add_argument("--rate", type=int, default=2000, help="events per second from the load generator (2000)")
@@ -258,11 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=1, help="rounds of every scenario (default 1)")
     p.add_argument("--seed", type=int, default=7, help="random seed of the fault timing")
     args = p.parse_args(argv)
-    if args.short:
-        scenarios, events, rate, seconds = SHORT, 4000, 1000, 6.0
+    scenarios = [s.strip() for s in args.scenarios.split(",")] if args.scenarios else None
+    if args.short:  # the CI sizes; its scenarios unless --scenarios names some
+        scenarios, events, rate, seconds = scenarios or SHORT, 4000, 1000, 6.0
     else:
-        scenarios = [s.strip() for s in args.scenarios.split(",")] if args.scenarios else list(SCENARIOS)
-        events, rate, seconds = args.events, args.rate, args.seconds
+        scenarios, events, rate, seconds = scenarios or list(SCENARIOS), args.events, args.rate, args.seconds
     unknown = sorted(set(scenarios) - set(SCENARIOS))
     if unknown:
         print(f"bench faults: error: unknown scenarios {unknown}; known: {', '.join(SCENARIOS)}", file=sys.stderr)
