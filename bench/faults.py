@@ -42,7 +42,7 @@ from bench.accounting import offsets_off, read_published, skipped_duplicates, st
 from bench.brokers import PrivateBroker
 from bench.postgres import PrivatePostgres, pg_bindir
 from bench.scenarios import SCENARIOS, Run
-from gatestream.bench import bench_database
+from gatestream.bench import bench_database, drop_bench_database
 from gatestream.database import connect_once
 from gatestream.schemas import EventType
 from gatestream.settings import IngestSettings, ProducerSettings
@@ -205,6 +205,8 @@ def run_scenario(name: str, settings: IngestSettings, *, events: int, rate: int,
             broker.kill()
         if postgres is not None:
             postgres.remove(keep=not out.ok)
+        elif out.ok:  # a failed scenario's database stays for a look, as its logs do
+            drop_bench_database(db)
         if out.ok:
             shutil.rmtree(work, ignore_errors=True)
         else:  # keep the processes' logs for a look

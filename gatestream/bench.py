@@ -82,6 +82,15 @@ def bench_database(url: str, suffix: str = "bench") -> str:
     return bench_url
 
 
+def drop_bench_database(bench_url: str) -> None:
+    """Drop a database ``bench_database`` made (its sessions ended)."""
+    name = psycopg.conninfo.conninfo_to_dict(bench_url).get("dbname")
+    with connect_once(psycopg.conninfo.make_conninfo(bench_url, dbname="postgres")) as conn:
+        conn.execute(
+            psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(psycopg.sql.Identifier(str(name)))
+        )
+
+
 def _encode(count: int, settings: ProducerSettings, tmp_spool: str) -> list[tuple[str, bytes, bytes]]:
     pub = Publisher(settings.model_copy(update={"spool_path": tmp_spool}))
     events = generate(count, Fleet(orgs=10, devices_per_org=100), [EVENT_TYPE], spread=timedelta(days=2))

@@ -7,9 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
-from psycopg import sql
 
-from gatestream.bench import bench_database
+from gatestream.bench import bench_database, drop_bench_database
 from gatestream.database import connect_once
 from gatestream.edition import Edition, timescaledb_edition
 
@@ -26,6 +25,4 @@ def scratch_database(url: str, suffix: str, *, keep: bool = False) -> Iterator[t
         if keep:
             print(f"scratch database kept: {psycopg.conninfo.conninfo_to_dict(scratch).get('dbname')}")
         else:
-            name = psycopg.conninfo.conninfo_to_dict(scratch).get("dbname")
-            with connect_once(psycopg.conninfo.make_conninfo(url, dbname="postgres")) as conn:
-                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(str(name))))
+            drop_bench_database(scratch)
