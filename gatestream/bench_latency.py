@@ -23,7 +23,6 @@ work before the producer's timestamp, and the bench must keep 10k events/s.
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import statistics
@@ -42,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from gatestream.bench import bench_database
-from gatestream.bench_output import table, write_json
+from gatestream.bench_output import nearest_rank, table, write_json
 from gatestream.database import connect_once
 from gatestream.producers.events import ActiveWindow
 from gatestream.producers.loadgen import PROCESSES
@@ -70,8 +69,7 @@ class BenchError(Exception):
 def percentiles(values: array[float]) -> dict[str, float]:
     """Nearest-rank percentiles of seconds, in milliseconds."""
     ordered = sorted(values)
-    n = len(ordered)
-    return {name: round(ordered[max(0, math.ceil(q * n) - 1)] * 1000, 3) for name, q in PERCENTILES}
+    return {name: round(nearest_rank(ordered, q) * 1000, 3) for name, q in PERCENTILES}
 
 
 @dataclass

@@ -4,6 +4,7 @@ figures as JSON (``--json FILE``) with the machine and the command line that mad
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import socket
@@ -12,6 +13,11 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+
+def nearest_rank(ordered: Sequence[float], q: float) -> float:
+    """The nearest-rank ``q`` quantile (0 < q <= 1) of values already sorted."""
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -13,7 +13,6 @@ and fetch every row.
 
 from __future__ import annotations
 
-import math
 import random
 import statistics
 import time
@@ -22,7 +21,7 @@ from typing import Any
 
 import psycopg
 
-from gatestream.bench_output import table, write_json
+from gatestream.bench_output import nearest_rank, table, write_json
 from gatestream.benches.dashboard_queries import PAGE_USERS, QUERIES, DashboardQuery
 from gatestream.benches.dataset import Dataset, DatasetSpec, load
 from gatestream.benches.scratch import scratch_database
@@ -30,12 +29,6 @@ from gatestream.database import connect_once
 from gatestream.settings import CommonSettings
 
 GOAL_P99_MS = 100.0
-
-
-def percentile(values: list[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100)."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
 class Parameters:
@@ -126,8 +119,9 @@ def bench_queries(
                     samples = [timed(conn, q, params.draw(q)) for _ in range(runs)]
                     ms = [s[0] for s in samples]
                     res = results[q.name]
-                    res["p50"].append(percentile(ms, 50))
-                    res["p99"].append(percentile(ms, 99))
+                    ordered = sorted(ms)
+                    res["p50"].append(nearest_rank(ordered, 0.50))
+                    res["p99"].append(nearest_rank(ordered, 0.99))
                     res["max"].append(max(ms))
                     res["rows"].append(max(s[1] for s in samples))
                 print(

@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from gatestream.bench_output import nearest_rank
 from gatestream.benches.dataset import Dataset, DatasetSpec
-from gatestream.benches.queries import percentile
 from gatestream.cli.bench import _count
 from gatestream.consumers.policy import columnstore
 from gatestream.producers.event_ids import uuid7_time_ms
@@ -91,9 +91,9 @@ def test_columnstore_orderby_is_the_device_then_time() -> None:
 
 def test_percentile_is_nearest_rank() -> None:
     values = [float(v) for v in range(1, 51)]  # 50 runs
-    assert percentile(values, 50) == 25.0
-    assert percentile(values, 99) == 50.0
-    assert percentile([3.0], 99) == 3.0
+    assert nearest_rank(values, 0.50) == 25.0
+    assert nearest_rank(values, 0.99) == 50.0
+    assert nearest_rank([3.0], 0.99) == 3.0
 
 
 def test_row_counts_take_suffixes() -> None:
