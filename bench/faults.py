@@ -158,7 +158,9 @@ def run_scenario(name: str, settings: IngestSettings, *, events: int, rate: int,
     try:
         for _ in range(3):
             run.start_consumer()
-        run.start_producer(count=events, rate=min(rate, max(1, int(events / PACED.get(name, 0.001)))), seed=seed)
+        paced = PACED.get(name)
+        producer_rate = rate if paced is None else min(rate, max(1, int(events / paced)))
+        run.start_producer(count=events, rate=producer_rate, seed=seed)
 
         # Faults aimed at the members begin once they write (a member's start takes seconds on a
         # loaded machine: a window that closed before then would inject nothing); faults aimed at
