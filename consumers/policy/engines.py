@@ -27,11 +27,11 @@ from typing import Any, Protocol
 import psycopg
 from psycopg import sql
 
+from gatestream.consumers.policy import columnstore
 from gatestream.consumers.policy.model import DASHBOARD_AGGREGATES, DesiredJob, JobKind
 from gatestream.cron import UnschedulableInterval
 from gatestream.cron import cron_line as cron_line  # re-exported: the line each pg_cron job gets
 from gatestream.database import connect_once
-from gatestream.edition import timescaledb_has
 
 SQL_TSL_DIR = Path(__file__).parents[2] / "sql" / "tsl"  # gatestream/consumers/policy -> gatestream/sql/tsl
 SQL_APACHE_DIR = SQL_TSL_DIR.parent / "apache"
@@ -142,20 +142,23 @@ class TimescaleJobs:
         return out, foreign
 
     def _columnstore_settings(self) -> dict[str, dict[str, str]]:
-        """schema.table -> its columnstore segmentby/orderby as the server states them (versions
-        before 2.18 have no such view: their settings are not compared)."""
+        """schema.table -> its columnstore segmentby/orderby (and, from 2.22, its configured
+        sparse indexes) as the server states them (versions before 2.18 have no such view:
+        their settings are not compared)."""
         found = self.conn.execute(
             "SELECT to_regclass('timescaledb_information.hypertable_columnstore_settings') IS NOT NULL"
         ).fetchone()
         if not (found and found[0]):
             return {}
-        return {
-            str(ht): {"segmentby": _columns(seg), "orderby": _columns(order)}
-            for ht, seg, order in self.conn.execute(
-                "SELECT hypertable::text, segmentby, orderby "
-                "FROM timescaledb_information.hypertable_columnstore_settings"
-            ).fetchall()
-        }
+        out: dict[str, dict[str, str]] = {}
+        for (row,) in self.conn.execute(
+            "SELECT to_jsonb(s) FROM timescaledb_information.hypertable_columnstore_settings s"
+        ).fetchall():
+            have = {"segmentby": _columns(row.get("segmentby")), "orderby": _columns(row.get("orderby"))}
+            if "index" in row:  # 2.22+: sparse indexes are a setting
+                have["sparse_index"] = columnstore.sparse_index_text(row["index"])
+            out[str(row["hypertable"])] = have
+        return out
 
     def matches(self, want: DesiredJob, have: ActualJob) -> bool:
         mine = {
@@ -196,22 +199,10 @@ class TimescaleJobs:
         self.conn.execute(q)
 
     def _set_columnstore(self, want: DesiredJob) -> bool:
-        """Apply the job's segmentby/orderby to its hypertable (chunks compressed before keep
+        """Apply the job's columnstore settings to its hypertable (chunks compressed before keep
         theirs until recompressed); whether the server has the columnstore names (2.18+)."""
-        columnstore = timescaledb_has(self.conn, "add_columnstore_policy")
-        options = (
-            "timescaledb.enable_columnstore, timescaledb.segmentby = {}, timescaledb.orderby = {}"
-            if columnstore
-            else "timescaledb.compress, timescaledb.compress_segmentby = {}, timescaledb.compress_orderby = {}"
-        )
-        self.conn.execute(
-            sql.SQL("ALTER TABLE {} SET (" + options + ")").format(
-                sql.Identifier(*want.target.split(".")),
-                sql.Literal(want.params["segmentby"]),
-                sql.Literal(want.params["orderby"]),
-            )
-        )
-        return columnstore
+        p = want.params
+        return columnstore.apply(self.conn, want.target, p["segmentby"], p["orderby"], p["sparse_index"])
 
     @staticmethod
     def _row_config(want: DesiredJob) -> dict[str, Any]:

@@ -162,7 +162,8 @@ def desired_state(conn: psycopg.Connection[Any], settings: PolicySettings, editi
             jobs[f"compression:{ht}"] = DesiredJob(
                 f"compression:{ht}", JobKind.COMPRESSION, ht, rt, settings.compression_interval_s,
                 {"compress_after_days": settings.compress_after_days, "segmentby": columnstore.SEGMENTBY,
-                 "orderby": columnstore.orderby(res.time_column, keys.get(ht))},
+                 "orderby": columnstore.orderby(res.time_column, keys.get(ht)),
+                 "sparse_index": columnstore.SPARSE_INDEX},
             )  # fmt: skip
     jobs.update(_aggregate_jobs(settings, tsl))
     unavailable = []

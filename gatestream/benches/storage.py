@@ -26,7 +26,7 @@ from gatestream.benches.dataset import SHARES, DatasetSpec, load
 from gatestream.benches.scratch import scratch_database
 from gatestream.consumers.policy import columnstore
 from gatestream.database import connect_once
-from gatestream.edition import Edition, timescaledb_has
+from gatestream.edition import Edition
 from gatestream.schemas import catalog_of
 from gatestream.settings import CommonSettings
 
@@ -59,27 +59,25 @@ def sizes(conn: psycopg.Connection[Any], table: str) -> TableSize:
     return TableSize(table, int(rows[0]), *(int(x or 0) for x in size))
 
 
-def settings_of(catalog_keys: dict[str, str], table: str, override: str | None = None) -> tuple[str, str]:
-    """(segmentby, orderby) the policy consumer applies to monitoring.<table> (or the override's
-    orderby, ``<time>`` replaced by the table's time column)."""
+def settings_of(
+    catalog_keys: dict[str, str], table: str, override: str | None = None, sparse_index: str | None = None
+) -> tuple[str, str, str]:
+    """(segmentby, orderby, sparse indexes) the policy consumer applies to monitoring.<table>
+    (or the overrides: the orderby's ``<time>`` replaced by the table's time column)."""
     time_column = TIME_COLUMNS.get(table, "datetime")
-    if override:
-        return columnstore.SEGMENTBY, override.replace("<time>", time_column)
-    return columnstore.SEGMENTBY, columnstore.orderby(time_column, catalog_keys.get(f"monitoring.{table}"))
+    order = (
+        override.replace("<time>", time_column)
+        if override
+        else columnstore.orderby(time_column, catalog_keys.get(f"monitoring.{table}"))
+    )
+    return columnstore.SEGMENTBY, order, columnstore.SPARSE_INDEX if sparse_index is None else sparse_index
 
 
-def compress(conn: psycopg.Connection[Any], table: str, segmentby: str, orderby: str) -> tuple[int, int, float]:
+def compress(
+    conn: psycopg.Connection[Any], table: str, segmentby: str, orderby: str, sparse_index: str
+) -> tuple[int, int, float]:
     """Compress every chunk; (bytes before, bytes after, seconds) as TimescaleDB counts them."""
-    rel = sql.Identifier("monitoring", table)
-    new_api = timescaledb_has(conn, "hypertable_columnstore_stats")
-    options = (
-        "timescaledb.enable_columnstore, timescaledb.segmentby = {}, timescaledb.orderby = {}"
-        if new_api
-        else "timescaledb.compress, timescaledb.compress_segmentby = {}, timescaledb.compress_orderby = {}"
-    )
-    conn.execute(
-        sql.SQL("ALTER TABLE {} SET (" + options + ")").format(rel, sql.Literal(segmentby), sql.Literal(orderby))
-    )
+    new_api = columnstore.apply(conn, f"monitoring.{table}", segmentby, orderby, sparse_index)
     t0 = time.perf_counter()
     conn.execute(
         sql.SQL("SELECT count(compress_chunk(c)) FROM show_chunks({}) c").format(sql.Literal(f"monitoring.{table}"))
@@ -110,6 +108,7 @@ def bench_storage(
     json_path: str | None,
     keep: bool,
     orderby: str | None = None,
+    sparse_index: str | None = None,
 ) -> int:
     rows = spec.rows
     keys = columnstore.key_columns(catalog_of(settings))
@@ -126,7 +125,7 @@ def bench_storage(
             if edition == Edition.COMMUNITY:
                 for i in range(runs):
                     for t in SHARES:
-                        ratios[t].append(compress(conn, t, *settings_of(keys, t, orderby)))
+                        ratios[t].append(compress(conn, t, *settings_of(keys, t, orderby, sparse_index)))
                         if i < runs - 1:
                             decompress(conn, t)
                     total_b = sum(r[-1][0] for r in ratios.values())
@@ -147,11 +146,12 @@ def bench_storage(
             "toast_bytes_per_row": s.per_row(s.toast), "total_bytes_per_row": s.per_row(s.heap + s.indexes + s.toast),
         }  # fmt: skip
         if ratios[t]:
-            seg, order = settings_of(keys, t, orderby)
+            seg, order, sparse = settings_of(keys, t, orderby, sparse_index)
             b = statistics.median(r[0] for r in ratios[t])
             a = statistics.median(r[1] for r in ratios[t])
             entry |= {
-                "segmentby": seg, "orderby": order, "columnstore_bytes_per_row": s.per_row(int(a)),
+                "segmentby": seg, "orderby": order, "sparse_index": sparse,
+                "columnstore_bytes_per_row": s.per_row(int(a)),
                 "ratio": b / a if a else None, "compress_seconds": statistics.median(r[2] for r in ratios[t]),
             }  # fmt: skip
         figures["tables"][t] = entry
@@ -181,7 +181,12 @@ def bench_storage(
         which = (
             f"orderby {orderby} (a comparison)" if orderby else "orderby <device>, <time> DESC (the policy consumer's)"
         )
-        print(f"columnstore: segmentby {columnstore.SEGMENTBY}, {which}; medians of the runs; goal >= 10:1")
+        sparse = (
+            f"sparse indexes {sparse_index!r} (a comparison)"
+            if sparse_index is not None
+            else f"sparse indexes {columnstore.SPARSE_INDEX} (the policy consumer's)"
+        )
+        print(f"columnstore: segmentby {columnstore.SEGMENTBY}, {which}, {sparse}; medians of the runs; goal >= 10:1")
     else:
         print(f"columnstore: {APACHE_REASON}")
     write_json(json_path, "storage", figures)

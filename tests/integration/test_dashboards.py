@@ -149,14 +149,15 @@ def test_bench_storage_measures_the_policys_columnstore_settings(edition_env: En
     if edition is Edition.COMMUNITY:
         keys = columnstore.key_columns(SchemaCatalog())
         applied = {
-            j.target: (j.params["segmentby"], j.params["orderby"])
+            j.target: (j.params["segmentby"], j.params["orderby"], j.params["sparse_index"])
             for j in state.jobs.values()
             if j.kind == JobKind.COMPRESSION
         }
         for table, t in figures["tables"].items():
-            assert (t["segmentby"], t["orderby"]) == applied[f"monitoring.{table}"] == settings_of(keys, table)
+            measured = (t["segmentby"], t["orderby"], t["sparse_index"])
+            assert measured == applied[f"monitoring.{table}"] == settings_of(keys, table)
             assert t["ratio"] > 0 and t["columnstore_bytes_per_row"] > 0
-        assert applied["monitoring.active_windows"][1] == "users_on_computers_id, datetime DESC"
+        assert applied["monitoring.active_windows"][1:] == ("users_on_computers_id, datetime DESC", "bloom(event_id)")
         assert "ratio" in done.stdout
     else:
         assert figures["total"]["columnstore"] == APACHE_REASON
