@@ -46,6 +46,10 @@ DASHBOARD_AGGREGATES = (
     DashboardAggregate("monitoring.active_windows_daily", "monitoring.active_windows", daily=True),
     DashboardAggregate("monitoring.visited_sites_hourly", "monitoring.visited_sites", daily=False),
     DashboardAggregate("monitoring.visited_sites_daily", "monitoring.visited_sites", daily=True),
+    # rollups of the daily ones (sql/tsl/021, sql/apache/021): what the organization-wide dashboards read
+    DashboardAggregate("monitoring.active_windows_user_daily", "monitoring.active_windows", daily=True),
+    DashboardAggregate("monitoring.active_windows_app_daily", "monitoring.active_windows", daily=True),
+    DashboardAggregate("monitoring.visited_sites_site_daily", "monitoring.visited_sites", daily=True),
 )
 
 

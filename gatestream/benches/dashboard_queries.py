@@ -1,12 +1,14 @@
 """The dashboard queries the product runs, by name: the one place their SQL lives.
 
 They read the aggregates of issue 23 §5 where the raw rows are too many (same relations
-and columns on both TimescaleDB editions):
-``monitoring.active_windows_daily`` (organization_id, users_on_computers_id,
-process_name, bucket, total_windows, total_active_time) and
-``monitoring.visited_sites_daily`` (organization_id, users_on_computers_id, site, bucket,
-total_visits, total_duration); and the raw hypertables where one device's or one
-gateway's rows are few (sql/020_dashboard_indexes.sql gives them their index).
+and columns on both TimescaleDB editions): the rollups of the daily aggregates per
+organization and day (sql/tsl/021, sql/apache/021) —
+``monitoring.active_windows_user_daily`` (organization_id, users_on_computers_id, bucket,
+total_windows, total_active_time), ``monitoring.active_windows_app_daily``
+(organization_id, process_name, bucket, ...) and ``monitoring.visited_sites_site_daily``
+(organization_id, site, bucket, total_visits, total_duration) — and the raw hypertables
+where one device's or one gateway's rows are few (sql/020_dashboard_indexes.sql gives them
+their index).
 
 Parameters (psycopg named): ``org``, ``start``/``end`` (a half-open time range),
 ``user`` (users_on_computers_id), ``users`` (a page of them, at most ``PAGE_USERS``),
@@ -33,11 +35,10 @@ PAGE_USERS = 100
 # the largest organization has thousands of users, and all of them over 30 days is hundreds of
 # thousands of rows, more than a screen shows and more than 100 ms can return.
 _PER_USER_DAILY = """
-SELECT time_bucket('1 day', bucket) AS day, users_on_computers_id, sum(total_active_time) AS active_time_s
-  FROM monitoring.active_windows_daily
+SELECT bucket AS day, users_on_computers_id, total_active_time AS active_time_s
+  FROM monitoring.active_windows_user_daily
  WHERE organization_id = %(org)s AND users_on_computers_id = ANY(%(users)s)
    AND bucket >= %(start)s AND bucket < %(end)s
- GROUP BY day, users_on_computers_id
  ORDER BY day, users_on_computers_id"""
 
 QUERIES: tuple[DashboardQuery, ...] = (
@@ -53,7 +54,7 @@ QUERIES: tuple[DashboardQuery, ...] = (
         "top_apps_7d", "one organization's top 10 applications, 7 days",
         """
 SELECT process_name, sum(total_active_time) AS active_time_s, sum(total_windows) AS windows
-  FROM monitoring.active_windows_daily
+  FROM monitoring.active_windows_app_daily
  WHERE organization_id = %(org)s AND bucket >= %(start)s AND bucket < %(end)s
  GROUP BY process_name
  ORDER BY active_time_s DESC NULLS LAST, process_name
@@ -64,7 +65,7 @@ SELECT process_name, sum(total_active_time) AS active_time_s, sum(total_windows)
         "top_sites_7d", "one organization's top 10 sites, 7 days",
         """
 SELECT site, sum(total_duration) AS duration_s, sum(total_visits) AS visits
-  FROM monitoring.visited_sites_daily
+  FROM monitoring.visited_sites_site_daily
  WHERE organization_id = %(org)s AND bucket >= %(start)s AND bucket < %(end)s
  GROUP BY site
  ORDER BY duration_s DESC NULLS LAST, site
@@ -103,7 +104,7 @@ SELECT g.id, g.name, s."timestamp", s.cpu_usage, s.disk_usage, s.memory_usage, s
         "daily_90d", "one organization's daily totals (the daily aggregate), 90 days",
         """
 SELECT bucket AS day, sum(total_active_time) AS active_time_s, sum(total_windows) AS windows
-  FROM monitoring.active_windows_daily
+  FROM monitoring.active_windows_app_daily
  WHERE organization_id = %(org)s AND bucket >= %(start)s AND bucket < %(end)s
  GROUP BY bucket
  ORDER BY bucket""",

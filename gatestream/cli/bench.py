@@ -172,6 +172,9 @@ def add_dataset_parsers(bench: Any) -> None:
                     "the largest organization first")  # fmt: skip
     bq.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
     bq.add_argument("--keep", action="store_true", help="keep the scratch database afterwards (to look at it)")
+    bq.add_argument("--reuse", action="store_true", help="measure again on the dataset a run with --keep left "
+                    "(the same --rows/--days/fleet options): no new load; the aggregates are refreshed (on the "
+                    "Community edition only what changed) and the database is kept")  # fmt: skip
     bq.set_defaults(fn=cmd_queries)
 
 
@@ -236,7 +239,7 @@ def cmd_queries(args: argparse.Namespace) -> int:
 
     return bench_queries(
         CommonSettings(), spec=_spec(args), runs=args.runs, rounds=args.rounds,
-        show_plans=args.explain, json_path=args.json, keep=args.keep,
+        show_plans=args.explain, json_path=args.json, keep=args.keep, reuse=args.reuse,
     )  # fmt: skip
 
 

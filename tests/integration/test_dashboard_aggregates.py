@@ -39,10 +39,26 @@ RECOMPUTE = {
     "time_bucket('1 hour', datetime), count(*), sum(duration) FROM monitoring.visited_sites GROUP BY 1, 2, 3, 4",
     "monitoring.visited_sites_daily": "SELECT organization_id, users_on_computers_id, gatestream.url_site(url), "
     "time_bucket('1 day', datetime), count(*), sum(duration) FROM monitoring.visited_sites GROUP BY 1, 2, 3, 4",
+    "monitoring.active_windows_user_daily": "SELECT organization_id, users_on_computers_id, "
+    "time_bucket('1 day', datetime), count(*), sum(active_time) FROM monitoring.active_windows GROUP BY 1, 2, 3",
+    "monitoring.active_windows_app_daily": "SELECT organization_id, process_name, "
+    "time_bucket('1 day', datetime), count(*), sum(active_time) FROM monitoring.active_windows GROUP BY 1, 2, 3",
+    "monitoring.visited_sites_site_daily": "SELECT organization_id, gatestream.url_site(url), "
+    "time_bucket('1 day', datetime), count(*), sum(duration) FROM monitoring.visited_sites GROUP BY 1, 2, 3",
 }
+_ORG, _USER, _BUCKET = ("organization_id", "integer"), ("users_on_computers_id", "integer"), (
+    "bucket", "timestamp with time zone")  # fmt: skip
+_WINDOWS = [("total_windows", "bigint"), ("total_active_time", "bigint")]
+_VISITS = [("total_visits", "bigint"), ("total_duration", "bigint")]
+# Each aggregate's columns (name, type), the same on both editions
 COLUMNS = {
-    "active_windows": "organization_id, users_on_computers_id, process_name, bucket, total_windows, total_active_time",
-    "visited_sites": "organization_id, users_on_computers_id, site, bucket, total_visits, total_duration",
+    "monitoring.active_windows_hourly": [_ORG, _USER, ("process_name", "text"), _BUCKET, *_WINDOWS],
+    "monitoring.active_windows_daily": [_ORG, _USER, ("process_name", "text"), _BUCKET, *_WINDOWS],
+    "monitoring.visited_sites_hourly": [_ORG, _USER, ("site", "text"), _BUCKET, *_VISITS],
+    "monitoring.visited_sites_daily": [_ORG, _USER, ("site", "text"), _BUCKET, *_VISITS],
+    "monitoring.active_windows_user_daily": [_ORG, _USER, _BUCKET, *_WINDOWS],
+    "monitoring.active_windows_app_daily": [_ORG, ("process_name", "text"), _BUCKET, *_WINDOWS],
+    "monitoring.visited_sites_site_daily": [_ORG, ("site", "text"), _BUCKET, *_VISITS],
 }
 URLS = {  # URL -> its site
     "https://WWW.Example.com/a?b=1#c": "www.example.com",
@@ -137,7 +153,7 @@ def _events(n: int, start: datetime, span: timedelta, orgs: tuple[int, ...] = (1
 def _aggregates(conn: psycopg.Connection[Any]) -> dict[str, Counter[Row]]:
     out = {}
     for agg in DASHBOARD_AGGREGATES:
-        cols = COLUMNS[agg.source.split(".")[1]]
+        cols = ", ".join(c for c, _ in COLUMNS[agg.name])
         out[agg.name] = Counter(conn.execute(f"SELECT {cols} FROM {agg.name}").fetchall())  # noqa: S608 - constants
     return out
 
@@ -156,14 +172,7 @@ def _assert_as_recomputed(conn: psycopg.Connection[Any]) -> dict[str, Counter[Ro
 
 
 def test_the_same_relations_with_the_same_columns_on_both_editions(conn: psycopg.Connection[Any]) -> None:
-    want = {
-        "active_windows": [("organization_id", "integer"), ("users_on_computers_id", "integer"),
-                           ("process_name", "text"), ("bucket", "timestamp with time zone"),
-                           ("total_windows", "bigint"), ("total_active_time", "bigint")],
-        "visited_sites": [("organization_id", "integer"), ("users_on_computers_id", "integer"), ("site", "text"),
-                          ("bucket", "timestamp with time zone"), ("total_visits", "bigint"),
-                          ("total_duration", "bigint")],
-    }  # fmt: skip
+    assert sorted(COLUMNS) == sorted(RECOMPUTE) == sorted(a.name for a in DASHBOARD_AGGREGATES)
     for agg in DASHBOARD_AGGREGATES:
         schema, name = agg.name.split(".")
         cols = conn.execute(
@@ -171,7 +180,7 @@ def test_the_same_relations_with_the_same_columns_on_both_editions(conn: psycopg
             "ORDER BY ordinal_position",
             (schema, name),
         ).fetchall()
-        assert cols == want[agg.source.split(".")[1]], agg.name
+        assert cols == COLUMNS[agg.name], agg.name
     sites = conn.execute("SELECT u, gatestream.url_site(u) FROM unnest(%s::text[]) u", (list(URLS),)).fetchall()
     assert dict(sites) == URLS
 

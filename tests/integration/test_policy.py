@@ -18,7 +18,7 @@ import pytest
 
 from gatestream.cli.policy import _publish
 from gatestream.consumers.policy.consumer import PolicyConsumer
-from gatestream.consumers.policy.model import PolicyError
+from gatestream.consumers.policy.model import DASHBOARD_AGGREGATES, PolicyError
 from gatestream.consumers.policy.reconcile import make_engine, make_plan, reconcile
 from gatestream.edition import Edition
 from gatestream.settings import PolicySettings
@@ -217,9 +217,10 @@ def test_ten_thousand_organizations_reconcile_to_jobs_per_hypertable(env: Env, c
     assert len(plans) == 2, "a reconcile failed (see the thread's traceback above)"
     plan, again = plans
     per_hypertable = 3 if _edition(conn) == "timescale" else 2
-    # the four dashboard aggregates' retention, and their refresh: per aggregate (continuous
-    # aggregate policies) or per source hypertable (pg_cron, both levels at once)
-    extra = 4 + (4 if _edition(conn) == "timescale" else 2)
+    # the dashboard aggregates' retention, and their refresh: per aggregate (continuous
+    # aggregate policies) or per source hypertable (pg_cron, every level at once)
+    n_aggregates = len(DASHBOARD_AGGREGATES)
+    extra = n_aggregates + (n_aggregates if _edition(conn) == "timescale" else 2)
     assert len(plan.state.jobs) == 5 * per_hypertable + extra
     assert len(engine.actual()) == len(plan.state.jobs)
     assert again.changes == []

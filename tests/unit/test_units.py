@@ -356,10 +356,15 @@ def test_edition_specific_migrations_go_through_the_same_runner() -> None:
     assert discover(edition=Edition.UNKNOWN) == discover()
     for edition in (community, apache):
         assert edition[: len(common)] == common, "the edition's migrations come after the common ones"
-    assert community[len(common) :] == ["tsl/010_active_windows_daily.sql", "tsl/011_dashboard_aggregates.sql"]
+    assert community[len(common) :] == [
+        "tsl/010_active_windows_daily.sql",
+        "tsl/011_dashboard_aggregates.sql",
+        "tsl/021_dashboard_rollups.sql",
+    ]
     assert apache[len(common) :] == [
         "apache/011_dashboard_aggregates.sql",
         "apache/020_dashboard_aggregate_indexes.sql",
+        "apache/021_dashboard_rollups.sql",
     ]
 
 
