@@ -12,7 +12,8 @@ COPY, the table's rows take a slower path inside the same transaction:
   cannot encode, a bug nobody foresaw): isolated the same way, handed back as
   ``internal-error`` with the exception's class. Only infrastructure failures (the
   connection is gone) end the write, so no single event can stop a partition.
-The caller's ``before_commit`` runs last, in the same transaction (the checkpoint:
+The caller's ``before_rows`` runs first (presence and the tenant check: it may take
+rows out), its ``before_commit`` last, in the same transaction (the checkpoint:
 offsets under the fence, dead letters; see ``consumers.checkpoint``); if it raises,
 nothing of the batch commits.
 """
@@ -87,13 +88,17 @@ class BatchWriter:
         before_commit: Callable[[WriteResult], None] | None = None,
         *,
         upsert: bool = False,
+        before_rows: Callable[[], None] | None = None,
     ) -> WriteResult:
-        """Write all rows, then ``before_commit``, atomically. ``upsert`` always takes the
-        duplicate-tolerant path, reporting inserted vs already present."""
+        """``before_rows`` (it may take rows out of ``tables``), all rows, then
+        ``before_commit``, atomically. ``upsert`` always takes the duplicate-tolerant path,
+        reporting inserted vs already present."""
         result = WriteResult()
         with self.conn.transaction():  # (a savepoint, inside a dry run's transaction)
             if self.async_commit:
                 self.conn.execute("SET LOCAL synchronous_commit = off")
+            if before_rows is not None:
+                before_rows()
             for tb in tables:
                 if tb.rows:
                     before, dups = result.inserted, result.duplicates

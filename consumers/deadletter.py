@@ -6,7 +6,8 @@ manner of Kafka Connect's error headers: ``gatestream.reason`` (a Reason),
 ``gatestream.error`` (the detail), ``gatestream.exception.class`` and ``.message``,
 ``gatestream.sqlstate`` (where the database refused), ``gatestream.source.topic`` /
 ``.partition`` / ``.offset`` / ``.timestamp_ms``, ``gatestream.consumer_group`` and
-``gatestream.dead_lettered_at`` (ISO 8601, UTC).
+``gatestream.dead_lettered_at`` (ISO 8601, UTC), and the source's gateway identity
+headers (``schemas.presence``), which a redrive publishes back with the event.
 A dead letter is published and acknowledged before the offsets that skip its event
 commit, so an event is never dropped silently; after a crash in between, the same dead
 letter may be published twice (same source coordinates). An event too large to be
@@ -26,6 +27,8 @@ from typing import Any, NamedTuple, cast
 import psycopg
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from gatestream.schemas.presence import IDENTITY_HEADERS
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -44,6 +47,8 @@ class Reason(StrEnum):
     REJECTED_BY_DATABASE = "rejected-by-database"  # a CHECK, a NUL byte, ... (SQLSTATE in the detail)
     INTERNAL_ERROR = "internal-error"  # failed for a reason nobody foresaw (exception class in the detail)
     INVALID_POLICY_EVENT = "invalid-policy-event"  # the policy consumer's change events
+    TENANT_MISMATCH = "tenant-mismatch"  # its organization is not the organization of the gateway that sent it
+    UNKNOWN_GATEWAY = "unknown-gateway"  # its gateway is not registered (GATESTREAM_UNKNOWN_GATEWAY=refuse)
 
 
 def iso_ms(ms: int) -> str:
@@ -173,6 +178,8 @@ class DeadLetters:
             "gatestream.dead_lettered_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
         }
         headers: list[tuple[str, str | bytes | None]] = [(k, v.encode()) for k, v in fields.items()]
+        # the gateway's identity goes with it, so a redriven event is checked as the original was
+        headers += [(k, v) for k, v in cast(list[tuple[str, bytes]], msg.headers() or []) if k in IDENTITY_HEADERS]
         while True:
             try:
                 self._producer.produce(self.topic, value=value, key=key, headers=headers, on_delivery=self._on_delivery)

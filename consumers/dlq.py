@@ -27,6 +27,7 @@ from gatestream.consumers.deadletter import Coords, Redriven, iso_ms, mark_redri
 from gatestream.consumers.decoder import DecodeError, Decoder, RegistryUnavailable
 from gatestream.kafka import base_config, consumer_config
 from gatestream.schemas import catalog_of
+from gatestream.schemas.presence import IDENTITY_HEADERS
 from gatestream.schemas.registry import make_registry, reader_schema
 from gatestream.settings import IngestSettings
 
@@ -236,12 +237,18 @@ def _publish(
     for d in part:
         origin = f"{settings.dlq_topic}[{d.partition}]@{d.offset}".encode()
         producer.produce(
-            d.source[0], key=d.key, value=d.value, headers=[("gatestream.redriven_from", origin)],
+            d.source[0], key=d.key, value=d.value,
+            headers=[("gatestream.redriven_from", origin), *_identity(d)],
             on_delivery=functools.partial(delivered, d),
         )  # fmt: skip
         producer.poll(0)
     producer.flush(60)
     return acked, errors
+
+
+def _identity(d: DeadLetter) -> list[tuple[str, bytes]]:
+    """The gateway identity headers the event carried (kept by its dead letter)."""
+    return [(k, d.headers[k].encode()) for k in IDENTITY_HEADERS if d.headers.get(k)]
 
 
 def _mark(d: DeadLetter) -> Redriven:

@@ -40,6 +40,7 @@ from gatestream.consumers.flush import FlushRule
 from gatestream.consumers.observe import IngestObserver
 from gatestream.consumers.offsets import FencedError, Moves, OffsetStore
 from gatestream.consumers.partitions import Partitions
+from gatestream.consumers.presence import PresenceTracker
 from gatestream.consumers.registry_outage import RegistryOutage
 from gatestream.consumers.routes import Route
 from gatestream.consumers.transcoder import BatchTranscoder, choose_path, make_transcoder
@@ -127,6 +128,9 @@ class BatchPipeline:
             int(settings.earliest_event_time.timestamp() * 1000), int(settings.max_future_skew_s * 1000)
         )
         self._native = self._transcoder()
+        self._presence = (
+            PresenceTracker(routes, unknown_gateway=settings.unknown_gateway) if settings.presence_tracking else None
+        )
         self._batch = self._new_batch()
         self._retry_pause = 0.0  # grows while batches fail for reasons nobody foresaw
         self._registry = RegistryOutage(self.observer.registry)
@@ -170,15 +174,21 @@ class BatchPipeline:
 
     # ------------------------------------------------------------------ writing
     def _write(self, batch: MicroBatch, moves: Moves) -> tuple[WriteResult, list[Reject]]:
-        """Runs in the writer thread: rows, then the checkpoint, one transaction."""
+        """Runs in the writer thread: presence and the tenant check, rows, then the
+        checkpoint, one transaction."""
         sent: list[Reject] = []
+        checked: list[Reject] = []  # refused by the tenant check (consumers.presence)
+
+        def presence() -> None:
+            if self._presence is not None:
+                checked[:] = self._presence.apply(self._conn, batch.tables)
 
         def checkpoint(result: WriteResult) -> None:
             refused = [Reject(r.origin, r.reason, r.detail, r.exception, r.sqlstate) for r in result.rejected]
-            sent[:] = self._checkpoint.commit(self._conn, moves, batch.rejects + refused)
+            sent[:] = self._checkpoint.commit(self._conn, moves, batch.rejects + checked + refused)
             self._faults.hit("before-commit")  # rows, dead letters and offsets written, not committed
 
-        result = self._writer.write(list(batch.tables.values()), checkpoint, upsert=self.upsert)
+        result = self._writer.write(list(batch.tables.values()), checkpoint, upsert=self.upsert, before_rows=presence)
         return result, sent
 
     def _submit(self) -> None:

@@ -11,6 +11,7 @@ import psycopg
 from gatestream.consumers.decoder import Decoder
 from gatestream.consumers.tables import TableSpec, describe_table
 from gatestream.schemas import catalog_of
+from gatestream.schemas.presence import Presence
 from gatestream.schemas.registry import make_registry, reader_schema
 from gatestream.settings import CommonSettings
 
@@ -21,6 +22,7 @@ class Route:
     decoder: Decoder
     spec: TableSpec
     time_field: str  # the event-time field of the records (wire value: Unix milliseconds)
+    presence: Presence | None = None  # which fields name its gateway and agent (consumers.presence)
 
 
 def event_time_field(schema: dict[str, Any]) -> str:
@@ -52,5 +54,5 @@ def build_routes(
         info = catalog.info(et)
         schema, table = (tables or {}).get(topic, (info.schema, info.table))
         spec = describe_table(conn, schema, table, [f["name"] for f in reader["fields"]])
-        routes[topic] = Route(topic, Decoder(registry, reader), spec, event_time_field(reader))
+        routes[topic] = Route(topic, Decoder(registry, reader), spec, event_time_field(reader), info.presence)
     return routes

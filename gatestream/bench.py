@@ -52,6 +52,7 @@ from gatestream.migrate import migrate
 from gatestream.producers.loadgen import Fleet, generate
 from gatestream.producers.publisher import Publisher
 from gatestream.schemas import EventType, catalog_of
+from gatestream.schemas.presence import GATEWAY_HEADER
 from gatestream.schemas.registry import make_registry
 from gatestream.settings import IngestSettings, ProducerSettings
 from gatestream.topics import delete_topics, ensure_topics
@@ -99,12 +100,15 @@ def _encode(count: int, settings: ProducerSettings, tmp_spool: str) -> list[tupl
     return out
 
 
-def _produce(settings: ProducerSettings, topic: str, encoded: list[tuple[str, bytes, bytes]]) -> None:
+def _produce(
+    settings: ProducerSettings, topic: str, encoded: list[tuple[str, bytes, bytes]], headers: list[Any] | None = None
+) -> None:
+    """``headers``: per event (the gateway identity a Publisher stamps), or None."""
     p = Producer({**base_config(settings), "linger.ms": 50, "compression.type": "lz4", "enable.idempotence": True})
-    for _, key, value in encoded:
+    for i, (_, key, value) in enumerate(encoded):
         while True:
             try:
-                p.produce(topic, value=value, key=key)
+                p.produce(topic, value=value, key=key, headers=headers[i] if headers else None)
                 break
             except BufferError:
                 p.poll(0.05)
@@ -167,8 +171,16 @@ class BenchData:
 
 @contextmanager
 def bench_data(
-    settings: IngestSettings, events: int, batch_rows: int, partitions: int, *, with_rows: bool = True
+    settings: IngestSettings,
+    events: int,
+    batch_rows: int,
+    partitions: int,
+    *,
+    with_rows: bool = True,
+    presence: bool = False,
 ) -> Iterator[BenchData]:
+    """``presence``: every event carries its organization's gateway identity (as a gateway's
+    Publisher stamps it), so ingest tracks presence and checks the tenant."""
     prefix = f"bench.{uuid.uuid4().hex[:8]}."
     url = bench_database(settings.database_url)
     settings = settings.model_copy(
@@ -181,12 +193,17 @@ def bench_data(
     with connect_once(url, autocommit=False) as conn:
         spec = describe_table(conn, "monitoring", EVENT_TYPE.value, [f["name"] for f in reader["fields"]])
     registry = make_registry(settings.schema_registry_url, catalog)  # the one the producer registers with
-    route = Route(topic, Decoder(registry, reader), spec, event_time_field(reader))
+    route = Route(topic, Decoder(registry, reader), spec, event_time_field(reader), catalog.info(EVENT_TYPE).presence)
     encoded = _encode(events, psettings, f"/tmp/gatestream-bench-{uuid.uuid4().hex[:6]}.sqlite3")
     rows = [spec.row_of(route.decoder.decode(v)) for _, _, v in encoded] if with_rows else []
+    headers = None
+    if presence:  # one gateway per organization
+        orgs = [route.decoder.decode(v)["organization_id"] for _, _, v in encoded]
+        headers = [[(GATEWAY_HEADER, str(uuid.uuid5(uuid.NAMESPACE_OID, f"gatestream-bench-{o}")).encode())]
+                   for o in orgs]  # fmt: skip
     ensure_topics(psettings, [topic], partitions)
     try:
-        _produce(psettings, topic, encoded)
+        _produce(psettings, topic, encoded, headers)
         del encoded
         yield BenchData(settings, url, topic, route, rows)
     finally:
@@ -196,6 +213,7 @@ def bench_data(
 def _truncate(url: str) -> None:
     with connect_once(url) as conn:
         conn.execute("TRUNCATE monitoring.active_windows")
+        conn.execute("TRUNCATE monitoring.agent_instances, monitoring.gateway_instances")  # presence starts afresh
 
 
 DECODE_PATHS = ("native", "python")
@@ -204,11 +222,14 @@ DECODE_PATHS = ("native", "python")
 def bench_ingest(
     settings: IngestSettings, *, events: int, runs: int, batch_rows: int, partitions: int,
     members: list[int] | None = None, json_path: str | None = None, decode: list[str] | None = None,
+    presence: bool = False,
 ) -> int:  # fmt: skip
     """Raw binary COPY vs end-to-end ingest on each decoding path in ``decode`` (native,
     python; default: native where it is built), ingest with each batch's commit
     asynchronous (SET LOCAL synchronous_commit = off) vs synchronous (the first path only);
-    CPU per event; with ``members``, the scale-out figure on 12 partitions instead."""
+    CPU per event; with ``members``, the scale-out figure on 12 partitions instead. ``presence``:
+    the events carry gateway identities, and the first path also runs without presence
+    tracking (GATESTREAM_PRESENCE_TRACKING=false): its cost."""
     native, why = native_status()
     paths = decode or ["native" if native else "python"]
     if "native" in paths and not native:
@@ -224,7 +245,8 @@ def bench_ingest(
     raws: list[float] = []
     got: dict[str, list[tuple[float, float, float | None]]] = {p: [] for p in paths}
     sync: list[float] = []
-    with bench_data(settings, events, batch_rows, partitions) as d:
+    untracked: list[float] = []
+    with bench_data(settings, events, batch_rows, partitions, presence=presence) as d:
         for i in range(runs):
             raws.append(_raw_copy(d.url, d.route.spec, d.rows, batch_rows))
             line = f"  run {i + 1}: raw COPY {raws[-1]:>9,.0f} rows/s"
@@ -237,7 +259,14 @@ def bench_ingest(
                 line += f"   {path}: {e2e:>9,.0f} events/s {e2e / raws[-1]:.0%} CPU {c:.2f} µs/event db {_us(dbc)}"
             s = d.settings.model_copy(update={"async_commit": False, "native_decode": _mode(paths[0])})
             sync.append(_ingest(s, d.url, d.topic, d.route, events))
-            print(line + f"   {paths[0]} with synchronous commits {sync[-1]:>9,.0f} events/s")
+            line += f"   {paths[0]} with synchronous commits {sync[-1]:>9,.0f} events/s"
+            if presence:
+                s = d.settings.model_copy(
+                    update={"async_commit": True, "native_decode": _mode(paths[0]), "presence_tracking": False}
+                )
+                untracked.append(_ingest(s, d.url, d.topic, d.route, events))
+                line += f"   without presence {untracked[-1]:>9,.0f} events/s"
+            print(line)
     raw_med = statistics.median(raws)
     figures: dict[str, Any] = {
         "events": events, "batch_rows": batch_rows, "partitions": partitions, "runs": runs,
@@ -266,6 +295,14 @@ def bench_ingest(
           f"({sync_ratio:.0%} of asynchronous, median of per-run ratios)")  # fmt: skip
     figures["sync_commit"] = {"decoding": paths[0], "events_per_s": statistics.median(sync), "vs_async": sync_ratio,
                               "per_run": sync}  # fmt: skip
+    if presence:
+        tracked = [g[0] for g in got[paths[0]]]
+        cost = statistics.median(t / u for t, u in zip(tracked, untracked, strict=True))
+        print(f"{paths[0]} with presence tracking: {statistics.median(tracked):,.0f} events/s, without: "
+              f"{statistics.median(untracked):,.0f} events/s ({cost:.0%} of it, median of per-run ratios)")  # fmt: skip
+        figures["presence"] = {"decoding": paths[0], "with_events_per_s": statistics.median(tracked),
+                               "without_events_per_s": statistics.median(untracked), "ratio": cost,
+                               "per_run_without": untracked}  # fmt: skip
     print("targets: >= 150,000 events/s per consumer process; >= 80% of raw COPY; <= 5 µs consumer CPU per event")
     write_json(json_path, "ingest", figures)
     return 0

@@ -6,7 +6,8 @@ is past the longest retention any organization has there, from
 monitoring.retention_policies: chunks are dropped at that age); the jobs' last run and
 failures — TimescaleDB's jobs, or pg_cron's on the Apache edition; each dashboard
 aggregate's staleness (sql/*/011: its watermark's age, either edition); the database's size
-and, where the data folder is on this host, its disk usage.
+and, where the data folder is on this host, its disk usage; gateways and agents per state
+(``gatestream_gateways{state}``, ``gatestream_agents{state}``, ``gatestream_gateways_silent``).
 Features the Apache edition lacks (compression stats) are reported as absent, not zero.
 """
 
@@ -26,6 +27,7 @@ from psycopg import sql
 
 from gatestream.database import DatabaseSettingError, bounded, connect_once
 from gatestream.edition import timescaledb_edition, timescaledb_has
+from gatestream.fleet import state_counts
 
 log = structlog.get_logger("gatestream.dbmetrics")
 
@@ -72,8 +74,10 @@ class DatabaseCollector(Collector):
         schema: str = "monitoring",
         retention_days: Callable[[psycopg.Connection[Any]], dict[str, int]] | None = None,
         min_interval_s: float = 10.0,
+        offline_after_s: float = 300.0,
     ) -> None:
         self.database_url = database_url
+        self.offline_after_s = offline_after_s
         self.schema = schema
         self.retention_days = retention_days or longest_retention_days
         self.min_interval_s = min_interval_s
@@ -169,7 +173,35 @@ class DatabaseCollector(Collector):
         out += self._jobs(conn)
         out += self._cron_jobs(conn)
         out += self._disk(conn)
+        out += self._fleet(conn)
         return out
+
+    def _fleet(self, conn: psycopg.Connection[Any]) -> list[Metric]:
+        """Gateways and agents per state (gatestream.fleet): aggregates only, no per-gateway
+        or per-organization label (organizations are unbounded); absent before sql/030."""
+        try:
+            with conn.transaction():
+                counts = state_counts(conn, self.offline_after_s)
+        except psycopg.Error:
+            return []
+        out: list[Metric] = []
+        for kind in ("gateways", "agents"):
+            family = GaugeMetricFamily(
+                f"gatestream_{kind}", f"{kind.capitalize()} per state (ingest's presence tracking).", labels=["state"]
+            )
+            for state, n in counts[kind].items():
+                family.add_metric([state], n)
+            out.append(family)
+        silent = GaugeMetricFamily(
+            "gatestream_gateways_silent",
+            "Gateways whose last event is older than GATESTREAM_PRESENCE_OFFLINE_AFTER_S, swept or not.",
+        )
+        silent.add_metric([], counts["silent_gateways"])
+        threshold = GaugeMetricFamily(
+            "gatestream_presence_offline_after_seconds", "The silence after which a gateway or agent is OFFLINE."
+        )
+        threshold.add_metric([], self.offline_after_s)
+        return [*out, silent, threshold]
 
     def _aggregates(self, conn: psycopg.Connection[Any]) -> tuple[GaugeMetricFamily | None, set[str]]:
         """Each dashboard aggregate's staleness, from the edition's own definition of it

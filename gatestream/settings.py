@@ -7,6 +7,7 @@ the schemas are); each process's model extends it with its own knobs.
 from __future__ import annotations
 
 import re
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -42,6 +43,12 @@ class CommonSettings(BaseSettings):
     topic_prefix: str = Field("gatestream.", description="Topics are <prefix><event type>.")
     dlq_topic: str = Field("gatestream.dead-letter", description="Where undecodable events go.")
     log_format: str = Field("auto", description="auto (JSON unless a TTY), json or console.")
+    presence_offline_after_s: int = Field(
+        300,
+        ge=1,
+        description="A gateway or agent that sent no event for this long is OFFLINE (the presence sweep, the "
+        "exporter's gatestream_gateways/agents and the silent-gateway alert).",
+    )
     log_level: str = Field("info")
 
     @field_validator("topic_prefix", "dlq_topic")
@@ -134,6 +141,14 @@ class ProducerSettings(KafkaClientSettings, OpsServerSettings):
         description="How long the Kafka client waits to fill a batch before sending (part of each event's latency).",
     )
     compression: str = Field("lz4")
+    gateway_id: uuid.UUID | None = Field(
+        None,
+        description="The gateway this producer runs in: stamped on every record (header gatestream.gateway_id); "
+        "ingest tracks the gateway's presence and checks each event's organization against it.",
+    )
+    agent_hostname: str | None = Field(
+        None, max_length=255, description="The agent's host name where the gateway knows it (header)."
+    )
     partitions: int = Field(6, description="Partitions per event topic when gatestream creates topics.")
 
 
@@ -186,6 +201,18 @@ class IngestSettings(GroupMemberSettings, OpsServerSettings):
         description="Exit 0 after this many seconds with no new events (demo, tests); unset = run forever.",
     )
     metrics_enabled: bool = Field(True, description="Record metrics (off only to measure their cost).")
+    presence_tracking: bool = Field(
+        True,
+        description="Keep monitoring.gateway_instances/agent_instances from the events that name their gateway "
+        "(the Publisher's gateway headers, or the record's field) and check that each such event's organization "
+        "is its gateway's (else dead letter tenant-mismatch); false: neither (to measure their cost).",
+    )
+    unknown_gateway: Literal["register", "refuse"] = Field(
+        "register",
+        description="An event from a gateway not in monitoring.gateway_instances: register the gateway under the "
+        "event's organization (first sight), or refuse the event (dead letter unknown-gateway) so only gateways "
+        "the product registered are accepted.",
+    )
     native_decode: Literal["auto", "off"] = Field(
         "auto",
         description="auto: decode Avro in the native transcoder where it is built and the database takes UTF-8 "

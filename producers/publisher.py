@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -18,6 +19,7 @@ from gatestream.producers import metrics
 from gatestream.producers.events import CatalogEvent, Publishable
 from gatestream.producers.spool import Spool
 from gatestream.schemas import catalog_of
+from gatestream.schemas.presence import AGENT_HOSTNAME_HEADER, GATEWAY_HEADER
 from gatestream.schemas.registry import make_registry
 from gatestream.settings import ProducerSettings
 
@@ -38,10 +40,24 @@ class Publisher:
         *,
         registry: Any = None,
         on_delivery: Callable[[str, bytes, KafkaError | None], None] | None = None,
+        gateway_id: uuid.UUID | None = None,
+        agent_hostname: str | None = None,
     ) -> None:
         """``on_delivery(topic, key, error)`` is called for every delivery report (error None
-        on success) from within ``poll``; a failed event stays spooled and is resent."""
+        on success) from within ``poll``; a failed event stays spooled and is resent.
+
+        ``gateway_id`` / ``agent_hostname`` (default: the settings'): the identity of the
+        gateway this publisher runs in, stamped on every record as headers
+        (``schemas.presence``); ingest tracks the gateway's presence and checks that each
+        event's organization is the gateway's. Without them records carry no headers."""
         self.settings = settings
+        gateway_id = gateway_id or settings.gateway_id
+        agent_hostname = agent_hostname or settings.agent_hostname
+        self.headers: list[tuple[str, str | bytes | None]] | None = None  # the same for every record
+        if gateway_id is not None:
+            self.headers = [(GATEWAY_HEADER, str(gateway_id).encode())]
+            if agent_hostname:
+                self.headers.append((AGENT_HOSTNAME_HEADER, agent_hostname.encode()))
         self.on_delivery = on_delivery
         self.catalog = catalog_of(settings)
         self.registry = registry or make_registry(settings.schema_registry_url, self.catalog)
@@ -151,6 +167,7 @@ class Publisher:
                         ev.topic,
                         value=ev.value,
                         key=ev.key,
+                        headers=self.headers,
                         on_delivery=functools.partial(self._on_delivery, ev.seq),
                     )
                 except BufferError:

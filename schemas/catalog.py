@@ -23,6 +23,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gatestream.schemas.presence import Presence, PresenceDeclarationError, parse_presence
+
 if TYPE_CHECKING:
     from gatestream.settings import CommonSettings
 
@@ -54,6 +56,7 @@ class EventTypeInfo:
     schema: str  # where its rows go: schema.table
     table: str
     key_field: str  # the record field whose value is the Kafka key
+    presence: Presence | None = None  # which fields name its gateway and agent (schemas.presence)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +120,12 @@ class SchemaCatalog:
                 raise SchemaCatalogError(
                     f"{item['file']}: event type {entry.event_type!r} is not declared in event_types of {index_path}"
                 )
-            if info.key_field not in {f.get("name") for f in entry.schema.get("fields", [])}:
+            names = {f.get("name") for f in entry.schema.get("fields", [])}
+            if info.key_field not in names:
                 raise SchemaCatalogError(f"{item['file']}: no field {info.key_field!r}, the key of {info.name}")
+            missing = [f for f in (info.presence.fields() if info.presence else []) if f not in names]
+            if missing:
+                raise SchemaCatalogError(f"{item['file']}: no field {missing[0]!r}, named by presence of {info.name}")
             if entry.schema_id in by_id:
                 raise SchemaCatalogError(f"schema id {entry.schema_id} is listed twice in {index_path}")
             old = self._by_id.get(entry.schema_id)
@@ -146,7 +153,11 @@ class SchemaCatalog:
                     f"event type {name!r} in {index_path}: names are lower-case letters, digits and '_', "
                     f"and 'table' is schema.table (got {table!r})"
                 )
-            types[name] = EventTypeInfo(name, schema, tname, str(decl.get("key", "users_on_computers_id")))
+            try:
+                presence = parse_presence(decl.get("presence"), f"event type {name!r} in {index_path}")
+            except PresenceDeclarationError as exc:
+                raise SchemaCatalogError(str(exc)) from exc
+            types[name] = EventTypeInfo(name, schema, tname, str(decl.get("key", "users_on_computers_id")), presence)
         if not types:
             raise SchemaCatalogError(f"{index_path} declares no event_types")
         return types

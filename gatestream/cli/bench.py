@@ -31,6 +31,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return bench_ingest(
             IngestSettings(), events=args.events, runs=args.runs, batch_rows=args.batch_rows,
             partitions=args.partitions, members=args.members, json_path=args.json, decode=args.decode,
+            presence=args.presence,
         )  # fmt: skip
     return bench_metrics(
         IngestSettings(), events=args.events, runs=args.runs, batch_rows=args.batch_rows, partitions=args.partitions
@@ -60,6 +61,11 @@ def add_parsers(sub: Any) -> None:
                 "--decode", type=_paths, default=None, metavar="PATH,...",
                 help="the Avro decoding paths to measure, each in every run: native, python or native,python "
                 "(default: native where the extension is built, else python); with --members the first one",
+            )  # fmt: skip
+            bi.add_argument(
+                "--presence", action="store_true",
+                help="events carry their organization's gateway identity (as a gateway's Publisher stamps it); the "
+                "first decoding path also runs without presence tracking, and both figures are reported",
             )  # fmt: skip
             bi.add_argument("--json", default=None, metavar="FILE", help="also write the figures to FILE as JSON")
         if name == "replay":

@@ -45,7 +45,9 @@ def cmd_db_exporter(args: argparse.Namespace) -> int:
     from gatestream.signals import on_stop_signals
 
     settings = CommonSettings()
-    collector = DatabaseCollector(settings.database_url, min_interval_s=args.min_interval)
+    collector = DatabaseCollector(
+        settings.database_url, min_interval_s=args.min_interval, offline_after_s=settings.presence_offline_after_s
+    )
     REGISTRY.register(collector)
 
     def ready() -> tuple[bool, str]:
