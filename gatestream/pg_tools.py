@@ -1,10 +1,10 @@
 """PostgreSQL's client programs (pg_dump, pg_restore) for a given server, and how to run them.
 
 A dump must be taken by a pg_dump at least as new as the server (pg_dump refuses a newer
-server), and the stack's binaries are of the server's own major version: Debian keeps one
-folder per major version (``/usr/lib/postgresql/<major>/bin``), so that folder is looked at
-first, then ``pg_config --bindir``, then PATH. Whatever is found is checked with
-``--version``; a missing or too-old program is one line saying what to install.
+server). The programs are looked for in ``--pg-bindir`` when given, else in
+``pg_config --bindir`` and on PATH (Debian's ``/usr/bin/pg_dump`` is a wrapper that runs the
+newest installed version). Whatever is found is checked with ``--version``; a missing or
+too-old program is one line saying what to install.
 
 Connection settings go to the programs as a conninfo string without the password (which
 would show in ``ps``): the password travels in PGPASSWORD.
@@ -21,7 +21,6 @@ from typing import Any
 
 import psycopg
 
-DEBIAN_PG = Path("/usr/lib/postgresql")
 _VERSION = re.compile(r"\(PostgreSQL\) (\d+)")
 
 
@@ -29,8 +28,8 @@ class ToolError(Exception):
     """A client program is missing, too old, or failed (one line, its own words)."""
 
 
-def _candidates(name: str, server_major: int) -> list[Path]:
-    found = [DEBIAN_PG / str(server_major) / "bin" / name]
+def _candidates(name: str) -> list[Path]:
+    found: list[Path] = []
     if shutil.which("pg_config"):
         done = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, timeout=30, check=False)
         if done.returncode == 0 and done.stdout.strip():
@@ -55,7 +54,7 @@ def find_tool(name: str, server_major: int, bindir: Path | None = None) -> Path:
     """``name`` (pg_dump, pg_restore) of the server's major version, or a newer one; ToolError
     saying what was found and what to install otherwise. ``bindir``: look only there."""
     seen: list[str] = []
-    for path in [bindir / name] if bindir else _candidates(name, server_major):
+    for path in [bindir / name] if bindir else _candidates(name):
         if not path.exists():
             continue
         major = tool_major(path)

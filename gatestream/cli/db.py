@@ -133,7 +133,7 @@ def add_parsers(sub: Any) -> None:
     )
     bk.add_argument("folder", type=Path, help="where to write the backup (must not exist, or be empty)")
     bk.add_argument("--jobs", "-j", type=_positive, default=2, help="pg_dump processes (2)")
-    bk.add_argument("--pg-bindir", type=Path, help="folder of pg_dump (default: the server's version's)")
+    bk.add_argument("--pg-bindir", type=Path, help="folder of pg_dump (default: pg_config --bindir, then PATH)")
     bk.set_defaults(fn=cmd_backup)
     rs = db.add_parser(
         "restore",
@@ -150,7 +150,7 @@ def add_parsers(sub: Any) -> None:
     rs.add_argument("--drop-existing", action="store_true",
                     help="drop the target database first if it holds tables (everything in it is lost)")  # fmt: skip
     rs.add_argument("--maintenance-db", default="postgres", help="database to connect to for CREATE/DROP (postgres)")
-    rs.add_argument("--pg-bindir", type=Path, help="folder of pg_restore (default: the server's version's)")
+    rs.add_argument("--pg-bindir", type=Path, help="folder of pg_restore (default: pg_config --bindir, then PATH)")
     rs.set_defaults(fn=cmd_restore)
 
     tp = sub.add_parser("topics", help="Kafka topic tasks").add_subparsers(dest="topics_command", required=True)
