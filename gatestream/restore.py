@@ -27,7 +27,7 @@ from psycopg import sql
 
 from gatestream.backup import BackupError, Manifest, stored_offsets
 from gatestream.database import connect_once, where
-from gatestream.pg_tools import conninfo_and_env, find_tool, run_tool, server_major
+from gatestream.pg_tools import ToolError, conninfo_and_env, find_tool, run_tool, server_major
 
 log = structlog.get_logger("gatestream.restore")
 
@@ -153,7 +153,10 @@ def restore(
             }
             for step, args in steps.items():
                 t0 = time.monotonic()
-                result.notes += run_tool([*base, *args, str(folder)], env, f"pg_restore ({step})")
+                try:
+                    result.notes += run_tool([*base, *args, str(folder)], env, f"pg_restore ({step})")
+                except ToolError as exc:
+                    raise ToolError(f"{exc} (the database is incomplete: restore again with --drop-existing)") from exc
                 result.steps[step] = time.monotonic() - t0
                 log.info("restore step done", step=step, seconds=round(result.steps[step], 2))
     finally:

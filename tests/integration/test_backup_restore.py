@@ -44,19 +44,23 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     assert proc.wait(30) == 0
 
 
+def _produce(env: Env, spool: Path, count: int, seed: int) -> list[str]:
+    return gatestream_cmd("produce", "--count", str(count), "--rate", "500", "--orgs", "2", "--devices", "10",
+                          "--seed", str(seed), "--spool-path", str(spool))  # fmt: skip
+
+
 @pytest.mark.slow
 def test_a_backup_taken_mid_stream_restores_and_resumes_to_exactly_n_rows(edition_env: Env, tmp_path: Path) -> None:
-    env, total = edition_env, 2500
-    group = f"{env.prefix}ingest"
+    env, during, after = edition_env, 2000, 500
+    total, group = during + after, f"{env.prefix}ingest"
     producer = subprocess.Popen(
-        gatestream_cmd("produce", "--count", str(total), "--rate", "500", "--orgs", "2", "--devices", "10",
-                       "--spool-path", str(tmp_path / "spool.sqlite3")),
+        _produce(env, tmp_path / "spool.sqlite3", during, seed=1),
         env=env.environ(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     first = _ingest(env, tmp_path / "first.log")
     try:
-        assert wait_for(lambda: _rows(env) > total // 4, 60), "ingest made no progress"
-        # the backup is taken while events are produced and ingested
+        assert wait_for(lambda: _rows(env) > during // 4, 60), "ingest made no progress"
+        # the backup is taken while events are produced and ingested ...
         t0 = time.monotonic()
         done = run_gatestream(env.environ(), "db", "backup", str(tmp_path / "bk"), "--jobs", "2")
         backup_s = time.monotonic() - t0
@@ -65,11 +69,15 @@ def test_a_backup_taken_mid_stream_restores_and_resumes_to_exactly_n_rows(editio
         at_backup = sum(manifest["offsets"][group].values())
         out, err = producer.communicate(timeout=60)
         assert producer.returncode == 0, err.decode()[-2000:]
+        # ... and producing goes on after it (so the backup lacks at least these, however fast ingest was)
+        more = subprocess.run(_produce(env, tmp_path / "spool2.sqlite3", after, seed=2), env=env.environ(),
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert more.returncode == 0, more.stderr[-2000:]
         assert wait_for(lambda: _rows(env) >= total, 60), count_all(env.database_url)
     finally:
         producer.kill()
         _stop(first)
-    assert 0 < at_backup < total, "the backup was not taken mid-stream"
+    assert 0 < at_backup <= during, "the backup was not taken mid-stream"
 
     # the database is lost; the backup comes back
     admin = psycopg.conninfo.make_conninfo(env.database_url, dbname="postgres")
