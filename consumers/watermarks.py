@@ -10,20 +10,30 @@ from gatestream.kafka import consumer_config
 from gatestream.settings import IngestSettings
 
 
-def end_offsets(
+def watermarks(
     settings: IngestSettings, parts: list[tuple[str, int]], timeout: float = 10.0
-) -> dict[tuple[str, int], int]:
-    """The end offset (high watermark) of each partition now, as the broker's leader reports it."""
+) -> dict[tuple[str, int], tuple[int, int]]:
+    """Each partition's (start, end) offsets now, as the broker's leader reports them: the
+    start (low watermark) moves up as retention deletes old segments (or records are deleted),
+    the end (high watermark) as messages arrive."""
     if not parts:
         return {}
     c = Consumer(consumer_config(settings, f"gatestream-watermarks-{time.monotonic_ns()}", member=False))
     try:
-        return {
-            (t, p): int(c.get_watermark_offsets(TopicPartition(t, p), timeout=timeout, cached=False)[1])
-            for t, p in parts
-        }
+        out: dict[tuple[str, int], tuple[int, int]] = {}
+        for t, p in parts:
+            low, high = c.get_watermark_offsets(TopicPartition(t, p), timeout=timeout, cached=False)
+            out[(t, p)] = (int(low), int(high))
+        return out
     finally:
         c.close()
+
+
+def end_offsets(
+    settings: IngestSettings, parts: list[tuple[str, int]], timeout: float = 10.0
+) -> dict[tuple[str, int], int]:
+    """The end offset (high watermark) of each partition now, as the broker's leader reports it."""
+    return {tp: high for tp, (_low, high) in watermarks(settings, parts, timeout).items()}
 
 
 def timestamps_at(

@@ -1,7 +1,10 @@
 """``gatestream status``: per partition, where a group stands against the topic's end.
 
 The stored offset is the database's (the source of truth), the end is the broker's high
-watermark, lag in seconds is the age of the first event not yet ingested. A group that
+watermark, lag in seconds is the age of the first event not yet ingested. A stored offset
+below the partition's start (its low watermark) means topic retention deleted events before
+they were ingested (or the database was restored from a backup older than the topics keep):
+those are counted as lost to retention and warned about. A group that
 never stored an offset is said to be unknown (its "lag" would be whole topics), with the
 groups that did; a database that does not answer is reported within seconds.
 """
@@ -14,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from gatestream.consumers.watermarks import end_offsets, timestamps_at
+from gatestream.consumers.watermarks import timestamps_at, watermarks
 from gatestream.database import bounded, connect_once
 from gatestream.schemas import event_topics
 from gatestream.settings import IngestSettings
@@ -31,6 +34,11 @@ class GroupStatus:
     @property
     def known(self) -> bool:
         return self.group in self.groups
+
+    @property
+    def lost(self) -> list[dict[str, Any]]:
+        """The partitions whose stored offset is older than the topic's earliest offset."""
+        return [r for r in self.rows if r["lost_to_retention"]]
 
 
 def _stored(settings: IngestSettings, group: str) -> tuple[dict[tuple[str, int], int], list[str]]:
@@ -62,17 +70,21 @@ def status_of(settings: IngestSettings, group: str) -> GroupStatus:
     finally:
         c.close()
     stored, groups = _stored(settings, group)
-    ends = end_offsets(settings, parts)
-    behind = {tp: stored.get(tp, 0) for tp in parts if ends[tp] > stored.get(tp, 0)}
+    marks = watermarks(settings, parts)
+    ends = {tp: high for tp, (_low, high) in marks.items()}
+    behind = {tp: max(stored.get(tp, 0), marks[tp][0]) for tp in parts if ends[tp] > stored.get(tp, 0)}
     ages = timestamps_at(settings, behind)
     now = time.time()
     rows = []
     for tp in parts:
-        lag = max(0, ends[tp] - stored.get(tp, 0))
+        start = marks[tp][0]
+        lag = max(0, ends[tp] - max(stored.get(tp, 0), start))  # what is left to read
         age = ages.get(tp)
+        lost = max(0, start - stored[tp]) if tp in stored else 0
         rows.append({
             "topic": tp[0], "partition": tp[1], "stored_offset": stored.get(tp), "high_watermark": ends[tp],
             "lag_messages": lag, "lag_seconds": round(max(0.0, now - age), 1) if lag and age else 0.0,
+            "low_watermark": start, "lost_to_retention": lost,
         })  # fmt: skip
     return GroupStatus(group, rows, groups)
 
@@ -90,8 +102,25 @@ def unknown_group(st: GroupStatus) -> str:
     )
 
 
+def lost_warning(st: GroupStatus) -> str | None:
+    """The line that says events were deleted by topic retention before they were ingested."""
+    if not st.lost:
+        return None
+    where = ", ".join(
+        f"{r['topic']}[{r['partition']}] stored {r['stored_offset']} < earliest {r['low_watermark']}"
+        for r in st.lost[:5]
+    ) + (f" (+{len(st.lost) - 5} more)" if len(st.lost) > 5 else "")
+    total = sum(r["lost_to_retention"] for r in st.lost)
+    return (
+        f"warning: {total} event(s) of group {st.group!r} were deleted by topic retention before they were "
+        f"ingested ({where}): the consumers will go on from the earliest offset; lengthen the topics' "
+        "retention.ms beyond the longest consumer outage and the interval between backups"
+    )
+
+
 def print_status(settings: IngestSettings, group: str, *, as_json: bool = False) -> int:
-    """The table (or JSON); exit code 1 if the group never stored an offset."""
+    """The table (or JSON); exit code 1 if the group never stored an offset. Events lost to
+    topic retention are warned about on stderr (the exit code stays)."""
     st = status_of(settings, group)
     if as_json:
         print(json.dumps(st.rows))
@@ -107,6 +136,9 @@ def print_status(settings: IngestSettings, group: str, *, as_json: bool = False)
         total = sum(r["lag_messages"] for r in st.rows)
         worst = max((r["lag_seconds"] for r in st.rows), default=0.0)
         print(f"total lag {total} messages, oldest unread event {worst} s old")
+    warning = lost_warning(st)
+    if warning:
+        print(f"gatestream status: {warning}", file=sys.stderr)
     if not st.known:
         print(f"gatestream status: {unknown_group(st)}", file=sys.stderr)
         return 1

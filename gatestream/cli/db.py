@@ -1,8 +1,10 @@
-"""``gatestream db migrate|exporter``, ``topics ensure``, ``status`` and ``show``: the stores."""
+"""``gatestream db migrate|exporter|backup|restore``, ``topics ensure``, ``status`` and ``show``: the stores."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Any
 
 from gatestream.cli.args import overrides, serve
@@ -63,6 +65,51 @@ def cmd_db_exporter(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(value: str) -> int:
+    if not (value.isascii() and value.isdigit() and 0 < int(value) <= 64):
+        raise argparse.ArgumentTypeError(f"expected a number of processes from 1 to 64, got {value!r}")
+    return int(value)
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from gatestream.backup import BackupError, backup, describe
+    from gatestream.pg_tools import ToolError
+
+    try:
+        r = backup(CommonSettings().database_url, args.folder, jobs=args.jobs, bindir=args.pg_bindir)
+    except (BackupError, ToolError) as exc:
+        print(f"gatestream db backup: {exc}", file=sys.stderr)
+        return 1
+    for note in r.notes:
+        print(note, file=sys.stderr)
+    print(f"backup of {describe(r.manifest)}")
+    print(f"written to {r.folder}: {r.bytes / 1e6:.1f} MB in {r.seconds:.1f} s ({args.jobs} pg_dump processes)")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from gatestream.backup import BackupError, describe
+    from gatestream.pg_tools import ToolError
+    from gatestream.restore import RestoreRefused, restore
+
+    url = CommonSettings().database_url
+    try:
+        r = restore(url, args.folder, jobs=args.jobs, drop_existing=args.drop_existing,
+                    maintenance_db=args.maintenance_db, bindir=args.pg_bindir)  # fmt: skip
+    except RestoreRefused as exc:
+        print(f"gatestream db restore: {exc}", file=sys.stderr)
+        return 2
+    except (BackupError, ToolError) as exc:
+        print(f"gatestream db restore: {exc}", file=sys.stderr)
+        return 1
+    for note in r.notes:
+        print(note, file=sys.stderr)
+    print(f"restored {describe(r.manifest)}")
+    print(f"in {r.seconds:.1f} s: " + ", ".join(f"{step} {s:.1f} s" for step, s in r.steps.items()))
+    print("start the consumers: they resume at the restored offsets and re-read the rest from Kafka")
+    return 0
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from gatestream.report import print_report
 
@@ -77,6 +124,36 @@ def add_parsers(sub: Any) -> None:
     dx.add_argument("--port", type=int, default=9108, help="HTTP port for /metrics, /healthz, /readyz (9108)")
     dx.add_argument("--min-interval", type=float, default=10.0, help="seconds between database queries (10)")
     dx.set_defaults(fn=cmd_db_exporter)
+    bk = db.add_parser(
+        "backup",
+        help="pg_dump the database (directory format, in parallel) with the consumer offsets it holds",
+        description="Dump GATESTREAM_DATABASE_URL's database into FOLDER with pg_dump's directory format, "
+        "one table (chunk) per process. All processes read one snapshot, and the stored Kafka offsets "
+        "as of that snapshot go into FOLDER/gatestream-backup.json: a restore rewinds rows and offsets "
+        "together and the consumers re-read the rest from Kafka. Needs pg_dump of the server's PostgreSQL "
+        "version or newer. Topic retention must outlast the time between backups.",
+    )
+    bk.add_argument("folder", type=Path, help="where to write the backup (must not exist, or be empty)")
+    bk.add_argument("--jobs", "-j", type=_positive, default=2, help="pg_dump processes (2)")
+    bk.add_argument("--pg-bindir", type=Path, help="folder of pg_dump (default: pg_config --bindir, then PATH)")
+    bk.set_defaults(fn=cmd_backup)
+    rs = db.add_parser(
+        "restore",
+        help="restore a backup into a fresh database (TimescaleDB's pre/post restore steps, in parallel)",
+        description="Restore FOLDER (made by gatestream db backup) into GATESTREAM_DATABASE_URL's database: "
+        "creates it (on the same server, through --maintenance-db), creates the timescaledb extension at "
+        "the backup's version, runs timescaledb_pre_restore(), pg_restore (schema; TimescaleDB's catalog; "
+        "the data and then the indexes with --jobs processes) and timescaledb_post_restore(), then checks "
+        "the restored consumer offsets against the backup's. Refuses (exit 2) a database that exists and "
+        "holds tables, unless --drop-existing.",
+    )
+    rs.add_argument("folder", type=Path, help="the backup's folder")
+    rs.add_argument("--jobs", "-j", type=_positive, default=2, help="pg_restore processes for data and indexes (2)")
+    rs.add_argument("--drop-existing", action="store_true",
+                    help="drop the target database first if it holds tables (everything in it is lost)")  # fmt: skip
+    rs.add_argument("--maintenance-db", default="postgres", help="database to connect to for CREATE/DROP (postgres)")
+    rs.add_argument("--pg-bindir", type=Path, help="folder of pg_restore (default: pg_config --bindir, then PATH)")
+    rs.set_defaults(fn=cmd_restore)
 
     tp = sub.add_parser("topics", help="Kafka topic tasks").add_subparsers(dest="topics_command", required=True)
     te = tp.add_parser("ensure", help="create the event topics and the dead-letter topic if missing")
