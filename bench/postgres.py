@@ -13,12 +13,15 @@ as a slow link to the standby would: what commits meanwhile the standby never re
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -174,3 +177,47 @@ def failover_url(primary: PrivatePostgres, standby: PrivatePostgres, dbname: str
         f"postgresql://postgres@127.0.0.1:{primary.port},127.0.0.1:{standby.port}/{dbname}"
         "?target_session_attrs=read-write"
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.postgres",
+        description="Run a PostgreSQL + TimescaleDB primary with a streaming standby of its own (the stack's "
+        "binaries, a folder under /var/tmp), print the multi-host GATESTREAM_DATABASE_URL that reaches whichever "
+        "takes writes, and keep them until SIGINT/SIGTERM (then both are removed). For the failover drill and for "
+        "measuring what synchronous replication costs (e.g. gatestream bench ingest against each kind of pair).",
+    )
+    p.add_argument("--sync", action="store_true", help="synchronous replication: commits wait for the standby")
+    p.add_argument("--major", help="PostgreSQL major version of the binaries (default: the newest installed)")
+    args = p.parse_args(argv)
+    bindir = pg_bindir(args.major)
+    if bindir is None:
+        print("bench.postgres: error: no PostgreSQL server binaries found (pg_config --bindir)", file=sys.stderr)
+        return 2
+    primary = PrivatePostgres(bindir)
+    standby: PrivatePostgres | None = None
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        primary.start()
+        standby = primary.standby()
+        primary.wait_streaming()
+        if args.sync:
+            primary.synchronous(standby.name)
+        kind = "synchronous" if args.sync else "asynchronous"
+        print(f"# primary {primary.port}, {kind} standby {standby.port} (logs in {primary.state}, {standby.state})")
+        print(f"export GATESTREAM_DATABASE_URL='{failover_url(primary, standby)}'", flush=True)
+        stop.wait()
+        return 0
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        print(f"bench.postgres: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
+    finally:
+        if standby is not None:
+            standby.remove()
+        primary.remove()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
