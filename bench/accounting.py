@@ -106,13 +106,18 @@ def wait_for_first_rows(url: str, timeout: float, meanwhile: Callable[[], object
     return False
 
 
-def offsets_off(url: str, group: str, ends: dict[TP, int]) -> int:
-    """Partitions whose stored next offset is not their end offset (an empty partition has none stored)."""
+def stored_offsets(url: str, group: str) -> dict[TP, int]:
+    """The group's stored next offsets (a hot standby answers too: it is a read)."""
     with connect_once(url, autocommit=False) as conn:
         got = conn.execute(
             "SELECT topic, partition, next_offset FROM gatestream.consumer_offsets WHERE consumer_group = %s", (group,)
         ).fetchall()
-    stored = {(t, p): int(o) for t, p, o in got}
+    return {(t, p): int(o) for t, p, o in got}
+
+
+def offsets_off(url: str, group: str, ends: dict[TP, int]) -> int:
+    """Partitions whose stored next offset is not their end offset (an empty partition has none stored)."""
+    stored = stored_offsets(url, group)
     return sum(1 for tp in ends.keys() | stored.keys() if stored.get(tp, 0) != ends.get(tp, 0))
 
 
@@ -128,3 +133,41 @@ def skipped_duplicates(logs: Iterable[Path]) -> int:
                 except (ValueError, KeyError, TypeError):
                     continue  # a line cut short by kill -9
     return total
+
+
+FENCED_LINE = "batch fenced"  # ingest's line of a batch whose offsets another member (or a failover) moved
+COMMITTED_LINE = "batch committed"  # ingest's debug line of each committed batch, with its offset ranges
+DATABASE_ERROR_LINE = "database error; batch rolled back"
+
+
+def _tp(key: str) -> TP:
+    topic, _, partition = key.rpartition("[")
+    return topic, int(partition.rstrip("]"))
+
+
+def batches_not_in(logs: Iterable[Path], stored: dict[TP, int]) -> tuple[int, int]:
+    """Of the batches the members committed before their first database error (each log's
+    lines up to that one; the members must log at debug level), how many a database whose
+    stored offsets are ``stored`` does not hold (a batch moved some partition past them), and
+    how many events those partitions' offsets are behind: (batches, events)."""
+    batches, ends = 0, dict[TP, int]()
+    for path in logs:
+        for line in path.read_text(errors="replace").splitlines():
+            if DATABASE_ERROR_LINE in line:
+                break
+            if COMMITTED_LINE not in line:
+                continue
+            try:
+                moved = {_tp(k): int(v[1]) for k, v in json.loads(line)["offsets"].items()}
+            except (ValueError, KeyError, TypeError, IndexError):
+                continue  # a line cut short by kill -9
+            if any(end > stored.get(tp, 0) for tp, end in moved.items()):
+                batches += 1
+            for tp, end in moved.items():
+                ends[tp] = max(ends.get(tp, 0), end)
+    return batches, sum(max(0, end - stored.get(tp, 0)) for tp, end in ends.items())
+
+
+def fenced_batches(logs: Iterable[Path]) -> int:
+    """Batches the members found fenced (their expected offsets were not the stored ones)."""
+    return sum(path.read_text(errors="replace").count(FENCED_LINE) for path in logs)

@@ -17,7 +17,10 @@ high-water mark (VmHWM).
 Scenarios: consumer kill -9 at random times; kill -9 at exact points (fault hooks:
 between COPY and COMMIT, right after COMMIT, inside on_assign and on_revoke);
 PostgreSQL crashed (immediate stop) and restarted, and the database unreachable for a while
-(both against a server of the scenario's own, ``bench.postgres``);
+(both against a server of the scenario's own, ``bench.postgres``); the primary killed -9 and
+its asynchronous streaming standby promoted (postgres-failover: the members follow through a
+multi-host URL; it reports the batches the standby never received and the time from the kill
+to the first batch on the new primary);
 connections killed mid-transaction (pg_terminate_backend); the broker killed -9 and
 restarted from its log (a broker of the bench's own); the producer killed -9 with events
 in its spool, then restarted; a rebalance storm (members joining and leaving).
@@ -35,12 +38,12 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench.accounting import offsets_off, read_published, skipped_duplicates, stored_rows, wait_for_first_rows
 from bench.brokers import PrivateBroker
-from bench.postgres import PrivatePostgres, pg_bindir
+from bench.postgres import PrivatePostgres, failover_url, pg_bindir
 from bench.scenarios import SCENARIOS, Run
 from gatestream.bench import bench_database, drop_bench_database
 from gatestream.database import connect_once
@@ -54,8 +57,10 @@ SHORT = ["consumer-kill-9", "fault-hooks", "connection-killed", "postgres-crash"
 # for a while once the members write, or a short round drains its backlog in two big batches
 # before the window opens and injects nothing (CI saw that on a loaded machine). It publishes
 # over at least this many seconds.
-PACED = {"fault-hooks": 12.0}
-OWN_POSTGRES = {"postgres-crash", "database-away"}  # they stop the server: one of their own
+# postgres-failover: events must still flow when the primary dies, after the members' start.
+PACED = {"fault-hooks": 12.0, "postgres-failover": 12.0}
+OWN_POSTGRES = {"postgres-crash", "database-away", "postgres-failover"}  # they stop the server: one of their own
+REPLICATED = {"postgres-failover"}  # its own server gets a streaming standby; members get both in their URL
 FROM_THE_START = {"producer-kill-9", "broker-kill-9"}  # their faults need the producer still publishing
 DRAIN_S = 180  # for the last rows to land
 OFFSETS_S = 30  # once every event is stored, for the offsets of trailing resent copies
@@ -75,6 +80,7 @@ class Outcome:
     seconds: float = 0.0
     peak_rss_mb: float = 0.0
     note: str = ""
+    measured: dict[str, float] = field(default_factory=dict)  # the scenario's own figures
 
     @property
     def ok(self) -> bool:
@@ -140,6 +146,7 @@ def run_scenario(name: str, settings: IngestSettings, *, events: int, rate: int,
             return out
         bootstrap = broker.bootstrap
     postgres: PrivatePostgres | None = None
+    standby: PrivatePostgres | None = None
     database_url = settings.database_url
     if name in OWN_POSTGRES:
         try:
@@ -148,9 +155,21 @@ def run_scenario(name: str, settings: IngestSettings, *, events: int, rate: int,
             out.note = f"FAILED: its own PostgreSQL did not start ({exc}".splitlines()[0] + ")"
             return out
         database_url = postgres.url
+        if name in REPLICATED:
+            try:
+                standby = postgres.standby()
+                postgres.wait_streaming()
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                postgres.remove(keep=True)
+                out.note = f"FAILED: its standby did not start ({exc}".splitlines()[0] + f"; in {postgres.state})"
+                return out
+            database_url = failover_url(postgres, standby)
     prefix = f"faults.{uuid.uuid4().hex[:6]}."
     db = bench_database(database_url, "faults")
-    run = Run(settings, bootstrap, prefix, db, work, broker=broker, postgres=postgres, env_extra=dict(env_extra))
+    run = Run(
+        settings, bootstrap, prefix, db, work, broker=broker, postgres=postgres, standby=standby,
+        env_extra=dict(env_extra),
+    )  # fmt: skip
     ps = ProducerSettings(bootstrap_servers=bootstrap, topic_prefix=prefix, kafka_extra=settings.kafka_extra)
     topics = [ps.topic_for(et) for et in EventType]
     ensure_topics(ps, [*topics, f"{prefix}dead-letter"], partitions=6)
@@ -199,12 +218,15 @@ def run_scenario(name: str, settings: IngestSettings, *, events: int, rate: int,
             run.producer.kill()
         out.seconds = round(time.monotonic() - started, 1)
         out.peak_rss_mb = round(run.peak_kb / 1024, 1)
+        out.measured = dict(run.measured)
         try:
             delete_topics(ps, [*topics, f"{prefix}dead-letter"])
         except Exception:  # noqa: BLE001 - clean-up only
             pass
         if broker is not None:
             broker.kill()
+        if standby is not None:
+            standby.remove(keep=not out.ok)
         if postgres is not None:
             postgres.remove(keep=not out.ok)
         elif out.ok:  # a failed scenario's database stays for a look, as its logs do
@@ -239,7 +261,9 @@ def bench_faults(
         for name in scenarios:
             o = run_scenario(name, settings, events=events, rate=rate, seconds=seconds, seed=seed + r)
             results.append(o)
-            print(_line([getattr(o, col) for col, _ in COLUMNS]) + f"  {'' if o.ok else 'FAILED '}{o.note}", flush=True)
+            figures = "".join(f" {k}={v}" for k, v in o.measured.items())
+            print(_line([getattr(o, col) for col, _ in COLUMNS]) + f"  {'' if o.ok else 'FAILED '}{o.note}{figures}",
+                  flush=True)  # fmt: skip
     failed = [o for o in results if not o.ok]
     total = {col: sum(getattr(o, col) for o in results) for col, _ in COLUMNS[1:-2]}
     print("total: " + ", ".join(f"{v} {k}" for k, v in total.items()) + f"; {len(failed)} scenario run(s) failed")
@@ -255,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         "and TimescaleDB, injects faults while events flow, then accounts for every topic message: stored offsets "
         "= end offsets, rows = distinct events published, ingest's duplicates = copies the producers resent. "
         "Exits 1 when a scenario fails that. The postgres-crash and database-away scenarios crash and stop a "
-        "PostgreSQL server of their own (made from the stack's binaries), broker-kill-9 a broker of its own: the "
+        "PostgreSQL server of their own (made from the stack's binaries), postgres-failover kills one -9 and promotes "
+        "its streaming standby, broker-kill-9 a broker of its own: the "
         "local stack's services are never stopped. Run from the checkout; "
         'settings from GATESTREAM_* (eval "$(ops/stack env)").',
     )

@@ -1,18 +1,31 @@
-"""A PostgreSQL + TimescaleDB server of one's own, to crash and stop at will.
+"""A PostgreSQL + TimescaleDB server of one's own, to crash, stop and replicate at will.
 
-The fault bench's postgres-crash and database-away scenarios run against it, so the bench
-(and the test that runs its short form) never stops the local stack's server that other
+The fault bench's postgres-crash, database-away and postgres-failover scenarios run against
+it, so the bench (and the tests that run it) never stops the local stack's server that other
 tests and other people use. It is made from the binaries the stack installed (the same
 TimescaleDB build), in a folder of its own, and removed afterwards.
+
+A server can have a streaming standby (``standby()``: ``pg_basebackup -R``, asynchronous
+unless ``synchronous()`` names it), which ``promote()`` makes the new primary after the
+primary was killed -9 (``kill9()``). ``hold_replication()`` stops the primary's WAL senders,
+as a slow link to the standby would: what commits meanwhile the standby never receives.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
+
+import psycopg
 
 from bench.brokers import _free_ports
 
@@ -35,11 +48,13 @@ def pg_bindir(major: str | None = None) -> Path | None:
 
 class PrivatePostgres:
     """One server: ``start()`` (initdb the first time), ``crash()`` (no shutdown: what the WAL
-    holds is what survives), ``stop()`` (fast shutdown), ``remove()``. Raises RuntimeError with
-    the server's own words when a step fails."""
+    holds is what survives), ``kill9()``, ``stop()`` (fast shutdown), ``remove()``; and a
+    streaming standby of it (``standby()``, ``promote()``). Raises RuntimeError with the
+    server's own words when a step fails."""
 
-    def __init__(self, bindir: Path) -> None:
+    def __init__(self, bindir: Path, name: str = "primary") -> None:
         self.bindir = bindir
+        self.name = name  # its application_name as a standby (synchronous_standby_names)
         # the server runs as the postgres user when we are root (initdb refuses root): its folder
         # must be reachable by that user, which a private home or /tmp/pytest-* may not be
         self.state = Path(tempfile.mkdtemp(prefix="gatestream-pg-", dir="/var/tmp" if os.geteuid() == 0 else None))
@@ -73,8 +88,70 @@ class PrivatePostgres:
                     f"unix_socket_directories = '{self.state}'\n"
                     "shared_preload_libraries = 'timescaledb'\ntimescaledb.telemetry_level = off\n"
                     "shared_buffers = 128MB\nmax_connections = 100\nlog_min_messages = warning\n"
+                    # a standby can be made of it at any time (initdb's pg_hba trusts replication
+                    # connections from 127.0.0.1); the standby copies these settings
+                    "wal_level = replica\nmax_wal_senders = 4\nhot_standby = on\nwal_keep_size = 256MB\n"
                 )
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "start")
+
+    def standby(self, name: str = "standby") -> PrivatePostgres:
+        """A streaming standby of this running server, started: a ``pg_basebackup -R`` copy
+        (standby.signal, primary_conninfo naming it ``name``) on a port of its own.
+        Asynchronous: commits on the primary do not wait for it."""
+        other = PrivatePostgres(self.bindir, name)
+        source = f"host=127.0.0.1 port={self.port} user=postgres application_name={name}"
+        other._run("pg_basebackup", "-D", str(other.data), "-X", "stream", "-c", "fast", "-R", "--no-sync",
+                   "-d", source, timeout=300)  # fmt: skip
+        with (other.data / "postgresql.conf").open("a") as conf:  # the last setting wins
+            conf.write(f"\n# the standby's own\nport = {other.port}\nunix_socket_directories = '{other.state}'\n")
+        other.start()
+        return other
+
+    def synchronous(self, standby: str | None) -> None:
+        """Commits wait until ``standby`` has flushed them (None: asynchronous again)."""
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(
+                psycopg.sql.SQL("ALTER SYSTEM SET synchronous_standby_names = {}").format(
+                    psycopg.sql.Literal(standby or "")
+                )
+            )
+            conn.execute("SELECT pg_reload_conf()")
+
+    def wait_streaming(self, timeout: float = 60) -> None:
+        """Returns once a standby streams from this server (pg_stat_replication)."""
+        deadline = time.monotonic() + timeout
+        query = "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'"
+        while True:
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                streaming = conn.execute(query).fetchone()
+            if streaming != (0,):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no standby streams from {self.url} after {timeout:g} s")
+            time.sleep(0.2)
+
+    def hold_replication(self) -> int:
+        """Stop (SIGSTOP) this server's WAL senders: the standby receives nothing more until
+        they are continued or the server dies. Returns how many were stopped."""
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            pids = [int(r[0]) for r in conn.execute("SELECT pid FROM pg_stat_replication").fetchall()]
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        return len(pids)
+
+    def promote(self) -> None:
+        """End this standby's recovery: it becomes a primary (returns once it accepts writes)."""
+        self._run("pg_ctl", "-D", str(self.data), "-w", "-t", "60", "promote")
+
+    def kill9(self) -> None:
+        """SIGKILL the postmaster and every process of the server (pg_ctl made the postmaster
+        a process group leader): no shutdown at all, connections reset."""
+        pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            time.sleep(0.05)
 
     def crash(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "stop")
@@ -91,3 +168,56 @@ class PrivatePostgres:
                 pass
         if not keep:
             shutil.rmtree(self.state, ignore_errors=True)
+
+
+def failover_url(primary: PrivatePostgres, standby: PrivatePostgres, dbname: str = "postgres") -> str:
+    """Both servers in one URL: libpq tries them in turn and keeps the one that takes writes,
+    so a client reconnecting after the primary died lands on the promoted standby."""
+    return (
+        f"postgresql://postgres@127.0.0.1:{primary.port},127.0.0.1:{standby.port}/{dbname}"
+        "?target_session_attrs=read-write"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.postgres",
+        description="Run a PostgreSQL + TimescaleDB primary with a streaming standby of its own (the stack's "
+        "binaries, a folder under /var/tmp), print the multi-host GATESTREAM_DATABASE_URL that reaches whichever "
+        "takes writes, and keep them until SIGINT/SIGTERM (then both are removed). For the failover drill and for "
+        "measuring what synchronous replication costs (e.g. gatestream bench ingest against each kind of pair).",
+    )
+    p.add_argument("--sync", action="store_true", help="synchronous replication: commits wait for the standby")
+    p.add_argument("--major", help="PostgreSQL major version of the binaries (default: the newest installed)")
+    args = p.parse_args(argv)
+    bindir = pg_bindir(args.major)
+    if bindir is None:
+        print("bench.postgres: error: no PostgreSQL server binaries found (pg_config --bindir)", file=sys.stderr)
+        return 2
+    primary = PrivatePostgres(bindir)
+    standby: PrivatePostgres | None = None
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        primary.start()
+        standby = primary.standby()
+        primary.wait_streaming()
+        if args.sync:
+            primary.synchronous(standby.name)
+        kind = "synchronous" if args.sync else "asynchronous"
+        print(f"# primary {primary.port}, {kind} standby {standby.port} (logs in {primary.state}, {standby.state})")
+        print(f"export GATESTREAM_DATABASE_URL='{failover_url(primary, standby)}'", flush=True)
+        stop.wait()
+        return 0
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        print(f"bench.postgres: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
+    finally:
+        if standby is not None:
+            standby.remove()
+        primary.remove()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psycopg
 
+from bench.accounting import batches_not_in, fenced_batches, stored_offsets
 from bench.brokers import PrivateBroker
 from bench.churn import churn
 from bench.postgres import PrivatePostgres
@@ -40,8 +41,10 @@ class Run:
     producer: subprocess.Popen[bytes] | None = None
     broker: PrivateBroker | None = None  # the broker-kill-9 scenario's own broker
     postgres: PrivatePostgres | None = None  # the server the postgres-crash/database-away scenarios stop
+    standby: PrivatePostgres | None = None  # postgres-failover's streaming standby of it
     peak_kb: int = 0
     env_extra: dict[str, str] = field(default_factory=dict)
+    measured: dict[str, float] = field(default_factory=dict)  # a scenario's own figures, for the report
 
     @property
     def group(self) -> str:
@@ -157,6 +160,48 @@ def _db_away(run: Run, rnd: random.Random, until: float) -> int:
     return 1
 
 
+HOLD_S = 1.5  # postgres-failover: how long the standby receives nothing before the primary dies
+
+
+def _failover(run: Run, rnd: random.Random, until: float) -> int:
+    """Ingest flows into the primary; its WAL senders stop (the standby falls behind, as over a
+    slow link) for HOLD_S; the primary is killed -9 and the standby promoted. The members reach
+    it through their multi-host URL, with no restart. Measures the batches the members had
+    committed that the standby never received, and the time from the kill to the first batch
+    committed on the new primary."""
+    primary, standby = run.postgres, run.standby
+    assert primary is not None and standby is not None
+    time.sleep(rnd.uniform(1.0, 2.0))
+    if primary.hold_replication() == 0:
+        return -1
+    time.sleep(HOLD_S)
+    members = list(run.consumers)  # the logs that hold the commits made on the primary
+    killed = time.monotonic()
+    primary.kill9()
+    dbname = psycopg.conninfo.conninfo_to_dict(run.url)["dbname"]
+    on_standby = psycopg.conninfo.make_conninfo(standby.url, dbname=dbname)
+    with connect_once(on_standby) as conn:  # replay all it received: that is what promotion keeps
+        while conn.execute("SELECT pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn()").fetchone() == (True,):
+            time.sleep(0.05)
+    kept = stored_offsets(on_standby, run.group)
+    standby.promote()
+    promoted = time.monotonic()
+    while time.monotonic() < killed + 120 and stored_offsets(on_standby, run.group) == kept:
+        time.sleep(0.05)
+    first_batch = time.monotonic()
+    batches, events = batches_not_in([run.workdir / f"consumer-{i}.log" for i in range(len(members))], kept)
+    run.measured.update({
+        "missed_batches": batches, "missed_events": events, "promote_s": round(promoted - killed, 2),
+        "kill_to_first_batch_s": round(first_batch - killed, 2),
+    })  # fmt: skip
+    # Members that re-read every partition from the promoted standby's offsets are never fenced;
+    # one that kept its old expected offsets would be (or, on a partition receiving nothing more,
+    # would never re-read the tail the standby lost).
+    time.sleep(max(0.0, until - time.monotonic()))
+    run.measured["fenced_batches"] = fenced_batches(run.consumer_logs())
+    return 1
+
+
 def _terminate(run: Run, rnd: random.Random, until: float) -> int:
     n = 0
     dbname = psycopg.conninfo.conninfo_to_dict(run.url)["dbname"]
@@ -220,6 +265,8 @@ SCENARIOS: dict[str, tuple[Injector, dict[str, str]]] = {
     ),
     "postgres-crash": (_pg_crash, {}),  # against a server of its own (run_scenario starts it)
     "database-away": (_db_away, {}),  # likewise
+    # against a primary and a streaming standby of its own; members log each commit (debug)
+    "postgres-failover": (_failover, {"GATESTREAM_LOG_LEVEL": "debug"}),
     "connection-killed": (_terminate, {}),
     "broker-kill-9": (_broker_kill, {}),  # against a broker of its own (run_scenario starts it)
     "producer-kill-9": (_producer_kill, {}),

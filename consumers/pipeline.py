@@ -237,10 +237,12 @@ class BatchPipeline:
             if self.stop_event.is_set():
                 return  # stopping: the next owner reads these partitions from the stored offsets
             self._reconnect_writer()
-            # The server may have crashed: with asynchronous commits, batches it had
-            # acknowledged may be gone (rows and offsets together). Read every owned
-            # partition again from what is stored now, not just this batch's.
-            self._resync(sorted(set(moves) | (self.parts.owned if self.settings.async_commit else set())))
+            # The server may have crashed (with asynchronous commits, batches it had
+            # acknowledged may be gone), or the URL's next host may be a promoted standby
+            # that never received the last commits: either way rows and offsets went back
+            # together. Read every owned partition again from what is stored now, not just
+            # this batch's: a quiet partition would otherwise keep its lost tail missing.
+            self._resync(sorted(set(moves) | self.parts.owned))
             return
         except Exception:  # noqa: BLE001 - last resort: rows are isolated in the writer; keep running
             log.exception("batch failed unexpectedly; rolled back, will be retried", offsets=_ranges(moves))
