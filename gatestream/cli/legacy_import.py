@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -160,12 +161,15 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser(
         "import",
         help="copy a legacy PostgreSQL table into its hypertable; 'import verify' compares them per day",
-        description="Copy a legacy plain-PostgreSQL table into its hypertable, in batches in primary-key order "
-        "(COPY both ways), each batch committed with a checkpoint: a killed run, run again, resumes after the last "
-        "committed batch. Every row's event_id is derived from its legacy primary key (UUIDv5), so importing again "
-        "adds nothing; a finished import run again copies only rows added since. 'gatestream import verify' "
-        "compares the legacy table and the hypertable per organization and UTC day (row count and a hash of each "
-        "row's text, computed by each server) and prints the days that differ.",
+        description=textwrap.fill(
+            "Copy a legacy plain-PostgreSQL table into its hypertable, in batches in primary-key order "
+            "(COPY both ways), each batch committed with a checkpoint: a killed run, run again, resumes after the last "
+            "committed batch. Every row's event_id is derived from its legacy primary key (UUIDv5), so importing again "
+            "adds nothing; a finished import run again copies only rows added since. 'gatestream import verify' "
+            "compares the legacy table and the hypertable per organization and UTC day (row count and a hash of each "
+            "row's text, computed by each server) and prints the days that differ.",
+            88,
+        ),
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
