@@ -172,7 +172,16 @@ class Importer:
 
     # ------------------------------------------------------------------ run
     def start(self, *, restart: bool = False) -> tuple[int | None, int]:
-        """Where this run begins: (last committed primary key or None, rows already read)."""
+        """Where this run begins: (last committed primary key or None, rows already read). Holds a
+        session advisory lock on the target for this source table (until the connection closes):
+        two runs of one import would interleave their checkpoints."""
+        locked = self.target.execute(
+            "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", ("gatestream-import|" + "|".join(self._key),)
+        ).fetchone()
+        if not locked or not locked[0]:
+            raise MappingError(
+                f"another import of {self.plan.source_name} -> {self.plan.target_name} from this source is running"
+            )
         ck = self.checkpoint()
         if ck is not None and not restart and (ck.since, ck.until) != (self.window.since, self.window.until):
             raise MappingError(

@@ -114,11 +114,14 @@ def test_an_import_killed_midway_resumes_to_exactly_the_legacy_rows_and_verify_f
 
     # 1. killed -9 in the middle of its batches
     proc = subprocess.Popen(
-        gatestream_cmd(*args, "--batch-rows", "1000", "--pause", "0.05"),
+        gatestream_cmd(*args, "--batch-rows", "1000", "--pause", "0.2"),
         env=environ, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
         assert wait_for(lambda: (_checkpoint(db_url)[0] or 0) >= 4000, timeout=60), "no checkpoint past id 4000"
+        # while it runs, a second run of the same import is refused (their checkpoints would interleave)
+        code, _, err = _run(monkeypatch, capsys, environ, *args)
+        assert code == 2 and "another import of app.active_window -> monitoring.active_windows" in err, err
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
     finally:
