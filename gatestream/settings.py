@@ -266,3 +266,24 @@ class PolicySettings(GroupMemberSettings, OpsServerSettings):
 
     compression_interval_s: int = Field(43200, ge=60)
     full_reconcile_interval_s: float = Field(300, gt=0, description="Full reconcile (drift repair) period.")
+
+
+class ImportSettings(CommonSettings):
+    """``gatestream import``: a legacy plain-PostgreSQL table into its hypertable (the target is
+    GATESTREAM_DATABASE_URL)."""
+
+    import_source_url: str | None = Field(
+        None, description="The legacy database's connection URL (read only: the import sets its session read-only)."
+    )
+    import_source_name: str | None = Field(
+        None,
+        min_length=1,
+        description="Names the source in the checkpoint (default: host:port/dbname of the source URL). Set it when "
+        "the same legacy database is reached under another address, so a run resumes instead of starting over.",
+    )
+    import_batch_rows: int = Field(
+        50_000, ge=1, le=10_000_000, description="Rows per batch (one source query, one target transaction)."
+    )
+    import_pause_s: float = Field(
+        0.0, ge=0, description="Pause between batches, so the legacy database keeps serving its application."
+    )

@@ -1,5 +1,5 @@
 """The ``gatestream`` command line: parses, calls the library, prints. One module per
-command group (db, produce, ingest, replay, dlq, policy, fleet, bench); the library never imports it.
+command group (db, produce, ingest, replay, dlq, policy, fleet, bench, import); the library never imports it.
 
 Settings come from ``GATESTREAM_*`` environment variables (``ops/stack env`` prints
 them for the local stack); flags override them for one run.
@@ -17,7 +17,7 @@ import structlog
 from pydantic import ValidationError
 
 from gatestream import logs
-from gatestream.cli import bench, db, dlq, fleet, ingest, policy, produce, replay
+from gatestream.cli import bench, db, dlq, fleet, ingest, legacy_import, policy, produce, replay
 from gatestream.cli.args import UsageError
 from gatestream.database import DatabaseSettingError, DatabaseUnavailable
 from gatestream.settings import CommonSettings
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         'for the local stack run: eval "$(ops/stack env)".',
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (db, produce, ingest, replay, dlq, policy, fleet, bench):
+    for group in (db, produce, ingest, replay, dlq, policy, fleet, bench, legacy_import):
         group.add_parsers(sub)
     return p
 
@@ -42,10 +42,10 @@ _RELATIVE_TIME = re.compile(r"^-\d+(\.\d+)?[smhdw]$")
 
 
 def _join_relative_times(argv: list[str]) -> list[str]:
-    """Let ``--from -2h`` mean ``--from=-2h`` (argparse takes '-2h' for an option)."""
+    """Let ``--from -2h`` mean ``--from=-2h`` (and --since, --until) (argparse takes '-2h' for an option)."""
     out: list[str] = []
     for arg in argv:
-        if out and out[-1] in ("--from", "--to") and _RELATIVE_TIME.match(arg):
+        if out and out[-1] in ("--from", "--to", "--since", "--until") and _RELATIVE_TIME.match(arg):
             out[-1] = f"{out[-1]}={arg}"
         else:
             out.append(arg)
