@@ -58,9 +58,11 @@ SHORT = ["consumer-kill-9", "fault-hooks", "connection-killed", "postgres-crash"
 # before the window opens and injects nothing (CI saw that on a loaded machine). It publishes
 # over at least this many seconds.
 # postgres-failover: events must still flow when the primary dies, after the members' start.
-PACED = {"fault-hooks": 12.0, "postgres-failover": 12.0}
-OWN_POSTGRES = {"postgres-crash", "database-away", "postgres-failover"}  # they stop the server: one of their own
-REPLICATED = {"postgres-failover"}  # its own server gets a streaming standby; members get both in their URL
+PACED = {"fault-hooks": 12.0, "postgres-failover": 12.0, "postgres-failover-idle": 12.0}
+# they stop the server: one of their own
+OWN_POSTGRES = {"postgres-crash", "database-away", "postgres-failover", "postgres-failover-idle"}
+# their own server gets a streaming standby; members get both in their URL
+REPLICATED = {"postgres-failover", "postgres-failover-idle"}
 FROM_THE_START = {"producer-kill-9", "broker-kill-9"}  # their faults need the producer still publishing
 DRAIN_S = 180  # for the last rows to land
 OFFSETS_S = 30  # once every event is stored, for the offsets of trailing resent copies

@@ -163,18 +163,23 @@ def _db_away(run: Run, rnd: random.Random, until: float) -> int:
 HOLD_S = 1.5  # postgres-failover: how long the standby receives nothing before the primary dies
 
 
-def _failover(run: Run, rnd: random.Random, until: float) -> int:
+def _failover(run: Run, rnd: random.Random, until: float, *, idle: bool = False) -> int:
     """Ingest flows into the primary; its WAL senders stop (the standby falls behind, as over a
     slow link) for HOLD_S; the primary is killed -9 and the standby promoted. The members reach
     it through their multi-host URL, with no restart. Measures the batches the members had
     committed that the standby never received, and the time from the kill to the first batch
-    committed on the new primary."""
+    committed on the new primary. ``idle``: the link stays held until the stream has ended and
+    the members have written everything (postgres-failover-idle): no batch is in flight when
+    the primary dies and no event comes after, so only the members' health checks can tell
+    them to re-read the tail the standby lost."""
     primary, standby = run.postgres, run.standby
     assert primary is not None and standby is not None
     time.sleep(rnd.uniform(1.0, 2.0))
     if primary.hold_replication() == 0:
         return -1
     time.sleep(HOLD_S)
+    if idle:
+        _until_written(run, primary.url)
     members = list(run.consumers)  # the logs that hold the commits made on the primary
     killed = time.monotonic()
     primary.kill9()
@@ -200,6 +205,25 @@ def _failover(run: Run, rnd: random.Random, until: float) -> int:
     time.sleep(max(0.0, until - time.monotonic()))
     run.measured["fenced_batches"] = fenced_batches(run.consumer_logs())
     return 1
+
+
+def _until_written(run: Run, primary_url: str, quiet_s: float = 3.0) -> None:
+    """Wait for the producer to end and the members' stored offsets on the primary to stay put
+    for ``quiet_s`` (everything published is written, nothing is in flight)."""
+    if run.producer is not None:
+        run.producer.wait(180)
+    dbname = psycopg.conninfo.conninfo_to_dict(run.url)["dbname"]
+    on_primary = psycopg.conninfo.make_conninfo(primary_url, dbname=dbname)
+    last, since = stored_offsets(on_primary, run.group), time.monotonic()
+    while time.monotonic() - since < quiet_s:
+        time.sleep(0.2)
+        now = stored_offsets(on_primary, run.group)
+        if now != last:
+            last, since = now, time.monotonic()
+
+
+def _failover_idle(run: Run, rnd: random.Random, until: float) -> int:
+    return _failover(run, rnd, until, idle=True)
 
 
 def _terminate(run: Run, rnd: random.Random, until: float) -> int:
@@ -267,6 +291,7 @@ SCENARIOS: dict[str, tuple[Injector, dict[str, str]]] = {
     "database-away": (_db_away, {}),  # likewise
     # against a primary and a streaming standby of its own; members log each commit (debug)
     "postgres-failover": (_failover, {"GATESTREAM_LOG_LEVEL": "debug"}),
+    "postgres-failover-idle": (_failover_idle, {"GATESTREAM_LOG_LEVEL": "debug"}),
     "connection-killed": (_terminate, {}),
     "broker-kill-9": (_broker_kill, {}),  # against a broker of its own (run_scenario starts it)
     "producer-kill-9": (_producer_kill, {}),

@@ -111,6 +111,11 @@ class OffsetStore:
         self._stop = stop or threading.Event()
         self._conn: psycopg.Connection[Any] | None = None
         self.expected: dict[TopicPartition, int | None] = {}  # claimed partitions -> stored next offset
+        # Times a health ping reached the database again after failing: the server may be
+        # another one now (a promoted standby) or the same after a crash, with fewer commits
+        # than this member saw; the member re-reads its partitions (consumers.pipeline).
+        self.returns = 0
+        self._ping_failed = False
 
     # ------------------------------------------------------------------ reading
     def _reader(self) -> psycopg.Connection[Any]:
@@ -141,8 +146,12 @@ class OffsetStore:
             with bounded(self._conn, PING_TIMEOUT_S):
                 self._conn.execute("SELECT 1")
         except psycopg.Error:
+            self._ping_failed = True
             self.close()
             raise
+        if self._ping_failed:
+            self._ping_failed = False
+            self.returns += 1
 
     def sever(self) -> None:
         """Cut the reading connection from another thread (see ``gatestream.database.sever``)."""

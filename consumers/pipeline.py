@@ -133,6 +133,7 @@ class BatchPipeline:
         )
         self._batch = self._new_batch()
         self._retry_pause = 0.0  # grows while batches fail for reasons nobody foresaw
+        self._returns_seen = 0  # offsets.returns already acted on (_database_returned)
         self._registry = RegistryOutage(self.observer.registry)
         # What is alive now (modules, schemas, plans, a bench's own data) lives as long as the
         # process: keep it out of the collector's full passes, which walked all of it every few
@@ -285,6 +286,17 @@ class BatchPipeline:
         self._submit()
         self._await()
 
+    def _database_returned(self) -> None:
+        """A health ping failed and then reached the database again while no batch was in
+        flight: the server may be a promoted standby (or a crashed one) without the last
+        commits, and nothing would tell a member with no batch to write. Replace the writer's
+        connection and read every owned partition again from what is stored now, as after a
+        failed batch."""
+        self._returns_seen = self.offsets.returns
+        log.warning("database back after a failed health check: owned partitions re-read from the stored offsets")
+        self._reconnect_writer()
+        self._resync(sorted(self.parts.owned))
+
     def _resync(self, parts: list[TP]) -> None:
         """After a rolled-back batch: read those partitions again from the stored offsets."""
         owned = [tp for tp in parts if tp in self.parts.owned]
@@ -355,6 +367,8 @@ class BatchPipeline:
                     self._consumer, self.parts.owned, self.offsets.expected, self._batch.pending_timestamps,
                     self.offsets.ping,
                 )  # fmt: skip
+                if self.offsets.returns != self._returns_seen and self._inflight is None:
+                    self._database_returned()
                 if self._done(bool(msgs), idle=not self._batch.ends and self._inflight is None):
                     break
             self._flush()
