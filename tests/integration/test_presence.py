@@ -214,3 +214,47 @@ def test_unknown_gateways_refused_by_setting_and_the_fleet_command(env: Env, tmp
     assert [(m["kind"], m["state"]) for m in listed] == [("gateway", "OFFLINE"), ("agent", "OFFLINE")]
     bad = run_gatestream(env.environ(), "fleet")
     assert bad.returncode == 2 and "--org N is required" in bad.stderr
+
+
+def test_a_redriven_event_keeps_its_gateway_identity_and_is_checked_again(env: Env, tmp_path: Path) -> None:
+    """A gateway registered under organization 1 sends organization 2's event: dead-lettered
+    tenant-mismatch. Redriven as it is (`gatestream dlq redrive`), it carries its identity
+    headers back and is refused again (without them it would land unchecked). Once the
+    gateway's registration is corrected, the next redrive lands it and tracks the gateway
+    and its agent (with the host name from the redriven headers)."""
+    gw = uuid.uuid4()
+    with psycopg.connect(env.database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO monitoring.gateway_instances (id, organization_id) VALUES (%s, 1)", (gw,))
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    event = ActiveWindow(organization_id=2, users_on_computers_id=20, datetime=t0)
+    _publish(env, tmp_path / "g.sqlite3", [event], gw, "desk-20")
+
+    def ingest() -> None:  # (one group: each run reads on from where the last one stopped)
+        _, t = start_ingest_thread(env.ingest(stop_after_idle_s=1.0))
+        t.join(60)
+
+    def redrive() -> dict[str, int]:
+        out = run_gatestream(env.environ(), "dlq", "redrive", "--reason", Reason.TENANT_MISMATCH)
+        assert out.returncode == 0, out.stderr[-1000:]
+        return dict(json.loads(out.stdout))
+
+    def landed() -> int:
+        with psycopg.connect(env.database_url) as conn:
+            row = conn.execute("SELECT count(*) FROM monitoring.active_windows WHERE event_id = %s",
+                               (event.event_id,)).fetchone()  # fmt: skip
+            return int(row[0]) if row else 0
+
+    ingest()
+    assert list(_dead_letters(env.database_url).values()) == [Reason.TENANT_MISMATCH] and landed() == 0
+    assert redrive()["published"] == 1
+    ingest()
+    letters = _dead_letters(env.database_url)
+    assert list(letters.values()) == [Reason.TENANT_MISMATCH] * 2 and landed() == 0, "the copy was refused too"
+    with psycopg.connect(env.database_url, autocommit=True) as conn:
+        conn.execute("UPDATE monitoring.gateway_instances SET organization_id = 2 WHERE id = %s", (gw,))
+    assert redrive()["published"] == 1  # (the copy's dead letter; the first one was redriven already)
+    ingest()
+    assert landed() == 1
+    with psycopg.connect(env.database_url) as conn:
+        assert _gateway(conn, gw)[:3] == (2, "ONLINE", t0)  # type: ignore[index]
+        assert _agents(conn) == [("20", gw, "desk-20", "ONLINE", t0)]

@@ -69,6 +69,37 @@ def _catalog_copy(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
         (lambda idx: idx["event_types"].update({"Bad-Name": {"table": "monitoring.x"}}), "lower-case letters"),
         (lambda idx: idx["event_types"]["screenshots"].update(table="monitoring.x; DROP TABLE y"), "schema.table"),
         (lambda idx: idx["event_types"]["screenshots"].update(key="no_such_field"), "no field 'no_such_field'"),
+        # presence declarations: a field the schema lacks, an unknown or missing key, wrong shapes
+        (
+            lambda idx: idx["event_types"]["screenshots"].update(presence={"agent": "seat"}),
+            "no field 'seat', named by presence of screenshots",
+        ),
+        (
+            lambda idx: idx["event_types"]["gateway_status_snapshots"]["presence"]["report"].update(figures=["fan"]),
+            "no field 'fan', named by presence of gateway_status_snapshots",
+        ),
+        (
+            lambda idx: idx["event_types"]["screenshots"].update(presence={"agnet": "users_on_computers_id"}),
+            "'presence' takes an object with 'organization', 'gateway', 'agent' and 'report'",
+        ),
+        (
+            lambda idx: idx["event_types"]["gateway_status_snapshots"]["presence"].pop("gateway"),
+            "a status report names its gateway",
+        ),
+        (
+            lambda idx: idx["event_types"]["screenshots"].update(presence={"agent": ""}),
+            "presence.agent names a record field",
+        ),
+        (
+            lambda idx: idx["event_types"]["gateway_status_snapshots"]["presence"]["report"].update(
+                error_at={"x": "hi"}
+            ),
+            "presence.report.error_at maps field names to numbers",
+        ),
+        (
+            lambda idx: idx["event_types"]["gateway_status_snapshots"]["presence"].update(report={"figure": []}),
+            "presence.report takes 'figures' and 'error_at'",
+        ),
     ],
 )
 def test_catalog_refuses_an_event_type_it_cannot_route(
