@@ -9,8 +9,8 @@
 --                       add_job, alter_job ...) wants the caller to own the hypertable and the
 --                       job, so it is a member of gatestream_owner (see README: Roles)
 --   gatestream_exporter the database metrics: pg_monitor and the bookkeeping tables it reports
---   gatestream_reader   dashboards / the product's API: SELECT on the monitoring hypertables
---                       and aggregates, one organization at a time (row-level security, sql/051)
+--   gatestream_reader   dashboards / the product's API: the monitoring hypertables and
+--                       aggregates, one organization at a time, through schema reader (sql/051)
 -- Roles are cluster-global and this runs in every database migrated on the server, sometimes
 -- several at once (tests clone templates in parallel): creating a role or a membership that
 -- another session made meanwhile is not an error.
@@ -73,7 +73,6 @@ BEGIN
 END $$;
 
 GRANT USAGE ON SCHEMA monitoring, gatestream TO gatestream_ingest, gatestream_exporter;
-GRANT USAGE ON SCHEMA monitoring TO gatestream_reader;
 
 -- ingest (and so replay): the events, inserted and read back (ON CONFLICT, the staging path);
 -- never updated or deleted.
@@ -95,7 +94,4 @@ GRANT DELETE ON gatestream.consumer_offsets TO gatestream_replay;
 -- exporter: what gatestream.dbmetrics reports besides the catalog views (pg_monitor)
 GRANT SELECT ON gatestream.retention_resources, monitoring.retention_policies TO gatestream_exporter;
 
--- reader: the monitoring hypertables and the gateway registry, through row-level security (sql/051);
--- the aggregates in the edition's migration (tsl/050, apache/050)
-GRANT SELECT ON monitoring.active_windows, monitoring.visited_sites, monitoring.screenshots,
-    monitoring.user_sessions, monitoring.gateway_status_snapshots, monitoring.gateway_instances TO gatestream_reader;
+-- reader: nothing in monitoring; its views in schema reader (sql/051)
