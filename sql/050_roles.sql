@@ -11,6 +11,9 @@
 --   gatestream_exporter the database metrics: pg_monitor and the bookkeeping tables it reports
 --   gatestream_reader   dashboards / the product's API: the monitoring hypertables and
 --                       aggregates, one organization at a time, through schema reader (sql/051)
+-- gatestream_owner alone has LOGIN (and no password: where the server asks for one, nobody
+-- logs in as it): TimescaleDB runs a hypertable's policies as a background task and refuses
+-- to add one ("Hypertable owner must have LOGIN permission to run background tasks").
 -- Roles are cluster-global and this runs in every database migrated on the server, sometimes
 -- several at once (tests clone templates in parallel): creating a role or a membership that
 -- another session made meanwhile is not an error.
@@ -23,12 +26,19 @@ BEGIN
     LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) THEN
             BEGIN
-                EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+                EXECUTE format('CREATE ROLE %I ' || CASE WHEN r = 'gatestream_owner' THEN 'LOGIN' ELSE 'NOLOGIN' END, r);
             EXCEPTION WHEN duplicate_object OR unique_violation THEN
                 NULL;  -- made by a migration of another database meanwhile
             END;
         END IF;
     END LOOP;
+    IF NOT (SELECT rolcanlogin FROM pg_roles WHERE rolname = 'gatestream_owner') THEN
+        BEGIN
+            ALTER ROLE gatestream_owner LOGIN;
+        EXCEPTION WHEN internal_error THEN
+            NULL;  -- "tuple concurrently updated": another database's migration did it
+        END;
+    END IF;
 END $$;
 
 -- Memberships: replay does what ingest does; the policy consumer acts as the owner (jobs API);
