@@ -113,3 +113,9 @@ SELECT bucket AS day, sum(total_active_time) AS active_time_s, sum(total_windows
 )  # fmt: skip
 
 BY_NAME = {q.name: q for q in QUERIES}
+
+
+def as_reader(q: DashboardQuery) -> DashboardQuery:
+    """``q`` as gatestream_reader runs it: through its views (sql/051, schema reader: the same
+    names, limited to the organization of the session's gatestream.organization_id)."""
+    return DashboardQuery(q.name, q.title, q.sql.replace("monitoring.", "reader."), q.window, q.params)

@@ -13,6 +13,7 @@ import re
 import sys
 from typing import NoReturn
 
+import psycopg
 import structlog
 from pydantic import ValidationError
 
@@ -20,6 +21,7 @@ from gatestream import logs
 from gatestream.cli import bench, db, dlq, fleet, ingest, legacy_import, policy, produce, replay
 from gatestream.cli.args import UsageError
 from gatestream.database import DatabaseSettingError, DatabaseUnavailable
+from gatestream.roles import PrivilegeMissing, refusal, url_user
 from gatestream.settings import CommonSettings
 
 log = structlog.get_logger("gatestream.cli")
@@ -81,6 +83,12 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     except DatabaseSettingError as exc:  # waiting cannot fix it: say what is wrong, once
         print(f"gatestream {args.command}: {exc} (check GATESTREAM_DATABASE_URL)", file=sys.stderr)
+        raise SystemExit(2) from None
+    except PrivilegeMissing as exc:  # a role without a grant: waiting cannot fix it
+        print(f"gatestream {args.command}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except psycopg.errors.InsufficientPrivilege as exc:  # the same, met past the start's check
+        print(f"gatestream {args.command}: {refusal(exc, url_user(common.database_url))}", file=sys.stderr)
         raise SystemExit(2) from None
     except DatabaseUnavailable as exc:  # a command does not wait: one line, not a traceback
         print(f"gatestream {args.command}: {exc}", file=sys.stderr)

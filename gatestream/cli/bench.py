@@ -205,6 +205,9 @@ def add_dataset_parsers(bench: Any) -> None:
     bq.add_argument("--reuse", action="store_true", help="measure again on the dataset a run with --keep left "
                     "(the same --rows/--days/fleet options): no new load; the aggregates are refreshed (on the "
                     "Community edition only what changed) and the database is kept")  # fmt: skip
+    bq.add_argument("--as-reader", action="store_true", help="run the queries as gatestream_reader (SET ROLE, "
+                    "gatestream.organization_id set to each query's organization) through its views in schema reader "
+                    "(sql/051): what limiting readers to their organization costs")  # fmt: skip
     bq.set_defaults(fn=cmd_queries)
 
 
@@ -269,7 +272,7 @@ def cmd_queries(args: argparse.Namespace) -> int:
 
     return bench_queries(
         CommonSettings(), spec=_spec(args), runs=args.runs, rounds=args.rounds,
-        show_plans=args.explain, json_path=args.json, keep=args.keep, reuse=args.reuse,
+        show_plans=args.explain, json_path=args.json, keep=args.keep, reuse=args.reuse, as_reader=args.as_reader,
     )  # fmt: skip
 
 

@@ -23,6 +23,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from gatestream.database import connect
     from gatestream.group_protocol import group_protocol_for
     from gatestream.kafka import base_config
+    from gatestream.roles import INGEST_NEEDS, require
     from gatestream.schemas.registry import registry_unreachable
     from gatestream.signals import on_stop_signals
     from gatestream.waiting import wait_for_service
@@ -53,6 +54,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     def load_routes() -> dict[str, Route]:
         with connect(settings.database_url, stop=stop) as conn:  # waits for the database
+            require(conn, INGEST_NEEDS)  # a role without a grant: one line and exit 2, now
             return build_routes(conn, settings, topics)  # needs the schema registry
 
     def waiting_for_registry(_: BaseException) -> None:

@@ -388,14 +388,17 @@ def test_edition_specific_migrations_go_through_the_same_runner() -> None:
     for edition in (community, apache):
         assert edition[: len(common)] == common, "the edition's migrations come after the common ones"
     assert community[len(common) :] == [
+        "tsl/005_reader_views_before_aggregates.sql",
         "tsl/010_active_windows_daily.sql",
         "tsl/011_dashboard_aggregates.sql",
         "tsl/021_dashboard_rollups.sql",
+        "tsl/050_reader_aggregates.sql",
     ]
     assert apache[len(common) :] == [
         "apache/011_dashboard_aggregates.sql",
         "apache/020_dashboard_aggregate_indexes.sql",
         "apache/021_dashboard_rollups.sql",
+        "apache/050_reader_aggregates.sql",
     ]
 
 

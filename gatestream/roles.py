@@ -1,0 +1,123 @@
+"""The PostgreSQL roles of the pipeline's principals (sql/050, sql/051), and the privileges
+each process needs, checked at start.
+
+- ``create_login``: a LOGIN user in one of the group roles (for tests and the stack; a
+  password, when given, comes from settings and goes as a parameter, never into a log).
+- ``require``: the process's privileges, asked of the server before it does anything; a
+  missing one raises ``PrivilegeMissing`` with one line naming the role, the relation and
+  the privilege (the CLI exits 2 with it).
+- ``refusal``: the same one line for a refusal met later (psycopg's InsufficientPrivilege).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+OWNER = "gatestream_owner"
+INGEST = "gatestream_ingest"
+REPLAY = "gatestream_replay"
+POLICY = "gatestream_policy"
+EXPORTER = "gatestream_exporter"
+READER = "gatestream_reader"
+ROLES = (OWNER, INGEST, REPLAY, POLICY, EXPORTER, READER)
+# COPY needs nothing more than INSERT; the writers' logins need no BYPASSRLS (no row-level
+# security on the tables they write: sql/051).
+
+EVENT_TABLES = ("active_windows", "visited_sites", "screenshots", "user_sessions", "gateway_status_snapshots")
+
+# (relation, privilege) each process needs; checked at start by ``require``.
+INGEST_NEEDS: tuple[tuple[str, str], ...] = (
+    *((f"monitoring.{t}", p) for t in EVENT_TABLES for p in ("INSERT", "SELECT")),
+    ("gatestream.consumer_offsets", "SELECT"), ("gatestream.consumer_offsets", "INSERT"),
+    ("gatestream.consumer_offsets", "UPDATE"),
+    ("gatestream.dead_letters", "SELECT"), ("gatestream.dead_letters", "INSERT"),
+    ("monitoring.gateway_instances", "SELECT"), ("monitoring.gateway_instances", "INSERT"),
+    ("monitoring.gateway_instances", "UPDATE"),
+    ("monitoring.agent_instances", "SELECT"), ("monitoring.agent_instances", "INSERT"),
+    ("monitoring.agent_instances", "UPDATE"),
+)  # fmt: skip
+REPLAY_NEEDS = (
+    *INGEST_NEEDS,
+    ("gatestream.replay_runs", "SELECT"), ("gatestream.replay_runs", "INSERT"), ("gatestream.replay_runs", "UPDATE"),
+)  # fmt: skip
+
+
+@dataclass
+class PrivilegeMissing(Exception):
+    """The connected role lacks a privilege the process needs: waiting cannot fix it."""
+
+    role: str
+    relation: str
+    privilege: str
+
+    def __str__(self) -> str:
+        return (
+            f"role {self.role} has no {self.privilege} privilege on {self.relation} "
+            "(log in as a member of the gatestream_* role of this process, or grant it)"
+        )
+
+
+def require(conn: psycopg.Connection[Any], needs: tuple[tuple[str, str], ...]) -> None:
+    """Raise PrivilegeMissing for the first of ``needs`` the current user lacks (a relation
+    that does not exist counts as missing: the migrations have not run)."""
+    rels = [r for r, _ in needs]
+    privs = [p for _, p in needs]
+    # CASE, in order: has_table_privilege raises on a schema the user may not use
+    row = conn.execute(
+        """SELECT current_user, v.rel, v.priv
+             FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS v (rel, priv, n)
+            WHERE CASE WHEN NOT has_schema_privilege(split_part(v.rel, '.', 1), 'USAGE') THEN true
+                       WHEN to_regclass(v.rel) IS NULL THEN true
+                       ELSE NOT has_table_privilege(v.rel, v.priv) END
+            ORDER BY v.n LIMIT 1""",
+        (rels, privs),
+    ).fetchone()
+    if row is not None:
+        raise PrivilegeMissing(str(row[0]), str(row[1]), str(row[2]))
+
+
+def refusal(exc: psycopg.errors.InsufficientPrivilege, role: str | None) -> str:
+    """One line for a privilege the server refused later than ``require`` checks: who, and the
+    server's own words (which name the relation)."""
+    what = exc.diag.message_primary or (str(exc).splitlines() or ["permission denied"])[0]
+    return f"role {role or '(the connection user)'} was refused: {what}"
+
+
+def url_user(url: str) -> str | None:
+    """The user a database URL logs in as (None: libpq's default)."""
+    try:
+        user = psycopg.conninfo.conninfo_to_dict(url).get("user")
+    except psycopg.Error:
+        return None
+    return str(user) if user else None
+
+
+def create_login(admin: psycopg.Connection[Any], name: str, role: str, password: str | None = None) -> None:
+    """A LOGIN user ``name``, member of ``role`` (one of ROLES); idempotent. Without a
+    password it can log in only where the server trusts (the local stack, tests)."""
+    if role not in ROLES:
+        raise ValueError(f"not a gatestream role: {role!r}; one of {', '.join(ROLES)}")
+    exists = admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
+    verb = "ALTER" if exists else "CREATE"
+    stmt = sql.SQL(verb + " ROLE {} LOGIN").format(sql.Identifier(name))
+    if password is not None:
+        stmt = stmt + sql.SQL(" PASSWORD {}").format(sql.Literal(password))
+    admin.execute(stmt)
+    admin.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), sql.Identifier(name)))
+
+
+def drop_login(admin: psycopg.Connection[Any], name: str) -> None:
+    """Remove a login made by ``create_login`` (it must own nothing: objects and jobs go first)."""
+    admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def login_url(url: str, user: str) -> str:
+    """``url`` with another user (and no password)."""
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    info.pop("password", None)
+    info["user"] = user
+    return psycopg.conninfo.make_conninfo("", **info)
