@@ -310,7 +310,7 @@ def test_compression_and_the_daily_aggregate(env: Env, conn: Any) -> None:
         assert [u.split(" ", 1)[0] for u in plan.state.unavailable] == ["compression"]
         assert all("needs the TimescaleDB Community edition" in u for u in plan.state.unavailable)
         kinds = {k.split(":", 1)[0] for k in engine.actual()}
-        assert kinds == {"retention", "row-retention", "cagg-retention", "aggregate-refresh"}
+        assert kinds == {"retention", "row-retention", "cagg-retention", "aggregate-refresh", "presence-sweep"}
         assert conn.execute(
             "SELECT count(*) FROM gatestream.schema_migrations WHERE starts_with(name, 'tsl/')"
         ).fetchone() == (0,)
