@@ -129,7 +129,9 @@ class BatchPipeline:
         )
         self._native = self._transcoder()
         self._presence = (
-            PresenceTracker(routes, unknown_gateway=settings.unknown_gateway) if settings.presence_tracking else None
+            PresenceTracker(routes, unknown_gateway=settings.unknown_gateway, grain_s=settings.presence_grain_s)
+            if settings.presence_tracking
+            else None
         )
         self._batch = self._new_batch()
         self._retry_pause = 0.0  # grows while batches fail for reasons nobody foresaw

@@ -18,7 +18,10 @@ trace; a replayed one changes nothing):
    ``last_seen_at`` only moves forward, a status report (the newest per gateway) sets
    the status and figures only if it is newer than the one they came from and than
    anything seen; a newer event brings an OFFLINE (swept) gateway or agent back ONLINE.
-   Rows are locked in id order (no deadlock between members), and only where they change.
+   Rows are locked in id order (no deadlock between members), and only where they change:
+   ``last_seen_at`` moves in steps of at least the grain (``GATESTREAM_PRESENCE_GRAIN_S``,
+   sql/032_presence_grain.sql), so an agent that speaks in every batch costs a row update
+   per grain, not per batch; a status change (back ONLINE) or a newer report applies at once.
 
 Cost: this runs for every event, so the work per row is kept to C-level loops (``bench
 presence`` measures it). A table's declared fields are read column-wise: tuples through
@@ -41,6 +44,7 @@ import struct
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Literal, cast
 
 import psycopg
@@ -220,9 +224,13 @@ class _Table:
 class PresenceTracker:
     """Per pipeline: the readers of the routes that declare presence, and the per-batch step."""
 
-    def __init__(self, routes: Mapping[str, Any], *, unknown_gateway: UnknownGateway = "register") -> None:
-        """``routes``: topic -> ``consumers.routes.Route`` (those with ``presence`` are tracked)."""
+    def __init__(
+        self, routes: Mapping[str, Any], *, unknown_gateway: UnknownGateway = "register", grain_s: float = 0.0
+    ) -> None:
+        """``routes``: topic -> ``consumers.routes.Route`` (those with ``presence`` are tracked);
+        ``grain_s``: the least step of ``last_seen_at`` worth a row update (0: every newer event)."""
         self.unknown_gateway = unknown_gateway
+        self.grain = timedelta(seconds=grain_s)
         self.readers = {
             t: _Reader(r.presence, r.spec.columns, r.spec.type_oids, r.time_field)
             for t, r in routes.items()
@@ -245,7 +253,7 @@ class PresenceTracker:
         agents: dict[str, tuple[int, Any, str | None]] = {}  # uid -> (seen_ms, gateway, host)
         for t in seen:
             self._track_table(t, self._check(t, orgs, rejects), gateways, agents)
-        self._write(conn, gateways, agents)
+        self._write(conn, gateways, agents, self.grain)
         return rejects
 
     def _read(self, topic: str, reader: _Reader, tb: TableBatch) -> _Table:
@@ -358,7 +366,7 @@ class PresenceTracker:
     @staticmethod
     def _write(
         conn: psycopg.Connection[Any], gateways: dict[uuid.UUID, list[Any]],
-        agents: dict[str, tuple[int, Any, str | None]],
+        agents: dict[str, tuple[int, Any, str | None]], grain: timedelta,
     ) -> None:  # fmt: skip
         """One statement for the batch's gateways, one for its agents (ids sorted: lock order)."""
         if gateways:
@@ -366,14 +374,14 @@ class PresenceTracker:
             gs = [gateways[g] for g in ids]
             figures = [None if g[3] is None else json.dumps(g[3]) for g in gs]
             conn.execute(
-                "SELECT gatestream.track_gateways(%b, %b::bigint[], %b::bigint[], %b::text[], %b::jsonb[])",
-                (ids, [g[0] for g in gs], [g[1] for g in gs], [g[2] for g in gs], figures),
+                "SELECT gatestream.track_gateways(%b, %b::bigint[], %b::bigint[], %b::text[], %b::jsonb[], %b)",
+                (ids, [g[0] for g in gs], [g[1] for g in gs], [g[2] for g in gs], figures, grain),
             )
         if agents:
             uids = sorted(agents)
             rows = list(map(agents.__getitem__, uids))
             seen, gws, hosts = zip(*rows, strict=True)
             conn.execute(
-                "SELECT gatestream.track_agents(%b::text[], %b::uuid[], %b::text[], %b::bigint[])",
-                (uids, list(gws), list(hosts), list(seen)),
+                "SELECT gatestream.track_agents(%b::text[], %b::uuid[], %b::text[], %b::bigint[], %b)",
+                (uids, list(gws), list(hosts), list(seen), grain),
             )

@@ -10,9 +10,9 @@ import re
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gatestream.cron import EXPRESSIBLE, unschedulable
@@ -49,6 +49,14 @@ class CommonSettings(BaseSettings):
         description="A gateway or agent that sent no event for this long is OFFLINE (the presence sweep, the "
         "exporter's gatestream_gateways/agents and the silent-gateway alert).",
     )
+    presence_grain_s: int = Field(
+        30,
+        ge=0,
+        description="Ingest moves a gateway's or agent's last_seen_at only in steps of at least this many seconds "
+        "(one row update per grain, not per batch, for a gateway or agent that keeps talking); a status change "
+        "(back ONLINE) or a newer status report applies at once. last_seen_at lags the newest event by less than "
+        "this. 0: every newer event. Must be under a quarter of GATESTREAM_PRESENCE_OFFLINE_AFTER_S.",
+    )
     log_level: str = Field("info")
 
     @field_validator("topic_prefix", "dlq_topic")
@@ -71,6 +79,18 @@ class CommonSettings(BaseSettings):
         elif len(value) > TOPIC_NAME_MAX:
             raise ValueError(f"the topic name has {len(value)} characters, at most {TOPIC_NAME_MAX}")
         return value
+
+    @model_validator(mode="after")
+    def _grain_well_under_the_threshold(self) -> Self:
+        """last_seen_at may lag by up to a grain: the sweep would mark a gateway that keeps
+        talking OFFLINE if the grain came near the threshold."""
+        if self.presence_grain_s * 4 >= self.presence_offline_after_s:
+            raise ValueError(
+                f"GATESTREAM_PRESENCE_GRAIN_S ({self.presence_grain_s}) must be under a quarter of "
+                f"GATESTREAM_PRESENCE_OFFLINE_AFTER_S ({self.presence_offline_after_s}): last_seen_at lags the newest "
+                "event by up to a grain"
+            )
+        return self
 
     def topic_for(self, event_type: str) -> str:
         return f"{self.topic_prefix}{event_type}"

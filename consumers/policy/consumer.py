@@ -9,6 +9,10 @@ same transaction as the job changes (when pg_cron lives in the same database, or
 the Community edition), through the same offset store and checkpoint as the ingest
 consumers (``consumers.offsets``, ``consumers.checkpoint``): an invalid event is
 dead-lettered once, and its offset moves only with the reconcile that follows it.
+
+The presence sweep (marking silent gateways and agents OFFLINE) is one of the reconciled
+jobs (``JobKind.PRESENCE_SWEEP``): it runs on the database's scheduler, not in this loop,
+so it keeps running while this consumer is down or restarting.
 """
 
 from __future__ import annotations
@@ -29,14 +33,11 @@ from gatestream.consumers.policy import metrics
 from gatestream.consumers.policy.model import PolicyError
 from gatestream.consumers.policy.reconcile import Plan, impact, make_engine, reconcile
 from gatestream.database import connect, connect_once, sever
-from gatestream.fleet import sweep
 from gatestream.kafka import base_config, group_config
 from gatestream.settings import PolicySettings
 from gatestream.signals import on_stop_signals
 from gatestream.topics import ensure_topics
 from gatestream.waiting import after_stuck_stop
-
-PRESENCE_SWEEP_S = 60.0  # how often the policy consumer runs the presence sweep
 
 log = structlog.get_logger("gatestream.policy")
 
@@ -219,7 +220,6 @@ class PolicyConsumer:
         self.consumer.subscribe([self.settings.policy_topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         log.info("policy consumer started", engine=self.engine.name, topic=self.settings.policy_topic)
         next_full = 0.0  # a full reconcile at start
-        next_sweep = 0.0  # the presence sweep (gatestream.fleet), every PRESENCE_SWEEP_S
         finished = threading.Event()
         after_stuck_stop(self.stop_event, finished, self.settings.stop_grace_s, self._cut_database)
         try:
@@ -231,9 +231,6 @@ class PolicyConsumer:
                     if time.monotonic() >= next_full:
                         next_full = time.monotonic() + self.settings.full_reconcile_interval_s
                         self.reconcile_now("periodic" if self.runs else "startup")
-                    if time.monotonic() >= next_sweep:
-                        next_sweep = time.monotonic() + PRESENCE_SWEEP_S
-                        self._sweep_presence()
                 except PolicyError:
                     pass  # logged; retried on the next event or period
                 except psycopg.OperationalError as exc:
@@ -259,17 +256,6 @@ class PolicyConsumer:
             self.conn.close()
             finished.set()
         log.info("policy consumer stopped", reconciles=self.runs)
-
-    def _sweep_presence(self) -> None:
-        """Mark gateways and agents silent past GATESTREAM_PRESENCE_OFFLINE_AFTER_S OFFLINE
-        (idempotent; one statement, its own transaction)."""
-        try:
-            with self.conn.transaction():
-                gateways, agents = sweep(self.conn, self.settings.presence_offline_after_s)
-        except psycopg.errors.UndefinedFunction:
-            return  # a database before sql/030_presence.sql
-        if gateways or agents:
-            log.info("presence sweep: marked OFFLINE", gateways=gateways, agents=agents)
 
     def _cut_database(self) -> None:
         """Stopping, and the reconcile in hand did not end within ``stop_grace_s``: cut

@@ -3,11 +3,12 @@
 - ``TimescaleJobs`` (Community/TSL edition): TimescaleDB's own policies and jobs
   (add_retention_policy, add_columnstore_policy - add_compression_policy before 2.18 -,
   add_continuous_aggregate_policy, add_job / alter_job / delete_job), read back from
-  timescaledb_information.jobs. Only the jobs on our hypertables (retention_resources)
-  and our continuous aggregates are ours; any other table's policies are foreign: listed,
-  never changed.
+  timescaledb_information.jobs. Only the jobs on our hypertables (retention_resources),
+  our continuous aggregates and those running our procedures (row retention, the presence
+  sweep) are ours; any other table's policies are foreign: listed, never changed.
 - ``CronJobs`` (Apache edition): pg_cron jobs that CALL the project's procedures
-  (sql/006; the dashboard aggregates' refresh and retention: sql/apache/011), scheduled
+  (sql/006; the dashboard aggregates' refresh and retention: sql/apache/011; the presence
+  sweep: sql/031), scheduled
   from pg_cron's database into this one. pg_cron job names are
   unique per user across databases and cut at 63 bytes, so a job is named
   ``gatestream:<hash of database and key>`` and its command starts with a comment
@@ -28,7 +29,7 @@ import psycopg
 from psycopg import sql
 
 from gatestream.consumers.policy import columnstore
-from gatestream.consumers.policy.model import DASHBOARD_AGGREGATES, DesiredJob, JobKind
+from gatestream.consumers.policy.model import DASHBOARD_AGGREGATES, PRESENCE_TARGET, DesiredJob, JobKind
 from gatestream.cron import UnschedulableInterval
 from gatestream.cron import cron_line as cron_line  # re-exported: the line each pg_cron job gets
 from gatestream.database import connect_once
@@ -130,10 +131,13 @@ class TimescaleJobs:
             elif proc_schema == "gatestream" and proc == "delete_expired_rows_job":
                 kind, target = JobKind.ROW_RETENTION, str(config.get("hypertable"))
                 params = {"default_days": int(config.get("default_days", 0))}
+            elif proc_schema == "gatestream" and proc == "presence_sweep_job":
+                kind, target = JobKind.PRESENCE_SWEEP, PRESENCE_TARGET
+                params = {"offline_after_s": config.get("offline_after_s")}  # anything else: rewritten
             else:
                 continue  # not a policy (a user-defined job, or TimescaleDB's own)
             key = f"{kind}:{target}"
-            if kind != JobKind.ROW_RETENTION and target not in ours:
+            if kind not in (JobKind.ROW_RETENTION, JobKind.PRESENCE_SWEEP) and target not in ours:
                 foreign.append(ActualJob(key, int(job_id), f"{int(every_s)}s", params))
                 continue
             if key in out:  # a duplicate made by hand: keep the first, report the rest as extra
@@ -178,6 +182,10 @@ class TimescaleJobs:
             q = sql.SQL("SELECT add_job('gatestream.delete_expired_rows_job', {}, config => {}::jsonb)").format(
                 every, sql.Literal(json.dumps(self._row_config(want)))
             )
+        elif want.kind == JobKind.PRESENCE_SWEEP:
+            q = sql.SQL("SELECT add_job('gatestream.presence_sweep_job', {}, config => {}::jsonb)").format(
+                every, sql.Literal(json.dumps(want.params))
+            )
         elif want.kind == JobKind.COMPRESSION:
             # 2.18 renamed compression to columnstore (the old names remain as aliases): the
             # current names where the installed version has them
@@ -217,6 +225,8 @@ class TimescaleJobs:
             )
         elif want.kind == JobKind.ROW_RETENTION:
             config = sql.SQL("{}::jsonb").format(sql.Literal(json.dumps(self._row_config(want))))
+        elif want.kind == JobKind.PRESENCE_SWEEP:
+            config = sql.SQL("{}::jsonb").format(sql.Literal(json.dumps(want.params)))
         elif want.kind == JobKind.COMPRESSION:
             self._set_columnstore(want)
             config = sql.SQL("jsonb_set(config, '{{compress_after}}', to_jsonb({}::text))").format(
@@ -241,6 +251,10 @@ class TimescaleJobs:
 
 
 def _edition_migrated(conn: psycopg.Connection[Any], folder: str, path: Path, edition: str) -> None:
+    """The edition's migrations, and the common ones the jobs call (the presence sweep, sql/031)."""
+    found = conn.execute("SELECT to_regprocedure('gatestream.presence_sweep_job(integer, jsonb)')").fetchone()
+    if not found or found[0] is None:
+        raise EngineUnavailable("the presence sweep's procedures (sql/031) are missing: run gatestream db migrate")
     row = conn.execute(
         "SELECT count(*) FROM gatestream.schema_migrations WHERE starts_with(name, %s)", (f"{folder}/",)
     ).fetchone()
@@ -273,7 +287,7 @@ INTERVAL_SETTING = {
     JobKind.RETENTION: "GATESTREAM_CHUNK_RETENTION_INTERVAL_S",
     JobKind.ROW_RETENTION: "GATESTREAM_ROW_RETENTION_INTERVAL_S",
     JobKind.AGGREGATE_REFRESH: "GATESTREAM_AGGREGATE_REFRESH_INTERVAL_S",
-}
+}  # (the presence sweep runs every minute: model.PRESENCE_SWEEP_INTERVAL_S)
 
 
 def cron_schedule(want: DesiredJob) -> str:
@@ -330,6 +344,8 @@ class CronJobs:
             q = sql.SQL("CALL gatestream.delete_expired_rows({}, {})").format(
                 t, sql.Literal(want.params["default_days"])
             )
+        elif want.kind == JobKind.PRESENCE_SWEEP:
+            q = sql.SQL("CALL gatestream.presence_sweep({})").format(sql.Literal(want.params["offline_after_s"]))
         else:
             raise ValueError(f"{want.kind} jobs need the TimescaleDB Community edition")
         return f"{KEY_MARK}{want.key}\n{q.as_string(self.conn)}"

@@ -6,7 +6,8 @@ row-deleting job that enforces every shorter retention (it reads the table when 
 runs); with the Community edition also a compression job. Per dashboard aggregate a
 retention job, and its refresh: a continuous aggregate policy per aggregate on the Community
 edition, one pg_cron job per source hypertable on the Apache edition (it refreshes the hourly
-and the daily aggregate of that source together).
+and the daily aggregate of that source together). One presence sweep per database: it marks
+gateways and agents silent past GATESTREAM_PRESENCE_OFFLINE_AFTER_S OFFLINE every minute.
 """
 
 from __future__ import annotations
@@ -32,6 +33,13 @@ class JobKind(StrEnum):
     CAGG_REFRESH = "cagg-refresh"  # Community edition: a continuous aggregate's refresh policy
     CAGG_RETENTION = "cagg-retention"  # a dashboard aggregate's retention (either edition)
     AGGREGATE_REFRESH = "aggregate-refresh"  # Apache edition: a source's aggregates, by watermark (pg_cron)
+    PRESENCE_SWEEP = "presence-sweep"  # mark silent gateways and agents OFFLINE (either edition)
+
+
+# The presence sweep's period: a minute, the shortest pg_cron 1.4 schedules (how late a
+# silent gateway is marked OFFLINE past the threshold, at most).
+PRESENCE_SWEEP_INTERVAL_S = 60
+PRESENCE_TARGET = "monitoring.gateway_instances+agent_instances"  # what the sweep marks (not one relation)
 
 
 @dataclass(frozen=True)
@@ -170,6 +178,11 @@ def desired_state(conn: psycopg.Connection[Any], settings: PolicySettings, editi
                  "sparse_index": columnstore.SPARSE_INDEX},
             )  # fmt: skip
     jobs.update(_aggregate_jobs(settings, tsl))
+    sweep = DesiredJob(
+        f"{JobKind.PRESENCE_SWEEP}:{PRESENCE_TARGET}", JobKind.PRESENCE_SWEEP, PRESENCE_TARGET, None,
+        PRESENCE_SWEEP_INTERVAL_S, {"offline_after_s": settings.presence_offline_after_s},
+    )  # fmt: skip
+    jobs[sweep.key] = sweep
     unavailable = []
     if not tsl:
         unavailable = [

@@ -134,7 +134,7 @@ def bench_presence(settings: IngestSettings, *, rows: int, runs: int, batch_rows
         route = Route(
             topic, Decoder(registry, reader), spec, event_time_field(reader), catalog.info(EVENT_TYPE).presence
         )
-        tracker = PresenceTracker({topic: route})
+        tracker = PresenceTracker({topic: route}, grain_s=settings.presence_grain_s)
         batches = {p: _batches(route, msgs, batch_rows, p == "native") for p in paths}
         gc.freeze()  # as the ingest pipeline does once started (consumers.pipeline)
         got: dict[str, list[float]] = {p: [] for p in paths}

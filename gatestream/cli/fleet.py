@@ -42,7 +42,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         print(f"  {indent + m.kind:<8} {m.id:<36}  {(m.name or '-')[:24]:<24} {state:<8} {seen:<20} "
               f"{age_text(m.age_s)}")  # fmt: skip
     if any(m.state in ("ONLINE", "ERROR") and (m.age_s or 0) > silence for m in members):
-        print("  * silent past the threshold, not swept yet (`gatestream fleet sweep`, or the policy consumer)")
+        print("  * silent past the threshold, not swept yet (`gatestream fleet sweep`, or the presence-sweep job)")
     return 0
 
 
@@ -61,7 +61,8 @@ def add_parsers(sub: Any) -> None:
         description="Gateways and agents as ingest keeps them from the event streams (monitoring.gateway_instances, "
         "agent_instances): state (ONLINE, ERROR from the gateway's status report, OFFLINE after the sweep, UNKNOWN "
         "before any event), last event time and age. `gatestream fleet sweep` marks those silent past "
-        "GATESTREAM_PRESENCE_OFFLINE_AFTER_S (default 300) OFFLINE once; the policy consumer does it every minute.",
+        "GATESTREAM_PRESENCE_OFFLINE_AFTER_S (default 300) OFFLINE once; the presence-sweep job the policy consumer "
+        "reconciles (a TimescaleDB job, or pg_cron on the Apache edition) does it every minute.",
     )
     p.add_argument("action", nargs="?", choices=["list", "sweep"], default="list", help="list (default) or sweep")
     p.add_argument("--org", type=int, help="the organization whose fleet to list")

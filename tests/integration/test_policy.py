@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +23,7 @@ from gatestream.consumers.policy.model import DASHBOARD_AGGREGATES, PolicyError
 from gatestream.consumers.policy.reconcile import make_engine, make_plan, reconcile
 from gatestream.edition import Edition
 from gatestream.settings import PolicySettings
-from tests.conftest import Env, read_topic
+from tests.conftest import Env, read_topic, run_gatestream
 from tests.helpers import unschedule_cron_jobs, wait_for
 
 pytestmark = pytest.mark.integration
@@ -220,7 +221,7 @@ def test_ten_thousand_organizations_reconcile_to_jobs_per_hypertable(env: Env, c
     # the dashboard aggregates' retention, and their refresh: per aggregate (continuous
     # aggregate policies) or per source hypertable (pg_cron, every level at once)
     n_aggregates = len(DASHBOARD_AGGREGATES)
-    extra = n_aggregates + (n_aggregates if _edition(conn) == "timescale" else 2)
+    extra = n_aggregates + (n_aggregates if _edition(conn) == "timescale" else 2) + 1  # + the presence sweep
     assert len(plan.state.jobs) == 5 * per_hypertable + extra
     assert len(engine.actual()) == len(plan.state.jobs)
     assert again.changes == []
@@ -309,7 +310,7 @@ def test_compression_and_the_daily_aggregate(env: Env, conn: Any) -> None:
         assert [u.split(" ", 1)[0] for u in plan.state.unavailable] == ["compression"]
         assert all("needs the TimescaleDB Community edition" in u for u in plan.state.unavailable)
         kinds = {k.split(":", 1)[0] for k in engine.actual()}
-        assert kinds == {"retention", "row-retention", "cagg-retention", "aggregate-refresh"}
+        assert kinds == {"retention", "row-retention", "cagg-retention", "aggregate-refresh", "presence-sweep"}
         assert conn.execute(
             "SELECT count(*) FROM gatestream.schema_migrations WHERE starts_with(name, 'tsl/')"
         ).fetchone() == (0,)
@@ -362,3 +363,54 @@ def test_compression_and_the_daily_aggregate(env: Env, conn: Any) -> None:
         f"SELECT sum(total_windows)::bigint FROM monitoring.active_windows_daily WHERE bucket >= {since}"  # noqa: S608
     ).fetchone()
     assert total == conn.execute(f"SELECT count(*) FROM monitoring.active_windows WHERE datetime >= {since}").fetchone()  # noqa: S608
+
+
+def test_the_presence_sweep_is_a_reconciled_job_that_marks_the_silent_offline(env: Env, conn: Any) -> None:
+    """The OFFLINE sweep is a job like the others (a TimescaleDB job on the Community
+    edition, pg_cron on the Apache one), its threshold in the job. Run as the scheduler
+    would, it marks the gateway and the agent silent past the threshold OFFLINE and leaves
+    the others; a changed threshold is drift that `policy plan` shows and the reconcile
+    repairs in place; the next run uses it. (The scheduler may run the job on its own
+    meanwhile: with the same threshold, to the same result.)"""
+    old, mid, new = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    conn.execute(
+        "INSERT INTO monitoring.gateway_instances (id, organization_id, status, last_seen_at) VALUES "
+        "(%s, 1, 'ONLINE', now() - interval '10 minutes'), (%s, 1, 'ERROR', now() - interval '7 minutes'), "
+        "(%s, 1, 'ONLINE', now())",
+        (old, mid, new),
+    )
+    conn.execute(
+        "INSERT INTO monitoring.agent_instances (id, agent_uid, gateway_id, status, last_seen_at) VALUES "
+        "(gen_random_uuid(), 'quiet', %s, 'ONLINE', now() - interval '10 minutes'), "
+        "(gen_random_uuid(), 'talking', %s, 'ONLINE', now())",
+        (old, new),
+    )
+
+    def states() -> tuple[dict[uuid.UUID, str], dict[str, str]]:
+        return (dict(conn.execute("SELECT id, status FROM monitoring.gateway_instances").fetchall()),
+                dict(conn.execute("SELECT agent_uid, status FROM monitoring.agent_instances").fetchall()))  # fmt: skip
+
+    key = "presence-sweep:monitoring.gateway_instances+agent_instances"
+    settings = env.policy(presence_offline_after_s=600)
+    engine = make_engine(conn, settings)
+    engine.prepare()
+    plan = reconcile(conn, settings, engine, with_impact=False)
+    assert ("add", key) in [(c.action, c.key) for c in plan.changes]
+    job = engine.actual()[key]
+    assert job.schedule == ("60s" if _edition(conn) == Edition.COMMUNITY else "* * * * *")
+    engine.run_now(job)
+    assert states() == ({old: "OFFLINE", mid: "ERROR", new: "ONLINE"}, {"quiet": "OFFLINE", "talking": "ONLINE"})
+
+    out = run_gatestream(env.environ(), "policy", "plan", "--no-impact")  # the default threshold: 300 s
+    assert out.returncode == 0, out.stderr[-2000:]
+    changed = [line.strip() for line in out.stdout.splitlines() if line.startswith("  ")]
+    assert len(changed) == 1 and changed[0].startswith(f"alter  {key}:"), out.stdout
+    assert changed[0].endswith("presence-sweep on monitoring.gateway_instances+agent_instances every 1 min "
+                               "(offline_after_s=300)"), changed  # fmt: skip
+    settings = env.policy()
+    repaired = reconcile(conn, settings, engine, with_impact=False)
+    assert [(c.action, c.key) for c in repaired.changes] == [("alter", key)]
+    again = engine.actual()[key]
+    assert again.job_id == job.job_id and make_plan(conn, settings, engine).changes == []
+    engine.run_now(again)
+    assert states() == ({old: "OFFLINE", mid: "OFFLINE", new: "ONLINE"}, {"quiet": "OFFLINE", "talking": "ONLINE"})

@@ -81,6 +81,58 @@ def test_presence_moves_forward_only_and_the_sweep_marks_the_silent_offline(db_u
         assert _agents(conn) == [("42", gw, "desk-1", "ONLINE", newer)]
 
 
+def test_last_seen_moves_in_grains_and_a_status_change_applies_at_once(db_url: str) -> None:
+    """With a grain of 30 s (GATESTREAM_PRESENCE_GRAIN_S): a newer event 10 s later writes
+    no row (xmin unchanged: no new row version); one 40 s later moves the gateway and the
+    agent; a new host name and a newer status report apply within the grain; an older event
+    never moves anything back; after the sweep, an event 1 s newer brings both back ONLINE
+    at once."""
+    gw = uuid.uuid4()
+    grain = timedelta(seconds=30)
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=20)
+
+    def seen(conn: psycopg.Connection[Any], t: datetime, host: str | None = None) -> None:
+        conn.execute("SELECT gatestream.track_gateways(%s, %s, %s, %s, %s::jsonb[], %s)", ([gw], [_ms(t)], [None],
+                     [None], [None], grain))  # fmt: skip
+        conn.execute("SELECT gatestream.track_agents(%s, %s, %s, %s, %s)", (["42"], [gw], [host], [_ms(t)], grain))
+
+    def rows(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+        return conn.execute(
+            "SELECT xmin::text, status, last_seen_at FROM monitoring.gateway_instances WHERE id = %s "
+            "UNION ALL SELECT xmin::text, status || ' ' || hostname, last_seen_at FROM monitoring.agent_instances",
+            (gw,),
+        ).fetchall()
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO monitoring.gateway_instances (id, organization_id) VALUES (%s, 7)", (gw,))
+        seen(conn, t0, "desk-1")
+        first = rows(conn)
+        assert [r[1:] for r in first] == [("ONLINE", t0), ("ONLINE desk-1", t0)]
+        seen(conn, t0 + timedelta(seconds=10))
+        assert rows(conn) == first, "an event within the grain wrote a row"
+        seen(conn, t0 + timedelta(seconds=40))
+        moved = rows(conn)
+        assert [r[1:] for r in moved] == [("ONLINE", t0 + timedelta(seconds=40)),
+                                          ("ONLINE desk-1", t0 + timedelta(seconds=40))]  # fmt: skip
+        assert all(m[0] != f[0] for m, f in zip(moved, first, strict=True))
+        seen(conn, t0 + timedelta(seconds=45), "desk-2")  # the agent's host changed: at once; the gateway waits
+        host = rows(conn)
+        assert host[0] == moved[0] and host[1][1:] == ("ONLINE desk-2", t0 + timedelta(seconds=45))
+        report = t0 + timedelta(seconds=50)  # a newer report applies within the grain
+        figures = [json.dumps({"disk_usage": 97.0})]
+        conn.execute("SELECT gatestream.track_gateways(%s, %s, %s, %s, %s::jsonb[], %s)",
+                     ([gw], [_ms(report)], [_ms(report)], ["ERROR"], figures, grain))  # fmt: skip
+        assert rows(conn)[0][1:] == ("ERROR", report)
+        before = rows(conn)
+        seen(conn, t0)  # an older event: nothing moves back, nothing is written
+        assert rows(conn) == before
+
+        assert conn.execute("SELECT * FROM gatestream.sweep_presence(interval '5 minutes')").fetchone() == (1, 1)
+        back = report + timedelta(seconds=1)
+        seen(conn, back)  # well within the grain, but it changes the status
+        assert [r[1:] for r in rows(conn)] == [("ONLINE", back), ("ONLINE desk-2", back)]
+
+
 def _publish(env: Env, spool: Path, events: list[Any], gateway: uuid.UUID | None, host: str | None = None) -> None:
     pub = Publisher(env.producer(spool), gateway_id=gateway, agent_hostname=host)
     pub.publish_many(events)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -95,7 +96,7 @@ class Recorder:
 
 
 def run(form: str) -> tuple[list[Any], list[tuple[str, Any]], dict[str, int]]:
-    tracker = PresenceTracker(ROUTES)
+    tracker = PresenceTracker(ROUTES, grain_s=30)
     if form == "walk":  # no fixed-offset reading: every COPY tuple walked
         for r in tracker.readers.values():
             r._fixed = None
@@ -131,7 +132,8 @@ def test_the_decisions() -> None:
     gws = statements["SELECT gatestream.track_gateways(%b, %b:"]
     assert gws == (
         [GW_A, GW_B, GW_NEW], [T0 + 20, T0 + 7, T0 + 2], [None, T0 + 7, None], [None, "ERROR", None],
-        [None, '{"disk_usage": 97.0, "queue_depth": 3}', None],
+        [None, '{"disk_usage": 97.0, "queue_depth": 3}', None], timedelta(seconds=30),
     )  # fmt: skip
     agents = statements["SELECT gatestream.track_agents(%b::text["]
-    assert agents == (["10", "30", "40"], [GW_A, GW_NEW, GW_B], ["desk-10s", None, None], [T0 + 20, T0 + 2, T0 + 6])
+    assert agents == (["10", "30", "40"], [GW_A, GW_NEW, GW_B], ["desk-10s", None, None], [T0 + 20, T0 + 2, T0 + 6],
+                      timedelta(seconds=30))  # fmt: skip

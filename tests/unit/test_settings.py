@@ -75,3 +75,14 @@ def test_metrics_port_is_declared_once_and_every_server_process_has_it() -> None
     assert declaring == ["OpsServerSettings"]
     for cls in (ProducerSettings, IngestSettings, PolicySettings):
         assert cls(metrics_port=9400).metrics_port == 9400
+
+
+def test_the_presence_grain_stays_well_under_the_offline_threshold() -> None:
+    """last_seen_at lags by up to a grain: a grain near the threshold would sweep gateways
+    that keep talking, so it must be under a quarter of it (0: exact)."""
+    assert CommonSettings().presence_grain_s == 30 and CommonSettings().presence_offline_after_s == 300
+    assert IngestSettings(presence_grain_s=74, presence_offline_after_s=300).presence_grain_s == 74
+    assert CommonSettings(presence_grain_s=0, presence_offline_after_s=1).presence_grain_s == 0
+    for grain, after in ((75, 300), (30, 60)):
+        with pytest.raises(ValidationError, match="must be under a quarter of GATESTREAM_PRESENCE_OFFLINE_AFTER_S"):
+            IngestSettings(presence_grain_s=grain, presence_offline_after_s=after)
