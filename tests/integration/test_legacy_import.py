@@ -12,11 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import structlog
 
-import gatestream.cli
-import gatestream.legacy.importer
-import gatestream.progress
 from gatestream.cli import main
 from gatestream.legacy.mapping import event_id_of
 from tests.conftest import gatestream_cmd
@@ -83,9 +79,6 @@ def _run(
     for k, v in environ.items():
         if k.startswith("GATESTREAM_"):
             monkeypatch.setenv(k, v)
-    # structlog caches a module's logger, with the stream of its first use: a test's own capture, closed after it
-    for module in (gatestream.cli, gatestream.legacy.importer, gatestream.progress):
-        monkeypatch.setattr(module, "log", structlog.get_logger(module.__name__))
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         main(list(args))
