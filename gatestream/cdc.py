@@ -64,6 +64,8 @@ def connector_config(settings: CdcSettings) -> dict[str, str]:
         "topic.creation.default.replication.factor": "1",
         "topic.creation.default.partitions": "1",
         "tombstones.on.delete": "true",
+        # the database went away (a restart, a failover): the task reconnects after 3 s, not 10
+        "retriable.restart.connector.wait.ms": "3000",
         "decimal.handling.mode": "string",
         "time.precision.mode": "connect",
     }
