@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from gatestream.database import connect_once
 from gatestream.settings import CDC_TABLE, CdcSettings
 
 CONNECTOR_CLASS = "io.debezium.connector.postgresql.PostgresConnector"
@@ -102,7 +103,7 @@ def set_password(settings: CdcSettings) -> bool:
     """Give the connector's role GATESTREAM_CDC_PASSWORD (as the database's owner); False when unset."""
     if settings.cdc_password is None:
         return False
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+    with connect_once(settings.database_url) as conn:
         conn.execute(
             sql.SQL("ALTER ROLE {} WITH PASSWORD {}").format(
                 sql.Identifier(settings.cdc_user), sql.Literal(settings.cdc_password.get_secret_value())
@@ -181,7 +182,7 @@ def delete(settings: CdcSettings) -> None:
 def drop_slot(settings: CdcSettings, wait_s: float = 15.0) -> bool:
     """Drop the connector's slot once no reader holds it (after delete()); False if there is none."""
     deadline = time.monotonic() + wait_s
-    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+    with connect_once(settings.database_url) as conn:
         while True:
             row = conn.execute(
                 "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (settings.cdc_slot,)
