@@ -64,6 +64,8 @@ def connector_config(settings: CdcSettings) -> dict[str, str]:
         # the broker creates no topic on first use: the worker creates the connector's
         "topic.creation.default.replication.factor": "1",
         "topic.creation.default.partitions": "1",
+        # the task hands its queue to Connect every 100 ms (default 500): a change's latency
+        "poll.interval.ms": "100",
         "tombstones.on.delete": "true",
         # the database went away (a restart, a failover): the task reconnects after 3 s, not 10
         "retriable.restart.connector.wait.ms": "3000",
