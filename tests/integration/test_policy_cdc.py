@@ -27,6 +27,7 @@ from bench.postgres import PrivatePostgres, pg_bindir
 from gatestream import cdc
 from gatestream.consumers.policy.consumer import PolicyConsumer
 from gatestream.consumers.policy.reconcile import make_engine, make_plan
+from gatestream.dbmetrics import DatabaseCollector
 from gatestream.migrate import migrate
 from gatestream.settings import CdcSettings, KafkaClientSettings, PolicySettings
 from gatestream.topics import delete_topics
@@ -91,6 +92,19 @@ def consumer(settings: PolicySettings) -> tuple[PolicyConsumer, threading.Thread
     return pc, t
 
 
+ACTIVE = "gatestream_db_replication_slot_active"
+
+
+def slot_metrics(database_url: str, slot: str) -> dict[str, float]:
+    """The database exporter's samples of one replication slot."""
+    return {
+        sample.name: sample.value
+        for family in DatabaseCollector(database_url, min_interval_s=0).collect()
+        for sample in family.samples
+        if sample.labels.get("slot") == slot
+    }
+
+
 def set_days(conn: psycopg.Connection[Any], org: int, days: int) -> None:
     conn.execute("UPDATE monitoring.retention_policies SET retention_days = %s WHERE organization_id = %s", (days, org))
 
@@ -133,8 +147,13 @@ def test_plain_sql_changes_the_jobs_and_nothing_is_lost_while_the_connector_is_s
                 conn.execute(sql + "VALUES (6, 'active_windows', 700)")
                 time.sleep(1.5)
                 assert drop_after(settings, conn) == 365, "changed without the connector: the test proves nothing"
+                # the exporter sees the slot without its reader, holding the WAL since
+                slot = slot_metrics(env.database_url, cs.cdc_slot)
+                assert slot["gatestream_db_replication_slot_active"] == 0
+                assert slot["gatestream_db_replication_slot_retained_bytes"] > 0
                 cdc.resume(cs)
                 wait_drop_after(settings, conn, 700, 20)
+                assert wait_for(lambda: slot_metrics(env.database_url, cs.cdc_slot)[ACTIVE] == 1, 10)
 
                 # a message on the CDC topic that is not a change of the table: dead-lettered with
                 # its reason, and the consumer carries on
