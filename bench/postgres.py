@@ -52,9 +52,10 @@ class PrivatePostgres:
     streaming standby of it (``standby()``, ``promote()``). Raises RuntimeError with the
     server's own words when a step fails."""
 
-    def __init__(self, bindir: Path, name: str = "primary") -> None:
+    def __init__(self, bindir: Path, name: str = "primary", *, wal_level: str = "replica") -> None:
         self.bindir = bindir
         self.name = name  # its application_name as a standby (synchronous_standby_names)
+        self.wal_level = wal_level  # "logical": change data capture (a logical replication slot) reads it
         # the server runs as the postgres user when we are root (initdb refuses root): its folder
         # must be reachable by that user, which a private home or /tmp/pytest-* may not be
         self.state = Path(tempfile.mkdtemp(prefix="gatestream-pg-", dir="/var/tmp" if os.geteuid() == 0 else None))
@@ -90,7 +91,7 @@ class PrivatePostgres:
                     "shared_buffers = 128MB\nmax_connections = 100\nlog_min_messages = warning\n"
                     # a standby can be made of it at any time (initdb's pg_hba trusts replication
                     # connections from 127.0.0.1); the standby copies these settings
-                    "wal_level = replica\nmax_wal_senders = 4\nhot_standby = on\nwal_keep_size = 256MB\n"
+                    f"wal_level = {self.wal_level}\nmax_wal_senders = 4\nhot_standby = on\nwal_keep_size = 256MB\n"
                 )
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "start")
 

@@ -47,6 +47,7 @@ class Reason(StrEnum):
     REJECTED_BY_DATABASE = "rejected-by-database"  # a CHECK, a NUL byte, ... (SQLSTATE in the detail)
     INTERNAL_ERROR = "internal-error"  # failed for a reason nobody foresaw (exception class in the detail)
     INVALID_POLICY_EVENT = "invalid-policy-event"  # the policy consumer's change events
+    INVALID_CHANGE_EVENT = "invalid-change-event"  # not a Debezium change event of retention_policies (CDC topic)
     TENANT_MISMATCH = "tenant-mismatch"  # its organization is not the organization of the gateway that sent it
     UNKNOWN_GATEWAY = "unknown-gateway"  # its gateway is not registered (GATESTREAM_UNKNOWN_GATEWAY=refuse)
 

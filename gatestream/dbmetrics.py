@@ -173,8 +173,47 @@ class DatabaseCollector(Collector):
         out += self._jobs(conn)
         out += self._cron_jobs(conn)
         out += self._disk(conn)
+        out += self._slots(conn)
         out += self._fleet(conn)
         return out
+
+    def _slots(self, conn: psycopg.Connection[Any]) -> list[Metric]:
+        """This database's replication slots (Debezium's, see gatestream.cdc): the WAL each one pins
+        on the server's disk while its reader is behind or away, and whether a reader is attached."""
+        retained = GaugeMetricFamily(
+            "gatestream_db_replication_slot_retained_bytes",
+            "WAL the server keeps for the slot (current WAL position - the slot's restart_lsn); grows while "
+            "its reader (Kafka Connect) is down, bounded by max_slot_wal_keep_size.",
+            labels=["slot"],
+        )
+        active = GaugeMetricFamily(
+            "gatestream_db_replication_slot_active", "1 if a reader is attached to the slot.", labels=["slot"]
+        )
+        safe = GaugeMetricFamily(
+            "gatestream_db_replication_slot_safe_wal_bytes",
+            "WAL that can still be written before the slot is invalidated by max_slot_wal_keep_size "
+            "(absent when unlimited); at 0 the slot is lost and its reader must start over from a snapshot.",
+            labels=["slot"],
+        )
+        try:
+            with conn.transaction():
+                rows = conn.execute(
+                    """SELECT slot_name,
+                              pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn()
+                                                   ELSE pg_current_wal_lsn() END, restart_lsn),
+                              active, safe_wal_size
+                         FROM pg_replication_slots WHERE database = current_database() ORDER BY 1"""
+                ).fetchall()
+        except psycopg.Error as exc:  # not allowed to read the WAL position: no slot metrics
+            log.info("replication slot metrics unavailable", error=str(exc).strip()[:200])
+            rows = []
+        for name, pinned, is_active, safe_size in rows:
+            if pinned is not None:
+                retained.add_metric([str(name)], float(pinned))
+            active.add_metric([str(name)], 1.0 if is_active else 0.0)
+            if safe_size is not None:
+                safe.add_metric([str(name)], max(0.0, float(safe_size)))
+        return [retained, active, safe]
 
     def _fleet(self, conn: psycopg.Connection[Any]) -> list[Metric]:
         """Gateways and agents per state (gatestream.fleet): aggregates only, no per-gateway

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gatestream.cron import EXPRESSIBLE, unschedulable
@@ -241,10 +241,82 @@ class IngestSettings(GroupMemberSettings, OpsServerSettings):
     )
 
 
-class PolicySettings(GroupMemberSettings, OpsServerSettings):
+CDC_TABLE = "monitoring.retention_policies"  # the one table captured (sql/052_policy_cdc.sql)
+
+
+class CdcTopicSettings(BaseSettings):
+    """Where Debezium writes the table's change events: <prefix>.monitoring.retention_policies."""
+
+    model_config = SettingsConfigDict(env_prefix="GATESTREAM_", extra="ignore")
+
+    cdc_topic_prefix: str = Field(
+        "gatestream.cdc",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="Debezium's topic.prefix: its change events of retention_policies go to "
+        "<prefix>.monitoring.retention_policies.",
+    )
+
+    @property
+    def cdc_topic(self) -> str:
+        return f"{self.cdc_topic_prefix}.{CDC_TABLE}"
+
+
+class CdcSettings(CommonSettings, CdcTopicSettings):
+    """``gatestream cdc``: the Debezium connector that captures retention_policies, on Kafka Connect."""
+
+    connect_url: str | None = Field(
+        None, description="Kafka Connect's REST API (ops/stack: http://127.0.0.1:PORT); unset = no Connect here."
+    )
+    cdc_connector: str = Field(
+        "gatestream-policies", pattern=r"^[A-Za-z0-9._-]+$", description="The connector's name on Connect."
+    )
+    cdc_slot: str = Field(
+        "gatestream_policies",
+        pattern=r"^[a-z0-9_]{1,63}$",
+        description="The connector's logical replication slot (one per connector and database).",
+    )
+    cdc_publication: str = Field(
+        "gatestream_policies", description="The publication it reads (created by sql/052_policy_cdc.sql)."
+    )
+    cdc_user: str = Field("gatestream_cdc", description="The role it logs in as (sql/052_policy_cdc.sql).")
+    cdc_password: SecretStr | None = Field(
+        None, description="That role's password: `gatestream cdc register` sets it on the role."
+    )
+    cdc_password_ref: str | None = Field(
+        None,
+        description="What the connector config says instead of the password: a Connect config-provider reference "
+        "(e.g. ${file:/path/secrets.properties:cdc_password}), so the password is never in Connect's config topic "
+        "or REST answers. Unset = the password itself.",
+    )
+    cdc_database_url: str | None = Field(
+        None,
+        description="The database as the Connect worker reaches it (host, port, database name); unset = "
+        "GATESTREAM_DATABASE_URL.",
+    )
+    cdc_heartbeat_ms: int = Field(
+        10000,
+        ge=1000,
+        description="Debezium's heartbeat: lets the slot move on while the table is quiet and other tables write "
+        "(else the slot pins the server's WAL).",
+    )
+
+
+ChangeSource = Literal["both", "events", "cdc"]
+
+
+class PolicySettings(GroupMemberSettings, OpsServerSettings, CdcTopicSettings):
     """The policy consumer and the ``gatestream policy`` commands."""
 
     policy_topic: str = Field("gatestream.policy-changes", description="Change events of retention_policies.")
+    policy_change_source: ChangeSource = Field(
+        "both",
+        description="What the policy consumer reconciles on besides its periodic run: 'events' (the policy topic, "
+        "written by `gatestream policy set/delete`), 'cdc' (Debezium's change events of the table, "
+        "<cdc_topic_prefix>.monitoring.retention_policies: every writer of the table) or 'both' (ops/stack runs "
+        "Connect; without it the CDC topic stays empty and 'both' works as 'events').",
+    )
     policy_group_id: str = Field("gatestream-policy", description="Consumer group of the policy consumer.")
     default_retention_days: int = Field(365, ge=1, description="Retention where the table has no default row.")
     compress_after_days: int = Field(60, ge=1, description="Compress chunks older than this (Community edition).")

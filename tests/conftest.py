@@ -196,7 +196,7 @@ class Env:
         return IngestSettings(**{**self.common(), **TEST_CONSUMER, "group_id": f"{self.prefix}ingest", **over})
 
     def policy(self, **over: Any) -> Any:
-        """The policy consumer's settings, with this test's own change topic and group."""
+        """The policy consumer's settings, with this test's own change topics and group."""
         from gatestream.settings import PolicySettings
 
         return PolicySettings(
@@ -205,6 +205,8 @@ class Env:
                 **TEST_CONSUMER,
                 "policy_topic": f"{self.prefix}policy-changes",
                 "policy_group_id": f"{self.prefix}policy",
+                # Debezium's topic of this test (tests/integration/test_policy_cdc.py), not the stack's
+                "cdc_topic_prefix": f"{self.prefix}cdc",
                 **over,
             }
         )
@@ -217,7 +219,13 @@ class Env:
     def environ(self, **over: Any) -> dict[str, str]:
         """Environment for a gatestream subprocess."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("GATESTREAM_")}
-        values = {**self.common(), **TEST_CONSUMER, "group_id": f"{self.prefix}ingest", **over}
+        values = {
+            **self.common(),
+            **TEST_CONSUMER,
+            "group_id": f"{self.prefix}ingest",
+            "cdc_topic_prefix": f"{self.prefix}cdc",  # a policy consumer's CDC topic: this test's
+            **over,
+        }
         env.update({f"GATESTREAM_{k.upper()}": str(v) for k, v in values.items() if v is not None})
         env["GATESTREAM_LOG_FORMAT"] = "json"
         return env

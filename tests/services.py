@@ -28,6 +28,8 @@ class Services:
     # A second server running the Apache edition of the same TimescaleDB build
     # (timescaledb.license = 'apache'), where the stack runs the Community edition.
     apache_database_url: str | None = None
+    # Kafka Connect's REST API with Debezium's PostgreSQL connector (ops/stack's worker), if any
+    connect_url: str | None = None
 
     def close(self) -> None:
         for h in self.handles:
@@ -117,6 +119,7 @@ def find_services() -> Services | str:
                 "ops/stack",
                 schema_registry_url=env.get("GATESTREAM_SCHEMA_REGISTRY_URL") or None,
                 apache_database_url=env.get("GATESTREAM_APACHE_DATABASE_URL") or None,
+                connect_url=env.get("GATESTREAM_CONNECT_URL") or None,
             )
         if forced == "stack":
             return "GATESTREAM_TEST_SERVICES=stack but no stack found: run ops/stack up"

@@ -2,7 +2,9 @@
 
 Change events (JSON on the policy topic, from ``gatestream policy set/delete`` or any
 other writer: ``{"resource_type": "...", "organization_id": 12 | null, "op": "set" |
-"delete"}``) only say that something changed; the table is the truth, so every
+"delete"}``; and Debezium's change events of the table itself on the CDC topic, from any
+writer of it, see ``changes`` and gatestream.cdc; GATESTREAM_POLICY_CHANGE_SOURCE picks
+which) only say that something changed; the table is the truth, so every
 reconcile is a full, idempotent one. A periodic reconcile repairs drift (jobs deleted,
 altered or added by hand). The consumer's offsets are stored in the database in the
 same transaction as the job changes (when pg_cron lives in the same database, or on
@@ -30,6 +32,7 @@ from gatestream.consumers.checkpoint import Checkpoint
 from gatestream.consumers.deadletter import DeadLetterError, DeadLetters, Reason, Reject
 from gatestream.consumers.offsets import FencedError, Moves, OffsetStore, start_of
 from gatestream.consumers.policy import metrics
+from gatestream.consumers.policy.changes import parse_change
 from gatestream.consumers.policy.model import PolicyError
 from gatestream.consumers.policy.reconcile import Plan, impact, make_engine, reconcile
 from gatestream.database import connect, connect_once, sever
@@ -86,6 +89,16 @@ class PolicyConsumer:
         self.checkpoint = Checkpoint(self.offsets, self.dead_letters)
         self.last_plan: Plan | None = None
         self.runs = 0
+        self.topics = self.change_topics(settings)
+
+    @staticmethod
+    def change_topics(settings: PolicySettings) -> list[str]:
+        """The topics whose messages trigger a reconcile, by GATESTREAM_POLICY_CHANGE_SOURCE."""
+        source = settings.policy_change_source
+        return [
+            *([settings.policy_topic] if source in ("events", "both") else []),
+            *([settings.cdc_topic] if source in ("cdc", "both") else []),
+        ]
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         claimed = self.offsets.claim((p.topic, p.partition) for p in partitions)
@@ -177,6 +190,9 @@ class PolicyConsumer:
             if tp not in self.offsets.expected:
                 continue  # from before a revoke
             ends[tp] = (m.offset() or 0) + 1
+            if tp[0] == self.settings.cdc_topic:
+                self._change(m, tp, changed, rejects)
+                continue
             try:
                 ev = parse_event(m.value(), self.known)
                 changed.add(ev["resource_type"])
@@ -194,6 +210,22 @@ class PolicyConsumer:
                 log.warning("offsets moved by another policy consumer; re-reading", partitions=exc.partitions)
                 for tp, off in self.offsets.reload(list(moves)).items():
                     self.consumer.seek(TopicPartition(tp[0], tp[1], start_of(off)))
+
+    def _change(self, m: Message, tp: TP, changed: set[str], rejects: list[Reject]) -> None:
+        """One message of the CDC topic: a change of the table, a tombstone, or a dead letter."""
+        try:
+            ch = parse_change(m.value())
+        except ValueError as exc:
+            metrics.POLICY_EVENTS.labels("invalid").inc()
+            log.warning("invalid change event", error=str(exc), topic=tp[0], partition=tp[1], offset=m.offset())
+            rejects.append(Reject(m, Reason.INVALID_CHANGE_EVENT, str(exc), type(exc).__name__))
+            return
+        if ch is None:
+            return  # a tombstone: its delete came just before
+        if ch["resource_type"] is not None:
+            changed.add(ch["resource_type"])
+        metrics.POLICY_EVENTS.labels("ok").inc()
+        log.info("table change", **ch, topic=tp[0], partition=tp[1], offset=m.offset())
 
     def _reconnect(self) -> None:
         try:
@@ -216,9 +248,15 @@ class PolicyConsumer:
 
     def run(self) -> None:
         on_stop_signals(self.request_stop)
-        ensure_topics(self.settings, [self.settings.policy_topic], partitions=1)  # events stay in order
-        self.consumer.subscribe([self.settings.policy_topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
-        log.info("policy consumer started", engine=self.engine.name, topic=self.settings.policy_topic)
+        # events stay in order; the CDC topic is made here too, so the consumer runs before Connect does
+        ensure_topics(self.settings, self.topics, partitions=1)
+        self.consumer.subscribe(self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke)
+        log.info(
+            "policy consumer started",
+            engine=self.engine.name,
+            topics=self.topics,
+            change_source=self.settings.policy_change_source,
+        )
         next_full = 0.0  # a full reconcile at start
         finished = threading.Event()
         after_stuck_stop(self.stop_event, finished, self.settings.stop_grace_s, self._cut_database)

@@ -1,5 +1,5 @@
 """The ``gatestream`` command line: parses, calls the library, prints. One module per
-command group (db, produce, ingest, replay, dlq, policy, fleet, bench, import); the library never imports it.
+command group (db, produce, ingest, replay, dlq, policy, cdc, fleet, bench, import); the library never imports it.
 
 Settings come from ``GATESTREAM_*`` environment variables (``ops/stack env`` prints
 them for the local stack); flags override them for one run.
@@ -18,7 +18,7 @@ import structlog
 from pydantic import ValidationError
 
 from gatestream import logs
-from gatestream.cli import bench, db, dlq, fleet, ingest, legacy_import, policy, produce, replay
+from gatestream.cli import bench, cdc, db, dlq, fleet, ingest, legacy_import, policy, produce, replay
 from gatestream.cli.args import UsageError
 from gatestream.database import DatabaseSettingError, DatabaseUnavailable
 from gatestream.roles import PrivilegeMissing, refusal, url_user
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         'for the local stack run: eval "$(ops/stack env)".',
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (db, produce, ingest, replay, dlq, policy, fleet, bench, legacy_import):
+    for group in (db, produce, ingest, replay, dlq, policy, cdc, fleet, bench, legacy_import):
         group.add_parsers(sub)
     return p
 
