@@ -78,8 +78,8 @@ def settings_of(
 
 def compress(
     conn: psycopg.Connection[Any], table: str, segmentby: str, orderby: str, sparse_index: str
-) -> tuple[int, int, float]:
-    """Compress every chunk; (bytes before, bytes after, seconds) as TimescaleDB counts them."""
+) -> tuple[int, float]:
+    """Compress every chunk; (bytes after, as TimescaleDB counts them, seconds)."""
     new_api = columnstore.apply(conn, f"monitoring.{table}", segmentby, orderby, sparse_index)
     t0 = time.perf_counter()
     conn.execute(
@@ -88,11 +88,11 @@ def compress(
     seconds = time.perf_counter() - t0
     stats = "hypertable_columnstore_stats" if new_api else "hypertable_compression_stats"
     row = conn.execute(
-        sql.SQL("SELECT sum(before_compression_total_bytes), sum(after_compression_total_bytes) FROM {}(%s::regclass)")
+        sql.SQL("SELECT sum(after_compression_total_bytes) FROM {}(%s::regclass)")
         .format(sql.Identifier(stats)), (f"monitoring.{table}",),
     ).fetchone()  # fmt: skip
     assert row is not None
-    return int(row[0] or 0), int(row[1] or 0), seconds
+    return int(row[0] or 0), seconds
 
 
 def decompress(conn: psycopg.Connection[Any], table: str) -> None:
@@ -124,16 +124,16 @@ def bench_storage(
         print(f"loaded {sum(loaded.rows.values()):,} rows in {loaded.seconds:.1f} s ({loaded.rows_per_s:,.0f} rows/s)")
         with connect_once(url) as conn:
             before = {t: sizes(conn, t) for t in SHARES}
-            ratios: dict[str, list[tuple[int, int, float]]] = {t: [] for t in SHARES}
+            ratios: dict[str, list[tuple[int, float]]] = {t: [] for t in SHARES}  # (bytes after, seconds) per run
+            loaded_bytes = sum(s.heap + s.indexes + s.toast for s in before.values())
             if edition == Edition.COMMUNITY:
                 for i in range(runs):
                     for t in SHARES:
                         ratios[t].append(compress(conn, t, *settings_of(keys, t, orderby, sparse_index)))
                         if i < runs - 1:
                             decompress(conn, t)
-                    total_b = sum(r[-1][0] for r in ratios.values())
-                    total_a = sum(r[-1][1] for r in ratios.values())
-                    print(f"  run {i + 1}: columnstore {total_b / max(total_a, 1):.1f}:1 over all hypertables")
+                    total_a = sum(r[-1][0] for r in ratios.values())
+                    print(f"  run {i + 1}: columnstore {loaded_bytes / max(total_a, 1):.1f}:1 over all hypertables")
     figures: dict[str, Any] = {
         "rows": rows,
         "runs": runs,
@@ -151,11 +151,11 @@ def bench_storage(
         if ratios[t]:
             seg, order, sparse = settings_of(keys, t, orderby, sparse_index)
             b = s.heap + s.indexes + s.toast  # the rowstore as loaded (see the module docstring)
-            a = statistics.median(r[1] for r in ratios[t])
+            a = statistics.median(r[0] for r in ratios[t])
             entry |= {
                 "segmentby": seg, "orderby": order, "sparse_index": sparse,
                 "columnstore_bytes_per_row": s.per_row(int(a)),
-                "ratio": b / a if a else None, "compress_seconds": statistics.median(r[2] for r in ratios[t]),
+                "ratio": b / a if a else None, "compress_seconds": statistics.median(r[1] for r in ratios[t]),
             }  # fmt: skip
         figures["tables"][t] = entry
         out_rows.append([
@@ -164,11 +164,10 @@ def bench_storage(
             f"{entry['ratio']:.1f}:1" if entry.get("ratio") else None,
         ])  # fmt: skip
     all_rows = sum(s.rows for s in before.values())
-    all_bytes = sum(s.heap + s.indexes + s.toast for s in before.values())
-    total: dict[str, Any] = {"rows": all_rows, "total_bytes_per_row": all_bytes / max(all_rows, 1)}
+    total: dict[str, Any] = {"rows": all_rows, "total_bytes_per_row": loaded_bytes / max(all_rows, 1)}
     if edition == Edition.COMMUNITY:
-        b = all_bytes
-        a = sum(statistics.median(r[1] for r in ratios[t]) for t in SHARES)
+        b = loaded_bytes
+        a = sum(statistics.median(r[0] for r in ratios[t]) for t in SHARES)
         total |= {"columnstore_bytes_per_row": a / max(all_rows, 1), "ratio": b / a if a else None}
     else:
         total["columnstore"] = APACHE_REASON
