@@ -18,10 +18,13 @@ import urllib.request
 from typing import Any
 
 import psycopg
+import structlog
 from psycopg import sql
 
 from gatestream.database import connect_once
 from gatestream.settings import CDC_TABLE, CdcSettings
+
+log = structlog.get_logger("gatestream.cdc")
 
 CONNECTOR_CLASS = "io.debezium.connector.postgresql.PostgresConnector"
 REQUEST_TIMEOUT_S = 10.0
@@ -56,8 +59,10 @@ def connector_config(settings: CdcSettings) -> dict[str, str]:
         "publication.autocreate.mode": "disabled",
         "table.include.list": CDC_TABLE,
         "topic.prefix": settings.cdc_topic_prefix,
-        # the first start reads the table once (op "r"), then streams
-        "snapshot.mode": "initial",
+        # the first start reads the table once (op "r"), then streams; and it reads it again
+        # whenever the stored position is gone from the slot (a slot that was lost past
+        # max_slot_wal_keep_size and dropped by register(): the changes of the gap come as reads)
+        "snapshot.mode": "when_needed",
         # while the table is quiet and other tables write, heartbeats confirm the stream's
         # position: the slot moves on instead of pinning the server's WAL
         "heartbeat.interval.ms": str(settings.cdc_heartbeat_ms),
@@ -117,9 +122,25 @@ def set_password(settings: CdcSettings) -> bool:
 def register(settings: CdcSettings, wait_s: float = 60.0) -> dict[str, Any]:
     """Create or update the connector, then wait until it and its task run; its status."""
     base = _connect_url(settings)
+    if drop_lost_slot(settings):
+        log.warning(
+            "replication slot lost, dropped",
+            slot=settings.cdc_slot,
+            why="the server removed WAL it still needed (max_slot_wal_keep_size) while the connector was away; "
+            "Debezium makes the slot again and reads the table once (snapshot.mode when_needed)",
+        )
     code, body = _request("PUT", f"{base}/connectors/{_name(settings)}/config", connector_config(settings))
     if code not in (200, 201):
         raise ConnectError(f"Kafka Connect refused the connector {settings.cdc_connector} (HTTP {code}): {body}")
+    if "FAILED" in states(status(settings)):
+        # An unchanged config restarts nothing: a task that failed before this call (at the worker's
+        # start, say, while migrations held a long transaction and Debezium could not take its
+        # slot) would stay FAILED. Restart what failed, once.
+        code, body = _request("POST", f"{base}/connectors/{_name(settings)}/restart?includeTasks=true&onlyFailed=true")
+        if code not in (200, 202, 204):
+            name = settings.cdc_connector
+            raise ConnectError(f"Kafka Connect did not restart the failed {name} (HTTP {code}): {body}")
+        time.sleep(0.5)  # the restart is asynchronous: let the FAILED state go before waiting
     return wait_running(settings, wait_s)
 
 
@@ -179,6 +200,19 @@ def delete(settings: CdcSettings) -> None:
     code, body = _request("DELETE", f"{_connect_url(settings)}/connectors/{_name(settings)}")
     if code not in (200, 204, 404):
         raise ConnectError(f"deleting {settings.cdc_connector}: HTTP {code}: {body}")
+
+
+def drop_lost_slot(settings: CdcSettings) -> bool:
+    """Drop the connector's slot if the server lost it (wal_status 'lost': WAL it needed was removed
+    past max_slot_wal_keep_size). Nothing can stream from such a slot; Debezium would retry it for
+    ever. True if one was dropped."""
+    with connect_once(settings.database_url) as conn:
+        row = conn.execute(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+            " WHERE slot_name = %s AND wal_status = 'lost' AND NOT active",
+            (settings.cdc_slot,),
+        ).fetchone()
+    return row is not None
 
 
 def drop_slot(settings: CdcSettings, wait_s: float = 15.0) -> bool:
