@@ -9,11 +9,31 @@ from gatestream.kafka_log import ClientLog
 from gatestream.settings import GroupMemberSettings, IngestSettings, KafkaClientSettings, ProducerSettings
 
 
+def security_config(settings: KafkaClientSettings) -> dict[str, Any]:
+    """How the client connects and who it is: security.protocol, SASL (SCRAM-SHA-512 unless
+    another mechanism is set) and the CA to check the broker's certificate against. Empty for
+    a plain broker. The password is revealed here only, into librdkafka's configuration."""
+    protocol = settings.effective_security_protocol
+    if protocol == "PLAINTEXT":
+        return {}
+    conf: dict[str, Any] = {"security.protocol": protocol}
+    if protocol.startswith("SASL"):
+        conf["sasl.mechanism"] = settings.kafka_sasl_mechanism or "SCRAM-SHA-512"
+        if settings.kafka_sasl_username is not None and settings.kafka_sasl_password is not None:
+            conf["sasl.username"] = settings.kafka_sasl_username
+            conf["sasl.password"] = settings.kafka_sasl_password.get_secret_value()
+    if settings.kafka_ssl_ca_location is not None and protocol.endswith("SSL"):
+        conf["ssl.ca.location"] = str(settings.kafka_ssl_ca_location)
+    return conf
+
+
 def base_config(settings: KafkaClientSettings) -> dict[str, Any]:
-    """Every client's: where the broker is, librdkafka's log lines into structlog (repeated
-    errors summarized, see ``gatestream.kafka_log``; a client of its own each), and the
-    operator's extra properties (GATESTREAM_KAFKA_EXTRA, JSON)."""
+    """Every client's: where the broker is and how it logs in (``security_config``),
+    librdkafka's log lines into structlog (repeated errors summarized, see
+    ``gatestream.kafka_log``; a client of its own each), and the operator's extra properties
+    (GATESTREAM_KAFKA_EXTRA, JSON)."""
     conf: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers, "logger": ClientLog()}
+    conf.update(security_config(settings))
     conf.update(settings.kafka_extra)
     return conf
 

@@ -104,12 +104,60 @@ class OpsServerSettings(BaseSettings):
     metrics_port: int | None = Field(None, description="Serve /metrics, /healthz and /readyz on this port.")
 
 
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+
+
 class KafkaClientSettings(CommonSettings):
-    """Client tuning shared by producers and consumers (see docs/broker notes in README)."""
+    """Client tuning shared by producers and consumers (see docs/broker notes in README), and
+    how the client proves who it is (README, Security (Kafka))."""
 
     kafka_extra: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="Extra librdkafka properties, JSON object."
     )
+    kafka_security_protocol: KafkaSecurityProtocol | None = Field(
+        None,
+        description="librdkafka security.protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (ops/stack's broker). "
+        "Unset: SASL_SSL when GATESTREAM_KAFKA_SASL_USERNAME is set, else PLAINTEXT.",
+    )
+    kafka_sasl_mechanism: str | None = Field(
+        None,
+        pattern=r"^[A-Z0-9-]+$",
+        description="SASL mechanism; unset: SCRAM-SHA-512 when a user name is set.",
+    )
+    kafka_sasl_username: str | None = Field(
+        None, min_length=1, description="The SCRAM user this process is (its principal: User:<name> in the ACLs)."
+    )
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="That user's password (a secret: never logged, never in --help or a metric)."
+    )
+    kafka_ssl_ca_location: Path | None = Field(
+        None, description="PEM file of the CA the broker's certificate is checked against (ops/stack: tls/ca.pem)."
+    )
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> Self:
+        """A user name without a password (or the other way round) cannot log in: say so at start."""
+        if (self.kafka_sasl_username is None) != (self.kafka_sasl_password is None):
+            raise ValueError(
+                "GATESTREAM_KAFKA_SASL_USERNAME and GATESTREAM_KAFKA_SASL_PASSWORD go together: set both or neither"
+            )
+        if self.kafka_sasl_username is not None and self.effective_security_protocol in ("PLAINTEXT", "SSL"):
+            raise ValueError(
+                f"GATESTREAM_KAFKA_SASL_USERNAME is set but GATESTREAM_KAFKA_SECURITY_PROTOCOL is "
+                f"{self.effective_security_protocol}: a SASL user needs SASL_SSL (or SASL_PLAINTEXT)"
+            )
+        return self
+
+    @property
+    def effective_security_protocol(self) -> str:
+        if self.kafka_security_protocol is not None:
+            return self.kafka_security_protocol
+        return "SASL_SSL" if self.kafka_sasl_username is not None else "PLAINTEXT"
+
+    @property
+    def kafka_principal(self) -> str:
+        """Who the broker sees: User:<name>, or User:ANONYMOUS without SASL."""
+        return f"User:{self.kafka_sasl_username or 'ANONYMOUS'}"
 
 
 GroupProtocolSetting = Literal["auto", "classic", "consumer"]

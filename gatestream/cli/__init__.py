@@ -1,5 +1,6 @@
-"""The ``gatestream`` command line: parses, calls the library, prints. One module per
-command group (db, produce, ingest, replay, dlq, policy, cdc, fleet, bench, import); the library never imports it.
+"""The ``gatestream`` command line: parses, calls the library, prints. One module per command
+group (db, produce, ingest, replay, dlq, policy, cdc, fleet, kafka, bench, import); the library
+never imports it.
 
 Settings come from ``GATESTREAM_*`` environment variables (``ops/stack env`` prints
 them for the local stack); flags override them for one run.
@@ -18,9 +19,10 @@ import structlog
 from pydantic import ValidationError
 
 from gatestream import logs
-from gatestream.cli import bench, cdc, db, dlq, fleet, ingest, legacy_import, policy, produce, replay
+from gatestream.cli import bench, cdc, db, dlq, fleet, ingest, kafka, legacy_import, policy, produce, replay
 from gatestream.cli.args import UsageError
 from gatestream.database import DatabaseSettingError, DatabaseUnavailable
+from gatestream.kafka_access import KafkaRefused
 from gatestream.roles import PrivilegeMissing, refusal, url_user
 from gatestream.settings import CommonSettings
 
@@ -35,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         'for the local stack run: eval "$(ops/stack env)".',
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (db, produce, ingest, replay, dlq, policy, cdc, fleet, bench, legacy_import):
+    for group in (db, produce, ingest, replay, dlq, policy, cdc, fleet, kafka, bench, legacy_import):
         group.add_parsers(sub)
     return p
 
@@ -83,6 +85,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     except DatabaseSettingError as exc:  # waiting cannot fix it: say what is wrong, once
         print(f"gatestream {args.command}: {exc} (check GATESTREAM_DATABASE_URL)", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KafkaRefused as exc:  # authentication, TLS or an ACL: waiting cannot fix it
+        print(f"gatestream {args.command}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     except PrivilegeMissing as exc:  # a role without a grant: waiting cannot fix it
         print(f"gatestream {args.command}: {exc}", file=sys.stderr)
