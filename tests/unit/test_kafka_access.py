@@ -4,6 +4,8 @@ the principal, the resource and what was refused (gatestream.kafka_access), and 
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from confluent_kafka import KafkaError
 from pydantic import ValidationError
@@ -16,7 +18,7 @@ from gatestream.settings import KafkaClientSettings
 SECRET = "s3cret-Pa55word-xyz"
 
 
-def _sasl(**over: object) -> KafkaClientSettings:
+def _sasl(**over: Any) -> KafkaClientSettings:
     return KafkaClientSettings(
         **{"kafka_sasl_username": "ingest", "kafka_sasl_password": SECRET, "kafka_ssl_ca_location": "/x/ca.pem", **over}
     )
@@ -47,7 +49,7 @@ def test_a_plain_client_gets_no_security_properties() -> None:
         ({"kafka_security_protocol": "TLS"}, "security_protocol"),
     ],
 )
-def test_incomplete_or_contradictory_security_settings_are_refused_at_start(over: dict[str, object], says: str) -> None:
+def test_incomplete_or_contradictory_security_settings_are_refused_at_start(over: dict[str, Any], says: str) -> None:
     with pytest.raises(ValidationError, match=says):
         _sasl(**over)
 
