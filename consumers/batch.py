@@ -75,6 +75,7 @@ class MicroBatch:
         on_end: Callable[[str, int, int], None] | None = None,
         on_decode_error: Callable[[str, str], None] | None = None,
         native: BatchTranscoder | None = None,
+        on_consumer_error: Callable[[KafkaError], None] | None = None,
     ) -> None:
         """``native``: the native decode path (``consumers.transcoder``), for the events it
         handles; the others (and all, with an ``accept`` filter, which needs records) take
@@ -86,6 +87,7 @@ class MicroBatch:
         self.accept = accept
         self.on_end = on_end
         self.on_decode_error = on_decode_error
+        self.on_consumer_error = on_consumer_error  # an error event of the consumer (not EOF); default: logged
         self.tables = {t: TableBatch(r.spec) for t, r in routes.items()}
         self.ends: dict[TP, int] = {}
         self.rejects: list[Reject] = []
@@ -125,6 +127,8 @@ class MicroBatch:
                 if err.code() == KafkaError._PARTITION_EOF:
                     if self.on_end is not None:
                         self.on_end(cast(str, msg.topic()), cast(int, msg.partition()), cast(int, msg.offset()))
+                elif self.on_consumer_error is not None:
+                    self.on_consumer_error(err)
                 else:
                     log.warning("consumer error", error=str(err))
                 continue

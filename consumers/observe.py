@@ -10,17 +10,22 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from gatestream.consumers import metrics
 from gatestream.consumers.batch_writer import TableBatch, WriteResult
 from gatestream.consumers.transcoder import row_time_ms
+from gatestream.kafka_access import AUTHORIZATION_FAILURES, is_authorization_error
 from gatestream.kafka_log import ClientLog
+
+log = structlog.get_logger("gatestream.ingest")
 
 if TYPE_CHECKING:
     from gatestream.consumers.partitions import Partitions
 
 SAMPLE = 16
+REFUSED_FOR_S = 30.0  # unready this long after the last authorization failure
 TP = tuple[str, int]
 
 
@@ -44,10 +49,31 @@ class IngestObserver:
         self._next_tick = 0.0
         self._lagging_since: dict[TP, float] = {}
         self.kafka_log = ClientLog(client)  # the consumer's librdkafka ``logger``
+        self.refused_at: float | None = None  # the last authorization failure (monotonic)
+        self.refused_error = ""
 
     # ------------------------------------------------------------------ health
+    def consumer_error(self, err: KafkaError) -> None:
+        """An error event among the consumed messages. A refusal (an ACL taken away) is an
+        outage: nothing is read from that partition, so nothing is lost or dead-lettered;
+        librdkafka asks again, and the process is unready until REFUSED_FOR_S pass without one."""
+        if is_authorization_error(err):
+            self._refused(err, "consume")
+        else:
+            log.warning("consumer error", error=str(err))
+
+    def _refused(self, err: KafkaError, operation: str) -> None:
+        AUTHORIZATION_FAILURES.labels(operation).inc()
+        now = time.monotonic()
+        if self.refused_at is None or now - self.refused_at >= REFUSED_FOR_S:
+            log.error("Kafka refused this consumer: waiting for an ACL (gatestream kafka acls ensure)", error=str(err))
+        self.refused_at, self.refused_error = now, str(err)
+
     def kafka_error(self, err: KafkaError) -> None:
-        """librdkafka's error_cb: all brokers down makes the process unready."""
+        """librdkafka's error_cb: all brokers down makes the process unready; so does a refusal."""
+        if is_authorization_error(err):
+            self._refused(err, "consume")
+            return
         if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE):
             self.broker_ok = False
             self.broker_error = str(err)
@@ -69,6 +95,8 @@ class IngestObserver:
             return False, f"broker unreachable: {self.broker_error}"
         if not self.registry_ok:
             return False, f"schema registry unreachable, ingest paused: {self.registry_error}"
+        if self.refused_at is not None and time.monotonic() - self.refused_at < REFUSED_FOR_S:
+            return False, f"Kafka refused this consumer (an ACL is missing), waiting: {self.refused_error}"
         return True, f"ok: {len(parts.owned)} partitions assigned"
 
     # ------------------------------------------------------------------ per batch

@@ -156,6 +156,7 @@ class BatchPipeline:
         return MicroBatch(
             self.routes, self.parts, plausible=self._plausible, accept=self.event_filter, on_end=self._at_end,
             on_decode_error=self.observer.decode_error, native=self._native,
+            on_consumer_error=self.observer.consumer_error,
         )  # fmt: skip
 
     def _transcoder(self) -> BatchTranscoder | None:

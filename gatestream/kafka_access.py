@@ -23,12 +23,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AclOperation, AdminClient  # type: ignore[attr-defined]
 from prometheus_client import Counter
 
 from gatestream.kafka import base_config
 from gatestream.settings import KafkaClientSettings
+
+log = structlog.get_logger("gatestream.kafka")
 
 AUTHORIZATION_FAILURES = Counter(
     "gatestream_kafka_authorization_failures_total",
@@ -160,6 +163,16 @@ def probe(settings: KafkaClientSettings, needs: KafkaNeeds, timeout_s: float = 1
     return True
 
 
+def require(settings: KafkaClientSettings, needs: KafkaNeeds, timeout_s: float = 15.0) -> None:
+    """``probe`` at a process's start: a refusal raises (the CLI exits 2); a broker that does not
+    answer is logged and left to the process, which waits for it."""
+    if not probe(settings, needs, timeout_s):
+        log.warning(
+            "Kafka access not checked: the broker did not answer; starting anyway (it is waited for)",
+            bootstrap_servers=settings.bootstrap_servers, principal=settings.kafka_principal,
+        )  # fmt: skip
+
+
 def _wanted(needs: KafkaNeeds) -> dict[str, set[AclOperation]]:
     ops: dict[str, set[AclOperation]] = {}
     for names, op in ((needs.read, AclOperation.READ), (needs.write, AclOperation.WRITE),
@@ -185,7 +198,9 @@ def _check_topics(admin: AdminClient, settings: KafkaClientSettings, needs: Kafk
                 refused = "/".join(sorted(op.name for op in wanted[name]))
                 raise KafkaRefused(settings.kafka_principal, f"topic {name}", f"no {refused}", ACLS_HINT) from None
             continue  # e.g. the topic does not exist yet: not a refusal; the process reports it its own way
-        allowed = set(desc.authorized_operations or ())
+        if desc.authorized_operations is None:  # the broker did not say: nothing to check
+            continue
+        allowed = set(desc.authorized_operations)
         if AclOperation.ALL in allowed:
             continue
         for op in sorted(wanted[name] - allowed, key=lambda o: o.name):

@@ -10,7 +10,7 @@ the dead-letter, policy and CDC topics, which only some principals may touch.
 |---|---|
 | gateway | WRITE + DESCRIBE the event topics; IDEMPOTENT_WRITE on the cluster |
 | ingest | READ the event topics and its group; WRITE the dead-letter topic |
-| replay | READ the event topics; its groups (prefix gatestream-replay-) |
+| replay | READ the event topics; its groups (prefix gatestream-replay-); WRITE the dead-letter topic |
 | policy | READ the policy topic, the CDC topic and its group; WRITE the dead-letter topic |
 | exporter | DESCRIBE the topics and the ingest and policy groups (lag), nothing else |
 | connect | Kafka Connect's worker: its topics and group (gatestream-connect), Debezium's topics
@@ -105,6 +105,7 @@ def plan(settings: AclSettings) -> list[Acl]:
     allow("ingest", "TOPIC", [dlq], "WRITE")
     allow("replay", "TOPIC", events, "READ")
     allow("replay", "GROUP", [REPLAY_GROUP_PREFIX], "READ", pattern="PREFIXED")
+    allow("replay", "TOPIC", [dlq], "WRITE")  # its pipeline dead-letters what it cannot decode, as ingest's
     allow("policy", "TOPIC", [settings.policy_topic, settings.cdc_topic], "READ")
     allow("policy", "GROUP", [settings.policy_group_id], "READ")
     allow("policy", "TOPIC", [dlq], "WRITE")

@@ -15,6 +15,7 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from gatestream.kafka import producer_config
+from gatestream.kafka_access import AUTHORIZATION_FAILURES, is_authorization_error
 from gatestream.producers import metrics
 from gatestream.producers.events import CatalogEvent, Publishable
 from gatestream.producers.spool import Spool
@@ -133,6 +134,8 @@ class Publisher:
             self._backoff_s = 0.5
             return
         self.delivery_errors += 1
+        if is_authorization_error(err):  # an ACL missing: an outage; the events stay spooled
+            AUTHORIZATION_FAILURES.labels("produce").inc()
         if not self._failed:
             log.warning("delivery failed; events stay spooled and will be resent", error=str(err), seq=seq)
         self._failed = True

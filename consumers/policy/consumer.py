@@ -37,6 +37,7 @@ from gatestream.consumers.policy.model import PolicyError
 from gatestream.consumers.policy.reconcile import Plan, impact, make_engine, reconcile
 from gatestream.database import connect, connect_once, sever
 from gatestream.kafka import base_config, group_config
+from gatestream.kafka_access import AUTHORIZATION_FAILURES, is_authorization_error
 from gatestream.settings import PolicySettings
 from gatestream.signals import on_stop_signals
 from gatestream.topics import ensure_topics
@@ -183,7 +184,10 @@ class PolicyConsumer:
         for m in msgs:
             err = m.error()
             if err is not None:
-                if err.code() != KafkaError._PARTITION_EOF:
+                if is_authorization_error(err):  # an ACL missing: an outage, nothing read (or lost)
+                    AUTHORIZATION_FAILURES.labels("consume").inc()
+                    log.error("Kafka refused the policy consumer: waiting for an ACL", error=str(err))
+                elif err.code() != KafkaError._PARTITION_EOF:
                     log.warning("consumer error", error=str(err))
                 continue
             tp = (m.topic() or "", m.partition() or 0)

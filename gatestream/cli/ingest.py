@@ -23,6 +23,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from gatestream.database import connect
     from gatestream.group_protocol import group_protocol_for
     from gatestream.kafka import base_config
+    from gatestream.kafka_access import KafkaNeeds
+    from gatestream.kafka_access import require as kafka_require
     from gatestream.roles import INGEST_NEEDS, require
     from gatestream.schemas.registry import registry_unreachable
     from gatestream.signals import on_stop_signals
@@ -51,6 +53,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     server = serve(settings.metrics_port, lambda: ready[0]())
     stop = threading.Event()
     on_stop_signals(stop.set)
+    # authentication, TLS and ACLs: a refusal is one line and exit 2, now
+    kafka_require(settings, KafkaNeeds(read=tuple(topics), write=(settings.dlq_topic,), groups=(settings.group_id,)))
 
     def load_routes() -> dict[str, Route]:
         with connect(settings.database_url, stop=stop) as conn:  # waits for the database

@@ -10,8 +10,8 @@ from gatestream.cli.args import UsageError
 
 NEEDS_HELP = (
     "what the process of ROLE needs: gateway (write the event topics), ingest (read them and its group, write "
-    "the dead-letter topic), replay (read them), policy (read the policy and CDC topics and its group, write the "
-    "dead-letter topic), exporter (describe)"
+    "the dead-letter topic), replay (read them, write the dead-letter topic), policy (read the policy and CDC "
+    "topics and its group, write the dead-letter topic), exporter (describe)"
 )
 
 
@@ -54,7 +54,7 @@ def needs_of(role: str, settings: Any) -> Any:
     return {
         "gateway": KafkaNeeds(write=events),
         "ingest": KafkaNeeds(read=events, write=(settings.dlq_topic,), groups=(settings.group_id,)),
-        "replay": KafkaNeeds(read=events),
+        "replay": KafkaNeeds(read=events, write=(settings.dlq_topic,)),
         "policy": KafkaNeeds(
             read=(settings.policy_topic, settings.cdc_topic),
             write=(settings.dlq_topic,),

@@ -201,6 +201,8 @@ def cmd_run_jobs(args: argparse.Namespace) -> int:
 def cmd_consumer(args: argparse.Namespace) -> int:
     from gatestream.consumers.policy.consumer import PolicyConsumer
     from gatestream.httpserver import OpsServer
+    from gatestream.kafka_access import KafkaNeeds
+    from gatestream.kafka_access import require as kafka_require
 
     overrides = {
         k: v
@@ -208,6 +210,12 @@ def cmd_consumer(args: argparse.Namespace) -> int:
         if v is not None
     }
     settings = PolicySettings(**overrides)
+    needs = KafkaNeeds(
+        read=(settings.policy_topic, settings.cdc_topic),
+        write=(settings.dlq_topic,),
+        groups=(settings.policy_group_id,),
+    )
+    kafka_require(settings, needs)
     pc = PolicyConsumer(settings)
     server = OpsServer(settings.metrics_port, pc.ready).start() if settings.metrics_port else None
     try:

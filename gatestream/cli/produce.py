@@ -14,12 +14,15 @@ from gatestream.settings import ProducerSettings
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
+    from gatestream.kafka_access import KafkaNeeds
+    from gatestream.kafka_access import require as kafka_require
     from gatestream.producers.loadgen import Fleet, generate
     from gatestream.producers.publisher import Publisher
     from gatestream.ratelimit import RateLimiter
 
     settings = ProducerSettings(**overrides(args, ["spool_path", "metrics_port"]))
     types = catalog_types(settings, args.types)
+    kafka_require(settings, KafkaNeeds(write=tuple(settings.topic_for(t) for t in types)))
     fleet = Fleet(orgs=args.orgs, devices_per_org=args.devices, gateways_per_org=args.gateways, seed=args.seed)
     pub = Publisher(settings)
     server = serve(settings.metrics_port)

@@ -22,11 +22,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print_plan,
         replay,
     )
+    from gatestream.kafka_access import KafkaNeeds
+    from gatestream.kafka_access import require as kafka_require
     from gatestream.progress import Progress
 
     settings = IngestSettings(**overrides(args, ["metrics_port"]))
     server = serve(settings.metrics_port)
     sel: dict[str, Any] = {"event_types": tuple(catalog_types(settings, args.types))}
+    # reads the event topics (its groups only name its progress in the database); dead-letters like ingest
+    kafka_require(settings, KafkaNeeds(read=tuple(settings.topic_for(t) for t in sel["event_types"]),
+                                       write=(settings.dlq_topic,)))  # fmt: skip
     if args.partitions is not None:
         sel["partitions"] = args.partitions
     if args.orgs is not None:

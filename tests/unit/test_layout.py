@@ -64,7 +64,7 @@ def test_one_import_root_and_layers_that_import_one_way() -> None:
     # layers, importing one way: core <- schemas <- producers <- consumers <- the command line
     apps = (
         "gatestream.cli", "gatestream.bench", "gatestream.bench_members", "gatestream.faultbench",
-        "gatestream.status", "gatestream.report", "gatestream.__main__",
+        "gatestream.status", "gatestream.report", "gatestream.kafka_acls", "gatestream.__main__",
     )  # fmt: skip
     forbidden = {
         "core": ("gatestream.schemas", "gatestream.producers", "gatestream.consumers", *apps),
