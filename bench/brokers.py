@@ -8,6 +8,20 @@ from __future__ import annotations
 import socket
 import subprocess
 from pathlib import Path
+from secrets import token_urlsafe
+
+# gatestream's Kafka settings of a plain client (PLAINTEXT, no user): over a secured stack's
+PLAIN: dict[str, str | None] = {
+    "kafka_security_protocol": "PLAINTEXT",
+    "kafka_sasl_username": None,
+    "kafka_sasl_password": None,
+    "kafka_ssl_ca_location": None,
+}
+
+
+def secrets_token() -> str:
+    """A password: 32 URL-safe characters (what ops/kafka/broker accepts in a SCRAM config)."""
+    return token_urlsafe(24)
 
 ROOT = Path(__file__).resolve().parents[1]
 BROKER_SCRIPT = ROOT / "ops" / "kafka" / "broker"
@@ -25,11 +39,46 @@ def _free_ports(n: int) -> list[int]:
 
 
 class PrivateBroker:
-    """An Apache Kafka node (its log on disk under ``state``), started by ``ops/kafka/broker``."""
+    """An Apache Kafka node (its log on disk under ``state``), started by ``ops/kafka/broker``.
 
-    def __init__(self, state: Path) -> None:
+    ``users``: secured (``--secure``): SASL_SSL with one SCRAM user per name (and admin, the
+    super user), passwords generated into ``state/secrets``, its certificate in ``state/tls``."""
+
+    def __init__(self, state: Path, users: tuple[str, ...] | None = None) -> None:
         self.state = state
         self.port, self.controller_port = _free_ports(2)
+        self.secure: tuple[str, str] | None = None
+        if users is not None:
+            secrets = state / "secrets"
+            secrets.mkdir(parents=True, exist_ok=True, mode=0o700)
+            for user in ("admin", *users):
+                f = secrets / f"kafka-{user}"
+                if not f.exists():
+                    f.touch(mode=0o600)
+                    f.write_text(secrets_token())
+            self.secure = (str(state / "tls"), str(secrets))
+
+    def password(self, user: str) -> str:
+        assert self.secure is not None, "a plain broker has no users"
+        return (Path(self.secure[1]) / f"kafka-{user}").read_text()
+
+    @property
+    def ca(self) -> Path:
+        assert self.secure is not None, "a plain broker has no CA"
+        return Path(self.secure[0]) / "ca.pem"
+
+    def settings(self, user: str | None) -> dict[str, str | None]:
+        """gatestream's Kafka settings (KafkaClientSettings fields) to reach it as ``user``
+        (None: no user, plaintext)."""
+        if user is None:
+            return {"bootstrap_servers": self.bootstrap, **PLAIN}
+        return {
+            "bootstrap_servers": self.bootstrap,
+            "kafka_security_protocol": "SASL_SSL",
+            "kafka_sasl_username": user,
+            "kafka_sasl_password": self.password(user),
+            "kafka_ssl_ca_location": str(self.ca),
+        }
 
     @property
     def bootstrap(self) -> str:
@@ -42,7 +91,8 @@ class PrivateBroker:
 
     def start(self) -> None:
         """Start (or restart from its on-disk log); returns once the broker serves requests."""
-        self._run("start", str(self.state), str(self.port), str(self.controller_port))
+        secure = ("--secure", *self.secure) if self.secure is not None else ()
+        self._run("start", str(self.state), str(self.port), str(self.controller_port), *secure)
 
     def stop(self) -> None:
         """Controlled shutdown (SIGTERM)."""

@@ -20,6 +20,7 @@ the dead-letter, policy and CDC topics, which only some principals may touch.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,4 +147,11 @@ def ensure(settings: AclSettings, *, dry_run: bool = False, timeout_s: float = 1
                 fut.result()
             except KafkaException as exc:
                 raise RuntimeError(f"creating the ACL {Acl.of(binding)} failed: {exc.args[0].str()}") from None
+        # the controller has them; the broker enforces them once its metadata has caught up
+        # (a moment, longer under load): return then, so what runs next is allowed
+        deadline = time.monotonic() + timeout_s
+        while not set(missing) <= existing(admin, timeout_s):
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"the broker does not show the {len(missing)} ACLs created after {timeout_s:.0f} s")
+            time.sleep(0.2)
     return missing, present
