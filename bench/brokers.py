@@ -23,6 +23,7 @@ def secrets_token() -> str:
     """A password: 32 URL-safe characters (what ops/kafka/broker accepts in a SCRAM config)."""
     return token_urlsafe(24)
 
+
 ROOT = Path(__file__).resolve().parents[1]
 BROKER_SCRIPT = ROOT / "ops" / "kafka" / "broker"
 
