@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench.accounting import offsets_off, read_published, skipped_duplicates, stored_rows, wait_for_first_rows
-from bench.brokers import PrivateBroker
+from bench.brokers import PLAIN, PrivateBroker
 from bench.postgres import PrivatePostgres, failover_url, pg_bindir
 from bench.scenarios import SCENARIOS, Run
 from gatestream.bench import bench_database, drop_bench_database
@@ -172,7 +172,11 @@ def run_scenario(name: str, settings: IngestSettings, *, events: int, rate: int,
         settings, bootstrap, prefix, db, work, broker=broker, postgres=postgres, standby=standby,
         env_extra=dict(env_extra),
     )  # fmt: skip
-    ps = ProducerSettings(bootstrap_servers=bootstrap, topic_prefix=prefix, kafka_extra=settings.kafka_extra)
+    # on its own broker (plain) no user; on the stack's, the settings' own
+    security = PLAIN if broker is not None else {k: getattr(settings, k) for k in PLAIN}
+    ps = ProducerSettings(
+        bootstrap_servers=bootstrap, topic_prefix=prefix, kafka_extra=settings.kafka_extra, **security
+    )
     topics = [ps.topic_for(et) for et in EventType]
     ensure_topics(ps, [*topics, f"{prefix}dead-letter"], partitions=6)
     started = time.monotonic()

@@ -25,6 +25,7 @@ from bench.brokers import PrivateBroker
 from bench.churn import churn
 from bench.postgres import PrivatePostgres
 from gatestream.database import connect_once
+from gatestream.kafka import security_environ
 from gatestream.settings import IngestSettings
 
 
@@ -65,6 +66,8 @@ class Run:
         })  # fmt: skip
         if self.settings.schema_registry_url:
             env["GATESTREAM_SCHEMA_REGISTRY_URL"] = self.settings.schema_registry_url
+        if self.bootstrap == self.settings.bootstrap_servers:  # the stack's broker: its user (a private one is plain)
+            env.update(security_environ(self.settings))
         env.update(self.env_extra)
         env.update(over)
         return env

@@ -43,6 +43,7 @@ from typing import Any
 from gatestream.bench import bench_database
 from gatestream.bench_output import nearest_rank, table, write_json
 from gatestream.database import connect_once
+from gatestream.kafka import security_environ
 from gatestream.producers.events import ActiveWindow
 from gatestream.producers.loadgen import PROCESSES
 from gatestream.producers.publisher import Publisher
@@ -136,6 +137,7 @@ def ingest_member(settings: IngestSettings, url: str, prefix: str, log: Path) ->
         value = getattr(settings, name)
         if value not in (None, {}):
             env[f"GATESTREAM_{name.upper()}"] = value if isinstance(value, str) else _json(value)
+    env.update(security_environ(settings))  # the same broker, as the same user
     env.update({
         "GATESTREAM_DATABASE_URL": url, "GATESTREAM_TOPIC_PREFIX": prefix, "GATESTREAM_GROUP_ID": f"{prefix}ingest",
         "GATESTREAM_DLQ_TOPIC": settings.dlq_topic, "GATESTREAM_LOG_FORMAT": "json", "GATESTREAM_LOG_LEVEL": "warning",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import SecretStr
+
 from gatestream.group_protocol import group_protocol_for
 from gatestream.kafka_log import ClientLog
 from gatestream.settings import GroupMemberSettings, IngestSettings, KafkaClientSettings, ProducerSettings
@@ -25,6 +27,26 @@ def security_config(settings: KafkaClientSettings) -> dict[str, Any]:
     if settings.kafka_ssl_ca_location is not None and protocol.endswith("SSL"):
         conf["ssl.ca.location"] = str(settings.kafka_ssl_ca_location)
     return conf
+
+
+SECURITY_SETTINGS = (
+    "kafka_security_protocol",
+    "kafka_sasl_mechanism",
+    "kafka_sasl_username",
+    "kafka_sasl_password",
+    "kafka_ssl_ca_location",
+)
+
+
+def security_environ(settings: KafkaClientSettings) -> dict[str, str]:
+    """The security settings as GATESTREAM_KAFKA_* variables, for a gatestream subprocess that
+    talks to the same broker as the same user (a bench's ingest members)."""
+    out: dict[str, str] = {}
+    for name in SECURITY_SETTINGS:
+        value = getattr(settings, name)
+        if value is not None:
+            out[f"GATESTREAM_{name.upper()}"] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+    return out
 
 
 def base_config(settings: KafkaClientSettings) -> dict[str, Any]:

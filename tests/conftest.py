@@ -22,7 +22,7 @@ from confluent_kafka import Consumer, TopicPartition
 from bench.brokers import BROKER_SCRIPT as BROKER_SCRIPT
 from bench.brokers import PrivateBroker as PrivateBroker
 from gatestream.edition import Edition, timescaledb_edition
-from tests.services import ROOT, Services, find_services
+from tests.services import KAFKA_SECURITY, ROOT, Services, find_services, kafka_conf
 
 # A killed member's partitions move after the session timeout: keep it at the broker's
 # minimum (group.min.session.timeout.ms, 6 s) so the tests that kill members stay short.
@@ -167,6 +167,13 @@ def edition_db_url(services: Services, templates: _Templates, edition: Edition) 
     templates.drop(url)
 
 
+def _env_value(v: Any) -> str:
+    """A setting as an environment variable: a secret as its value (the subprocess needs it)."""
+    from pydantic import SecretStr
+
+    return v.get_secret_value() if isinstance(v, SecretStr) else str(v)
+
+
 @dataclass
 class Env:
     """Settings for one test: its database and its own topics."""
@@ -181,40 +188,50 @@ class Env:
         return f"{self.prefix}dead-letter"
 
     def common(self) -> dict[str, Any]:
-        return {
-            "bootstrap_servers": self.services.bootstrap_servers,
+        values = {
+            **self.services.kafka_settings(),
             "database_url": self.database_url,
             "topic_prefix": self.prefix,
             "dlq_topic": self.dlq_topic,
             "schema_registry_url": self.services.schema_registry_url,
             **self.extra,
         }
+        return self._kafka(values, self.extra)
+
+    def _kafka(self, values: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+        """``values`` pointed by ``over`` at another broker than the stack's (a test's private,
+        plain one) lose the stack's Kafka security settings (set to None: nor do GATESTREAM_KAFKA_*
+        of the environment apply), unless ``over`` sets its own (a secured private broker)."""
+        if values.get("bootstrap_servers") == self.services.bootstrap_servers or any(k in over for k in KAFKA_SECURITY):
+            return values
+        return {**values, **dict.fromkeys(KAFKA_SECURITY)}
 
     def ingest(self, **over: Any) -> Any:
         from gatestream.settings import IngestSettings
 
-        return IngestSettings(**{**self.common(), **TEST_CONSUMER, "group_id": f"{self.prefix}ingest", **over})
+        values = {**self.common(), **TEST_CONSUMER, "group_id": f"{self.prefix}ingest", **over}
+        return IngestSettings(**self._kafka(values, {**self.extra, **over}))
 
     def policy(self, **over: Any) -> Any:
         """The policy consumer's settings, with this test's own change topics and group."""
         from gatestream.settings import PolicySettings
 
-        return PolicySettings(
-            **{
-                **self.common(),
-                **TEST_CONSUMER,
-                "policy_topic": f"{self.prefix}policy-changes",
-                "policy_group_id": f"{self.prefix}policy",
-                # Debezium's topic of this test (tests/integration/test_policy_cdc.py), not the stack's
-                "cdc_topic_prefix": f"{self.prefix}cdc",
-                **over,
-            }
-        )
+        values = {
+            **self.common(),
+            **TEST_CONSUMER,
+            "policy_topic": f"{self.prefix}policy-changes",
+            "policy_group_id": f"{self.prefix}policy",
+            # Debezium's topic of this test (tests/integration/test_policy_cdc.py), not the stack's
+            "cdc_topic_prefix": f"{self.prefix}cdc",
+            **over,
+        }
+        return PolicySettings(**self._kafka(values, {**self.extra, **over}))
 
     def producer(self, spool: Path, **over: Any) -> Any:
         from gatestream.settings import ProducerSettings
 
-        return ProducerSettings(**{**self.common(), "spool_path": spool, "partitions": 4, **over})
+        values = {**self.common(), "spool_path": spool, "partitions": 4, **over}
+        return ProducerSettings(**self._kafka(values, {**self.extra, **over}))
 
     def environ(self, **over: Any) -> dict[str, str]:
         """Environment for a gatestream subprocess."""
@@ -226,7 +243,8 @@ class Env:
             "cdc_topic_prefix": f"{self.prefix}cdc",  # a policy consumer's CDC topic: this test's
             **over,
         }
-        env.update({f"GATESTREAM_{k.upper()}": str(v) for k, v in values.items() if v is not None})
+        values = self._kafka(values, {**self.extra, **over})
+        env.update({f"GATESTREAM_{k.upper()}": _env_value(v) for k, v in values.items() if v is not None})
         env["GATESTREAM_LOG_FORMAT"] = "json"
         return env
 
@@ -284,7 +302,7 @@ def read_topic(bootstrap: str, topic: str, expected: int, timeout: float = 30) -
     """All messages of ``topic`` from the beginning, once ``expected`` have arrived (or timeout)."""
     c = Consumer(
         {
-            "bootstrap.servers": bootstrap,
+            **kafka_conf(bootstrap),
             "group.id": f"reader-{uuid.uuid4().hex[:6]}",
             "enable.auto.commit": False,
             "fetch.wait.max.ms": 20,

@@ -11,11 +11,19 @@ from __future__ import annotations
 
 import os
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+# gatestream's Kafka security settings (ops/stack env prints them as GATESTREAM_KAFKA_*)
+KAFKA_SECURITY = (
+    "kafka_security_protocol",
+    "kafka_sasl_mechanism",
+    "kafka_sasl_username",
+    "kafka_sasl_password",
+    "kafka_ssl_ca_location",
+)
 
 
 @dataclass
@@ -30,10 +38,56 @@ class Services:
     apache_database_url: str | None = None
     # Kafka Connect's REST API with Debezium's PostgreSQL connector (ops/stack's worker), if any
     connect_url: str | None = None
+    # How the suite logs in to that broker: gatestream's Kafka security settings (KafkaClientSettings
+    # fields), the admin's on a secured stack; all None on a plain broker
+    kafka_security: dict[str, str | None] = field(default_factory=lambda: dict.fromkeys(KAFKA_SECURITY))
+
+    def kafka_settings(self, bootstrap: str | None = None) -> dict[str, str | None]:
+        """bootstrap_servers and the security settings to reach ``bootstrap`` (default: the
+        stack's broker). Another broker (a test's private, plain one) gets no security settings:
+        explicitly none, so that GATESTREAM_KAFKA_* in the environment do not apply either."""
+        if bootstrap is None or bootstrap == self.bootstrap_servers:
+            return {"bootstrap_servers": self.bootstrap_servers, **self.kafka_security}
+        return {"bootstrap_servers": bootstrap, **dict.fromkeys(KAFKA_SECURITY)}
+
+    def client_settings(self, bootstrap: str | None = None) -> Any:
+        """gatestream's KafkaClientSettings for ``bootstrap`` (default: the stack's broker)."""
+        from gatestream.settings import KafkaClientSettings
+
+        return KafkaClientSettings(**self.kafka_settings(bootstrap))  # type: ignore[arg-type]
+
+    def kafka_conf(self, bootstrap: str | None = None) -> dict[str, Any]:
+        """librdkafka configuration of a raw client of the tests' own (the admin's on the stack)."""
+        from gatestream.kafka import security_config
+
+        settings = self.client_settings(bootstrap)
+        return {"bootstrap.servers": settings.bootstrap_servers, **security_config(settings)}
 
     def close(self) -> None:
         for h in self.handles:
             h.stop()
+
+
+_FOUND: list[Services] = []  # what find_services found in this process
+
+
+def kafka_conf(bootstrap: str) -> dict[str, Any]:
+    """librdkafka configuration of a raw test client of ``bootstrap``: with the stack's security
+    settings (the admin's user) when it is the stack's broker, with none for another (a private one)."""
+    for found in _FOUND:
+        if found.bootstrap_servers == bootstrap:
+            return found.kafka_conf()
+    return {"bootstrap.servers": bootstrap}
+
+
+def client_settings(bootstrap: str) -> Any:
+    """gatestream's KafkaClientSettings for ``bootstrap``, as ``kafka_conf``."""
+    for found in _FOUND:
+        if found.bootstrap_servers == bootstrap:
+            return found.client_settings()
+    from gatestream.settings import KafkaClientSettings
+
+    return KafkaClientSettings(bootstrap_servers=bootstrap, **dict.fromkeys(KAFKA_SECURITY))
 
 
 def _from_env_file(path: Path) -> dict[str, str]:
@@ -113,14 +167,17 @@ def find_services() -> Services | str:
             if stack_env.exists():
                 env.update(_from_env_file(stack_env))
         if env.get("GATESTREAM_DATABASE_URL") and env.get("GATESTREAM_BOOTSTRAP_SERVERS"):
-            return Services(
+            found = Services(
                 env["GATESTREAM_DATABASE_URL"],
                 env["GATESTREAM_BOOTSTRAP_SERVERS"],
                 "ops/stack",
                 schema_registry_url=env.get("GATESTREAM_SCHEMA_REGISTRY_URL") or None,
                 apache_database_url=env.get("GATESTREAM_APACHE_DATABASE_URL") or None,
                 connect_url=env.get("GATESTREAM_CONNECT_URL") or None,
+                kafka_security={k: env.get(f"GATESTREAM_{k.upper()}") or None for k in KAFKA_SECURITY},
             )
+            _FOUND.append(found)
+            return found
         if forced == "stack":
             return "GATESTREAM_TEST_SERVICES=stack but no stack found: run ops/stack up"
     if _docker_available():

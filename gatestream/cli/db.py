@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from gatestream.cli.args import overrides, serve
-from gatestream.settings import CommonSettings, IngestSettings, ProducerSettings
+from gatestream.settings import CommonSettings, IngestSettings, PolicySettings, ProducerSettings
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -27,6 +27,9 @@ def cmd_topics(args: argparse.Namespace) -> int:
     settings = ProducerSettings(**overrides(args, ["partitions"]))
     names = [*event_topics(settings), settings.dlq_topic]
     created = ensure_topics(settings, names, settings.partitions)
+    # the policy topic too (one partition, as `gatestream policy set` makes it): under ACLs the
+    # policy consumer may read it but not create it
+    created += ensure_topics(settings, [PolicySettings().policy_topic], partitions=1)
     print(f"topics created: {', '.join(created) if created else 'none (all exist)'}")
     return 0
 
@@ -156,7 +159,7 @@ def add_parsers(sub: Any) -> None:
     rs.set_defaults(fn=cmd_restore)
 
     tp = sub.add_parser("topics", help="Kafka topic tasks").add_subparsers(dest="topics_command", required=True)
-    te = tp.add_parser("ensure", help="create the event topics and the dead-letter topic if missing")
+    te = tp.add_parser("ensure", help="create the event topics, the dead-letter topic and the policy topic if missing")
     te.add_argument("--partitions", type=int, help="partitions per new topic (default 6)")
     te.set_defaults(fn=cmd_topics)
 

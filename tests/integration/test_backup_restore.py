@@ -20,7 +20,7 @@ from gatestream.backup import MANIFEST
 from gatestream.schemas import EventType
 from tests.conftest import Env, gatestream_cmd, run_gatestream
 from tests.helpers import count_all, stored_offsets, wait_for
-from tests.services import ROOT
+from tests.services import ROOT, kafka_conf
 
 pytestmark = pytest.mark.integration
 
@@ -113,7 +113,7 @@ def test_a_backup_taken_mid_stream_restores_and_resumes_to_exactly_n_rows(editio
 
 def test_status_warns_when_retention_deleted_events_not_yet_ingested(env: Env) -> None:
     topic, group = env.topic(EventType.ACTIVE_WINDOWS), f"{env.prefix}ingest"
-    p = Producer({"bootstrap.servers": env.services.bootstrap_servers})
+    p = Producer(kafka_conf(env.services.bootstrap_servers))
     for part, n in ((0, 10), (1, 3)):
         for i in range(n):
             p.produce(topic, value=b"x%d" % i, partition=part)
@@ -126,7 +126,7 @@ def test_status_warns_when_retention_deleted_events_not_yet_ingested(env: Env) -
                 (group, topic, part),
             )
     # what retention does to old segments: the partition's start moves past the stored offset
-    admin = AdminClient({"bootstrap.servers": env.services.bootstrap_servers})
+    admin = AdminClient(kafka_conf(env.services.bootstrap_servers))
     for fut in admin.delete_records([TopicPartition(topic, 0, 7)]).values():
         assert fut.result(timeout=30).low_watermark == 7
     done = run_gatestream(env.environ(), "status", "--json")

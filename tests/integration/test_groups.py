@@ -17,6 +17,7 @@ from gatestream.producers.loadgen import Fleet, generate
 from gatestream.schemas import EventType
 from tests.conftest import Env
 from tests.helpers import count_all, publish, start_ingest_thread, stored_offsets, wait_for
+from tests.services import kafka_conf
 
 pytestmark = pytest.mark.integration
 
@@ -25,13 +26,13 @@ TP = tuple[str, int]
 
 def _kafka_committed(bootstrap: str, group: str) -> dict[TP, int]:
     """The group's committed offsets as Kafka's tools see them (partitions with none are absent)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(kafka_conf(bootstrap))
     fut = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
     return {(tp.topic, tp.partition): tp.offset for tp in fut.result(timeout=15).topic_partitions if tp.offset >= 0}
 
 
 def _watermarks(bootstrap: str, topics: list[str]) -> dict[TP, tuple[int, int]]:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-watermarks"})
+    c = Consumer({**kafka_conf(bootstrap), "group.id": "test-watermarks"})
     try:
         md = c.list_topics(timeout=10)
         return {
@@ -45,7 +46,7 @@ def _watermarks(bootstrap: str, topics: list[str]) -> dict[TP, tuple[int, int]]:
 
 def test_auto_picks_kip848_on_the_stack_broker_and_a_member_ingests_with_it(env: Env, tmp_path: Path) -> None:
     bootstrap = env.services.bootstrap_servers
-    offered, why = broker_offers_consumer_protocol(AdminClient({"bootstrap.servers": bootstrap}))
+    offered, why = broker_offers_consumer_protocol(AdminClient(kafka_conf(bootstrap)))
     assert offered is True, why
     assert resolve("auto", lambda: (offered, why))[0] == "consumer"
 
@@ -55,7 +56,7 @@ def test_auto_picks_kip848_on_the_stack_broker_and_a_member_ingests_with_it(env:
     ing, thread = start_ingest_thread(settings)
     try:
         assert wait_for(lambda: sum(count_all(env.database_url).values()) == 300, 90), count_all(env.database_url)
-        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin = AdminClient(kafka_conf(bootstrap))
         group = admin.describe_consumer_groups([settings.group_id])[settings.group_id].result(timeout=15)
         assert group.type == ConsumerGroupType.CONSUMER, group.type  # the member joined with KIP-848
         assert len(group.members) == 1
@@ -80,7 +81,7 @@ def test_every_assigned_partition_is_in_kafkas_group_before_its_first_commit(
     assert len(filled) >= 2, marks
     # One partition whose first events were deleted (its first offset is no longer 0) ...
     trimmed = filled[0]
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(kafka_conf(bootstrap))
     for fut in admin.delete_records([TopicPartition(*trimmed, 3)]).values():
         fut.result(timeout=15)
     # ... and one with an offset stored in the database (a previous member's commit).

@@ -24,6 +24,7 @@ from gatestream.schemas.catalog import DEFAULT_DIR
 from gatestream.schemas.registry import CatalogRegistry
 from tests.conftest import Env, read_topic
 from tests.helpers import count_all, count_rows, publish, start_ingest_thread, stored_offsets, wait_for
+from tests.services import kafka_conf
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +88,7 @@ def test_poison_events_go_to_dead_letter_and_the_rest_arrive(env: Env, tmp_path:
     topic = env.topic(EventType.GATEWAY_STATUS_SNAPSHOTS)
     # the schema id the good events were written with (the catalog's, or the registry's)
     schema_id = read_topic(env.services.bootstrap_servers, topic, expected=1, timeout=10)[0].value()[1:5]
-    raw = Producer({"bootstrap.servers": env.services.bootstrap_servers})
+    raw = Producer(kafka_conf(env.services.bootstrap_servers))
     key = str(gw).encode()
     raw.produce(topic, key=key, value=b"plain text, not Avro")  # not wire format
     raw.produce(topic, key=key, value=b"\x00\x7f\xff\xff\xf0" + b"\x02\x04")  # unknown schema id
@@ -165,7 +166,7 @@ def test_backward_compatible_schema_change_flows_without_restarting_consumers(en
         json.dumps(v2),
         conf={"auto.register.schemas": True, "subject.name.strategy": topic_subject_name_strategy},
     )
-    raw = Producer({"bootstrap.servers": env.services.bootstrap_servers})
+    raw = Producer(kafka_conf(env.services.bootstrap_servers))
     ctx = SerializationContext(topic, MessageField.VALUE)
     for i in range(50):
         rec = ActiveWindow(
@@ -237,7 +238,7 @@ def test_valid_avro_that_cannot_be_stored_is_dead_lettered_and_ingest_keeps_goin
         schemaless_writer(buf, schema, rec)
         return header + buf.getvalue()
 
-    raw = Producer({"bootstrap.servers": env.services.bootstrap_servers, "partitioner": "murmur2_random"})
+    raw = Producer({**kafka_conf(env.services.bootstrap_servers), "partitioner": "murmur2_random"})
     poison = [
         framed(datetime=2**63 - 1),
         framed(datetime=-(2**63)),
@@ -302,7 +303,7 @@ def test_values_a_database_should_not_keep_are_dead_lettered_with_their_reason(e
         ],
         "invalid-identifier": [framed(organization_id=0), framed(users_on_computers_id=-1)],
     }
-    raw = Producer({"bootstrap.servers": env.services.bootstrap_servers, "partitioner": "murmur2_random"})
+    raw = Producer({**kafka_conf(env.services.bootstrap_servers), "partitioner": "murmur2_random"})
     for values in bad.values():
         for value in values:
             raw.produce(topic, key=b"4", value=value)
@@ -360,7 +361,7 @@ def test_dead_letters_can_be_counted_shown_and_redriven_once_the_cause_is_fixed(
         """Messages on the source topic: the 30 published, plus every redriven copy."""
         from confluent_kafka import Consumer, TopicPartition
 
-        c = Consumer({"bootstrap.servers": env.services.bootstrap_servers, "group.id": f"count-{uuid.uuid4()}"})
+        c = Consumer({**kafka_conf(env.services.bootstrap_servers), "group.id": f"count-{uuid.uuid4()}"})
         try:
             parts = c.list_topics(topic, timeout=10).topics[topic].partitions
             marks = [c.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in parts]

@@ -26,14 +26,14 @@ from gatestream.schemas import EventType, event_topics
 from gatestream.topics import ensure_topics
 from tests.conftest import BROKER_SCRIPT, Env, PrivateBroker, free_port, gatestream_cmd, run_gatestream
 from tests.helpers import count_all, count_rows, http_get, publish, stored_offsets, wait_for
-from tests.services import ROOT
+from tests.services import ROOT, kafka_conf
 
 pytestmark = pytest.mark.integration
 
 
 def _end_offsets(bootstrap: str, topics: list[str]) -> dict[tuple[str, int], int]:
     """Every partition's high watermark, asked of the broker by a client of the test's own."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-watermarks"})
+    c = Consumer({**kafka_conf(bootstrap), "group.id": "test-watermarks"})
     try:
         md = c.list_topics(timeout=10)
         return {
@@ -51,13 +51,13 @@ def _non_empty(ends: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
 
 
 def _kafka_committed(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(kafka_conf(bootstrap))
     fut = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
     return {(tp.topic, tp.partition): tp.offset for tp in fut.result(timeout=15).topic_partitions if tp.offset >= 0}
 
 
 def _set_kafka_committed(bootstrap: str, group: str, offsets: dict[tuple[str, int], int]) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(kafka_conf(bootstrap))
     req = ConsumerGroupTopicPartitions(group, [TopicPartition(t, p, o) for (t, p), o in offsets.items()])
     admin.alter_consumer_group_offsets([req])[group].result(timeout=15)
 
@@ -241,7 +241,7 @@ def test_time_ranged_replay_starts_at_the_brokers_offset_for_that_time(env: Env,
 
     bootstrap = env.services.bootstrap_servers
     ends = _end_offsets(bootstrap, topics)
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-times"})
+    c = Consumer({**kafka_conf(bootstrap), "group.id": "test-times"})
     at_t = [TopicPartition(topic, p, int(t.timestamp() * 1000)) for topic, p in ends]
     found = {(tp.topic, tp.partition): tp.offset for tp in c.offsets_for_times(at_t, timeout=10)}
     c.close()

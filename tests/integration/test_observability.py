@@ -23,7 +23,7 @@ from gatestream.producers.loadgen import Fleet, generate
 from gatestream.schemas import EventType
 from tests.conftest import Env, free_port, gatestream_cmd
 from tests.helpers import http_get, publish, wait_for
-from tests.services import ROOT
+from tests.services import ROOT, kafka_conf
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +59,7 @@ def test_metrics_endpoint_counts_what_was_produced_and_lag_falls_to_zero(env: En
     publish(env, tmp_path / "spool.sqlite3", list(generate(n, Fleet(), list(EventType), seed=5)))
     from confluent_kafka import Producer
 
-    raw = Producer({"bootstrap.servers": env.services.bootstrap_servers})
+    raw = Producer(kafka_conf(env.services.bootstrap_servers))
     raw.produce(env.topic(EventType.SCREENSHOTS), value=b"not Avro")  # consumed, then dead-lettered
     assert raw.flush(10) == 0
     port = free_port()

@@ -24,7 +24,7 @@ from gatestream.schemas import EventType, SchemaCatalog
 from tests.conftest import Env, PrivateBroker, free_port, gatestream_cmd
 from tests.helpers import count_all, count_rows, http_get, publish, wait_for
 from tests.proxy import proxied, target_of, via_proxy
-from tests.services import ROOT
+from tests.services import ROOT, kafka_conf
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +71,7 @@ def _log_lines(log: Path) -> list[dict[str, Any]]:
 
 
 def _messages_in(bootstrap: str, topic: str) -> int:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-watermarks"})
+    c = Consumer({**kafka_conf(bootstrap), "group.id": "test-watermarks"})
     try:
         parts = c.list_topics(topic, timeout=10).topics[topic].partitions
         return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts)
@@ -122,7 +122,7 @@ def test_a_registry_outage_pauses_ingest_and_every_event_of_a_new_version_lands(
             # a gateway starts writing a compatible v2, registered in the (shared) registry
             ser = _v2_serializer(url)
             ctx = SerializationContext(topic, MessageField.VALUE)
-            raw = Producer({"bootstrap.servers": env.services.bootstrap_servers})
+            raw = Producer(kafka_conf(env.services.bootstrap_servers))
             for e in _windows(60, "v2", now + timedelta(minutes=5)):
                 raw.produce(topic, key=b"9", value=ser(e.to_record() | {"window_class": "X"}, ctx))
             assert raw.flush(10) == 0

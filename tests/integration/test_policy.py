@@ -25,6 +25,7 @@ from gatestream.edition import Edition
 from gatestream.settings import PolicySettings
 from tests.conftest import Env, read_topic, run_gatestream
 from tests.helpers import unschedule_cron_jobs, wait_for
+from tests.services import kafka_conf
 
 pytestmark = pytest.mark.integration
 
@@ -148,7 +149,7 @@ def test_a_change_through_the_topic_changes_only_that_and_drift_is_repaired(env:
         from confluent_kafka import Producer
 
         runs = pc.runs
-        p = Producer({"bootstrap.servers": env.services.bootstrap_servers})
+        p = Producer(kafka_conf(env.services.bootstrap_servers))
         p.produce(settings.policy_topic, value=b'{"resource_type": "x; DROP TABLE y", "op": "set"}')
         assert p.flush(10) == 0
         assert wait_for(lambda: pc.runs > runs, 40)

@@ -29,11 +29,11 @@ from gatestream.consumers.policy.consumer import PolicyConsumer
 from gatestream.consumers.policy.reconcile import make_engine, make_plan
 from gatestream.dbmetrics import DatabaseCollector
 from gatestream.migrate import migrate
-from gatestream.settings import CdcSettings, KafkaClientSettings, PolicySettings
+from gatestream.settings import CdcSettings, PolicySettings
 from gatestream.topics import delete_topics
 from tests.conftest import Env, free_port, read_topic
 from tests.helpers import wait_for
-from tests.services import ROOT
+from tests.services import ROOT, client_settings, kafka_conf
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +79,7 @@ def capturing(cs: CdcSettings) -> Iterator[CdcSettings]:
             cdc.drop_slot(cs)
         with contextlib.suppress(Exception):
             delete_topics(
-                KafkaClientSettings(bootstrap_servers=cs.bootstrap_servers),
+                client_settings(cs.bootstrap_servers),
                 [cs.cdc_topic, f"__debezium-heartbeat.{cs.cdc_topic_prefix}"],
             )
 
@@ -158,7 +158,7 @@ def test_plain_sql_changes_the_jobs_and_nothing_is_lost_while_the_connector_is_s
                 # a message on the CDC topic that is not a change of the table: dead-lettered with
                 # its reason, and the consumer carries on
                 runs = pc.runs
-                p = Producer({"bootstrap.servers": env.services.bootstrap_servers})
+                p = Producer(kafka_conf(env.services.bootstrap_servers))
                 bad = {"payload": {"op": "c", "after": {"id": 1}, "source": {"schema": "public", "table": "x"}},
                        "schema": {}}  # fmt: skip
                 p.produce(cs.cdc_topic, value=json.dumps(bad).encode())
@@ -235,7 +235,7 @@ def test_a_killed_connect_worker_and_a_restarted_database_lose_no_change(env: En
             subprocess.run([str(CONNECT), "kill", str(worker)], timeout=30, check=False)
             with contextlib.suppress(Exception):
                 delete_topics(
-                    KafkaClientSettings(bootstrap_servers=env.services.bootstrap_servers),
+                    env.services.client_settings(),
                     [f"{group}.configs", f"{group}.offsets", f"{group}.status"],
                 )
         pg.stop()

@@ -23,7 +23,7 @@ from gatestream.producers.publisher import Publisher
 from gatestream.schemas import EventType
 from tests.conftest import Env, gatestream_cmd, read_topic, run_gatestream
 from tests.helpers import count_rows, publish, start_ingest_thread, stored_offsets, wait_for
-from tests.services import ROOT
+from tests.services import ROOT, kafka_conf
 
 pytestmark = pytest.mark.integration
 
@@ -341,7 +341,7 @@ def test_a_replay_does_not_dead_letter_an_event_again(env: Env, tmp_path: Path) 
     from confluent_kafka import Producer
 
     _ingest_all(env, tmp_path, _events(300))
-    raw = Producer({"bootstrap.servers": env.services.bootstrap_servers})
+    raw = Producer(kafka_conf(env.services.bootstrap_servers))
     raw.produce(env.topic(AW), key=b"1", value=b"not Avro at all")
     assert raw.flush(10) == 0
     ing, t = start_ingest_thread(env.ingest(stop_after_idle_s=2.0))

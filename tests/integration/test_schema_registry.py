@@ -20,6 +20,7 @@ from gatestream.producers.events import ActiveWindow
 from gatestream.schemas import EventType, SchemaCatalog
 from tests.conftest import Env, read_topic
 from tests.helpers import count_rows, publish, start_ingest_thread, wait_for
+from tests.services import kafka_conf
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +77,7 @@ def test_a_compatible_change_flows_and_a_breaking_one_is_refused(
     v2 = {**v1, "fields": [*v1["fields"], {"name": "window_class", "type": ["null", "string"], "default": None}]}
     ser = AvroSerializer(registry, json.dumps(v2), conf={"auto.register.schemas": True})
     ctx = SerializationContext(topic, MessageField.VALUE)
-    raw = Producer({"bootstrap.servers": env.services.bootstrap_servers})
+    raw = Producer(kafka_conf(env.services.bootstrap_servers))
     for e in _events(50, "v2", now + timedelta(minutes=5)):
         raw.produce(topic, key=b"9", value=ser(e.to_record() | {"window_class": "Chrome_WidgetWin_1"}, ctx))
     assert raw.flush(10) == 0

@@ -21,7 +21,7 @@ from gatestream.schemas import EventType
 from tests.conftest import Env, free_port, gatestream_cmd, run_gatestream
 from tests.helpers import count_all, http_get, publish, unschedule_cron_jobs, wait_for
 from tests.proxy import TcpProxy
-from tests.services import ROOT
+from tests.services import ROOT, kafka_conf
 
 pytestmark = pytest.mark.integration
 
@@ -154,7 +154,7 @@ def test_sigterm_ends_the_policy_consumer_in_the_middle_of_a_reconcile_the_datab
         stderr=err.open("wb"),
     )
     try:
-        p = Producer({"bootstrap.servers": env.services.bootstrap_servers})
+        p = Producer(kafka_conf(env.services.bootstrap_servers))
 
         def change_event() -> None:
             p.produce(topic, value=b'{"resource_type": "active_windows", "op": "set"}')

@@ -99,3 +99,27 @@ def test_the_acl_plan_gives_each_principal_its_job_and_nothing_else() -> None:
     assert {op for p, _, _, op in by if p == "User:exporter"} == {"DESCRIBE"}
     assert not any(a.pattern == "PREFIXED" and a.name == "p." for a in acls)  # topics one by one
     assert len(acls) == len(set(acls))
+
+
+def test_a_consumer_refused_at_run_time_is_unready_and_counts_it_not_a_dead_letter() -> None:
+    from prometheus_client import REGISTRY
+
+    from gatestream.consumers.observe import IngestObserver
+
+    def failures() -> float:
+        labels = {"operation": "consume"}
+        return REGISTRY.get_sample_value("gatestream_kafka_authorization_failures_total", labels) or 0.0
+
+    obs = IngestObserver("g", {})
+
+    class Parts:
+        owned: set[tuple[str, int]] = set()
+
+    assert obs.ready(Parts())[0]  # type: ignore[arg-type]
+    before = failures()
+    obs.consumer_error(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED, "Topic authorization failed"))
+    ok, why = obs.ready(Parts())  # type: ignore[arg-type]
+    assert not ok and "ACL" in why
+    assert failures() == before + 1
+    obs.refused_at = 0.0  # long ago: ready again once refusals stop
+    assert obs.ready(Parts())[0]  # type: ignore[arg-type]
