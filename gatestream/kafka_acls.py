@@ -117,10 +117,16 @@ def plan(settings: AclSettings) -> list[Acl]:
     allow("connect", "TOPIC", [worker], "READ", "WRITE", "DESCRIBE", "CREATE", "DESCRIBE_CONFIGS", pattern="PREFIXED")
     allow("connect", "GROUP", [settings.connect_group], "READ")
     # ...and Debezium's change topics and heartbeat topic, which the worker creates on first use
-    debezium = [f"{settings.cdc_topic_prefix}.", f"__debezium-heartbeat.{settings.cdc_topic_prefix}"]
-    allow("connect", "TOPIC", debezium, "WRITE", "DESCRIBE", "CREATE", pattern="PREFIXED")
+    out.update(debezium_acls("User:connect", settings.cdc_topic_prefix))
     allow("connect", "CLUSTER", [CLUSTER], "IDEMPOTENT_WRITE")
     return sorted(out)
+
+
+def debezium_acls(principal: str, cdc_topic_prefix: str) -> list[Acl]:
+    """What a Connect worker needs for a Debezium connector of that topic.prefix: its change
+    topics and its heartbeat topic, created by the worker on first use."""
+    names = [f"{cdc_topic_prefix}.", f"__debezium-heartbeat.{cdc_topic_prefix}"]
+    return [Acl(principal, "TOPIC", "PREFIXED", n, op) for n in names for op in ("WRITE", "DESCRIBE", "CREATE")]
 
 
 def existing(admin: AdminClient, timeout_s: float = 15.0) -> set[Acl]:
@@ -141,17 +147,22 @@ def ensure(settings: AclSettings, *, dry_run: bool = False, timeout_s: float = 1
     missing = [a for a in wanted if a not in have]
     present = [a for a in wanted if a in have]
     if missing and not dry_run:
-        futures = admin.create_acls([a.binding() for a in missing], request_timeout=timeout_s)
-        for binding, fut in futures.items():
-            try:
-                fut.result()
-            except KafkaException as exc:
-                raise RuntimeError(f"creating the ACL {Acl.of(binding)} failed: {exc.args[0].str()}") from None
-        # the controller has them; the broker enforces them once its metadata has caught up
-        # (a moment, longer under load): return then, so what runs next is allowed
-        deadline = time.monotonic() + timeout_s
-        while not set(missing) <= existing(admin, timeout_s):
-            if time.monotonic() >= deadline:
-                raise RuntimeError(f"the broker does not show the {len(missing)} ACLs created after {timeout_s:.0f} s")
-            time.sleep(0.2)
+        create(admin, missing, timeout_s)
     return missing, present
+
+
+def create(admin: AdminClient, acls: list[Acl], timeout_s: float = 15.0) -> None:
+    """Create ``acls`` (as a user that may: the admin); return once the broker enforces them."""
+    futures = admin.create_acls([a.binding() for a in acls], request_timeout=timeout_s)
+    for binding, fut in futures.items():
+        try:
+            fut.result()
+        except KafkaException as exc:
+            raise RuntimeError(f"creating the ACL {Acl.of(binding)} failed: {exc.args[0].str()}") from None
+    # the controller has them; the broker enforces them once its metadata has caught up
+    # (a moment, longer under load): return then, so what runs next is allowed
+    deadline = time.monotonic() + timeout_s
+    while not set(acls) <= existing(admin, timeout_s):
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"the broker does not show the {len(acls)} ACLs created after {timeout_s:.0f} s")
+        time.sleep(0.2)

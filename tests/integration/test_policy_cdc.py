@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import threading
 import time
@@ -33,7 +34,7 @@ from gatestream.settings import CdcSettings, PolicySettings
 from gatestream.topics import delete_topics
 from tests.conftest import Env, free_port, read_topic
 from tests.helpers import wait_for
-from tests.services import ROOT, client_settings, kafka_conf
+from tests.services import ROOT, Services, client_settings, kafka_conf
 
 pytestmark = pytest.mark.integration
 
@@ -44,6 +45,14 @@ CONNECT = ROOT / "ops" / "connect" / "connect"
 
 def cdc_settings(env: Env, connect_url: str, database_url: str) -> CdcSettings:
     tag = env.prefix.strip(".")
+    if env.services.kafka_security.get("kafka_sasl_username") and connect_url == env.services.connect_url:
+        # a secured stack: its worker logs in as User:connect, whose ACLs name the stack's CDC
+        # prefix; the suite (the admin) lets it write this test's too
+        from confluent_kafka.admin import AdminClient
+
+        from gatestream.kafka_acls import create, debezium_acls
+
+        create(AdminClient(env.services.kafka_conf()), debezium_acls("User:connect", f"{env.prefix}cdc"))
     return CdcSettings(
         **{**env.common(), "database_url": database_url},
         connect_url=connect_url,
@@ -173,9 +182,23 @@ def test_plain_sql_changes_the_jobs_and_nothing_is_lost_while_the_connector_is_s
             t.join(20)
 
 
-def _connect_worker(tmp: Path, bootstrap: str, group: str, port: int) -> tuple[Path, str]:
+def _connect_worker(tmp: Path, services: Services, group: str, port: int) -> tuple[Path, str]:
+    """A worker of the test's own on the stack's broker (as the suite's user, the admin, on a secured one)."""
     d = tmp / "connect"
-    subprocess.run([str(CONNECT), "start", str(d), str(port), bootstrap, group], check=True, timeout=150)
+    environ = dict(os.environ)
+    conf = services.kafka_conf()
+    if "sasl.username" in conf:
+        client = tmp / "kafka-client.properties"
+        client.touch(mode=0o600)
+        client.write_text(
+            f"security.protocol={conf['security.protocol']}\nsasl.mechanism={conf['sasl.mechanism']}\n"
+            "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{conf["sasl.username"]}" password="{conf["sasl.password"]}";\n'
+            f"ssl.truststore.type=PEM\nssl.truststore.location={conf['ssl.ca.location']}\n"
+        )
+        environ["GATESTREAM_CONNECT_KAFKA_CLIENT"] = str(client)
+    cmd = [str(CONNECT), "start", str(d), str(port), services.bootstrap_servers, group]
+    subprocess.run(cmd, check=True, timeout=150, env=environ)
     return d, f"http://127.0.0.1:{port}"
 
 
@@ -196,7 +219,7 @@ def test_a_killed_connect_worker_and_a_restarted_database_lose_no_change(env: En
         with psycopg.connect(pg.url, autocommit=True) as c:
             c.execute("CREATE DATABASE gatestream")
         migrate(db_url)
-        worker, connect_url = _connect_worker(tmp_path, env.services.bootstrap_servers, group, port)
+        worker, connect_url = _connect_worker(tmp_path, env.services, group, port)
         with capturing(cdc_settings(env, connect_url, db_url)) as cs:
             settings: PolicySettings = env.policy(
                 database_url=db_url,
@@ -215,7 +238,7 @@ def test_a_killed_connect_worker_and_a_restarted_database_lose_no_change(env: En
                     set_days(conn, 5, 850)
                     time.sleep(1)
                     assert drop_after(settings, conn) == 800
-                    _connect_worker(tmp_path, env.services.bootstrap_servers, group, port)
+                    _connect_worker(tmp_path, env.services, group, port)
                     cdc.wait_running(cs, 60)
                     wait_drop_after(settings, conn, 850, 30)
                 # the database restarts: a change committed just before it, and one just after
