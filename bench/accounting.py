@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from confluent_kafka import Consumer, TopicPartition
@@ -42,10 +43,12 @@ class Published:
         return sum(self.ends.values())
 
 
-def read_published(bootstrap: str, topics: list[str], timeout: float = 60) -> Published:
+def read_published(broker: str | dict[str, Any], topics: list[str], timeout: float = 60) -> Published:
     """The topics' end offsets and the distinct event_ids of their messages (an Avro body
-    starts with the event_id)."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"faults-count-{uuid.uuid4().hex[:6]}"})
+    starts with the event_id). ``broker``: a plain broker's address, or a librdkafka
+    configuration (with its security settings)."""
+    conf = {"bootstrap.servers": broker} if isinstance(broker, str) else broker
+    c = Consumer({**conf, "group.id": f"faults-count-{uuid.uuid4().hex[:6]}"})
     try:
         md = c.list_topics(timeout=10)
         ends = {

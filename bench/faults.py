@@ -47,6 +47,7 @@ from bench.postgres import PrivatePostgres, failover_url, pg_bindir
 from bench.scenarios import SCENARIOS, Run
 from gatestream.bench import bench_database, drop_bench_database
 from gatestream.database import connect_once
+from gatestream.kafka import security_config
 from gatestream.schemas import EventType
 from gatestream.settings import IngestSettings, ProducerSettings
 from gatestream.topics import delete_topics, ensure_topics
@@ -94,7 +95,9 @@ class Outcome:
 
 def _account(out: Outcome, run: Run, bootstrap: str, topics: list[str]) -> None:
     """Wait for the drain, stop the members, then count (see bench.accounting)."""
-    published = read_published(bootstrap, topics)
+    # the stack's broker as the settings' user; the scenario's own broker is plain
+    security = security_config(run.settings) if bootstrap == run.settings.bootstrap_servers else {}
+    published = read_published({"bootstrap.servers": bootstrap, **security}, topics)
     out.events, out.messages = len(published.ids), published.messages
     out.resent = out.messages - out.events
     deadline = time.monotonic() + DRAIN_S

@@ -100,7 +100,7 @@ def test_a_backup_taken_mid_stream_restores_and_resumes_to_exactly_n_rows(editio
     second = _ingest(env, tmp_path / "second.log")
     try:
         assert wait_for(lambda: _rows(env) >= total, 60), count_all(env.database_url)
-        published = read_published(env.services.bootstrap_servers, [env.topic(et) for et in EventType])
+        published = read_published(env.services.kafka_conf(), [env.topic(et) for et in EventType])
         assert wait_for(lambda: offsets_off(env.database_url, group, published.ends) == 0, 30)
     finally:
         _stop(second)

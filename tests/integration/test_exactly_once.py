@@ -148,7 +148,7 @@ def test_kill_9_and_scale_out_mid_stream_gives_exactly_n_rows(env: Env, tmp_path
             "the member added mid-run never took a partition"
         )
         assert count_all(env.database_url) == {et: per_type for et in EventType}
-        published = read_published(env.services.bootstrap_servers, [env.topic(et) for et in EventType])
+        published = read_published(env.services.kafka_conf(), [env.topic(et) for et in EventType])
         assert (published.messages, len(published.ids)) == (total, total), "each event on the topics once"
         ends = {tp: end for tp, end in published.ends.items() if end > 0}
         assert stored_offsets(env.database_url, f"{env.prefix}ingest") == ends, "stored offsets = end offsets"
