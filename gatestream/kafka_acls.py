@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AclBinding,
     AclBindingFilter,
@@ -158,6 +158,8 @@ def create(admin: AdminClient, acls: list[Acl], timeout_s: float = 15.0) -> None
         try:
             fut.result()
         except KafkaException as exc:
+            if exc.args[0].code() in (KafkaError.SECURITY_DISABLED, KafkaError.CLUSTER_AUTHORIZATION_FAILED):
+                raise  # the broker's or the user's, not this ACL's: the caller says which
             raise RuntimeError(f"creating the ACL {Acl.of(binding)} failed: {exc.args[0].str()}") from None
     # the controller has them; the broker enforces them once its metadata has caught up
     # (a moment, longer under load): return then, so what runs next is allowed
