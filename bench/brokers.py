@@ -9,6 +9,7 @@ import socket
 import subprocess
 from pathlib import Path
 from secrets import token_urlsafe
+from typing import Any
 
 # gatestream's Kafka settings of a plain client (PLAINTEXT, no user): over a secured stack's
 PLAIN: dict[str, str | None] = {
@@ -68,7 +69,7 @@ class PrivateBroker:
         assert self.secure is not None, "a plain broker has no CA"
         return Path(self.secure[0]) / "ca.pem"
 
-    def settings(self, user: str | None) -> dict[str, str | None]:
+    def settings(self, user: str | None) -> dict[str, Any]:
         """gatestream's Kafka settings (KafkaClientSettings fields) to reach it as ``user``
         (None: no user, plaintext)."""
         if user is None:

@@ -165,3 +165,44 @@ def test_the_other_principals_and_an_acl_missing_at_run_time(
     out, err = capfd.readouterr()
     for user in ("admin", *PRINCIPALS):
         assert b.password(user) not in out + err
+
+
+@pytest.mark.slow  # three broker starts: plain, with the one-off setup listener, secured
+def test_a_broker_formatted_plain_is_secured_in_place_with_its_topics(tmp_path: Path) -> None:
+    """The stack's broker of before (formatted without SCRAM users) started --secure: the users
+    are added through a one-off loopback listener that is gone afterwards; its topics and their
+    messages stay; the admin logs in and reads them, a plain client is refused."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+    if shutil.which("java") is None:
+        pytest.skip("no Java on PATH")
+    state = tmp_path / "kafka"
+    plain = PrivateBroker(state)
+    plain.start()
+    try:
+        admin = AdminClient({"bootstrap.servers": plain.bootstrap})
+        admin.create_topics([NewTopic("kept", num_partitions=1, replication_factor=1)])["kept"].result(timeout=30)
+        p = Producer({"bootstrap.servers": plain.bootstrap})
+        p.produce("kept", b"before")
+        assert p.flush(30) == 0
+        plain.stop()
+        secured = PrivateBroker(state, users=())  # the admin alone: one setup call (a JVM) fewer
+        secured.port, secured.controller_port = plain.port, plain.controller_port
+        secured.start()
+        props = (state / "server.properties").read_text()
+        assert "SETUP" not in props and "allow.everyone.if.no.acl.found=false" in props
+        assert oct((state / "server.properties").stat().st_mode & 0o777) == "0o600"  # it holds the admin's password
+        conf = {
+            "bootstrap.servers": secured.bootstrap, "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
+            "sasl.username": "admin", "sasl.password": secured.password("admin"), "ssl.ca.location": str(secured.ca),
+        }  # fmt: skip
+        c = Consumer({**conf, "group.id": "upgrade-check"})
+        c.assign([TopicPartition("kept", 0, 0)])
+        got = [m.value() for m in c.consume(10, timeout=20) if m.error() is None]
+        c.close()
+        assert got == [b"before"]
+        with pytest.raises(KafkaRefused, match="PLAINTEXT connection was closed"):
+            probe(AclSettings(**secured.settings(None)), KafkaNeeds(), timeout_s=20)
+    finally:
+        plain.kill()
