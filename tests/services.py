@@ -56,6 +56,22 @@ class Services:
 
         return KafkaClientSettings(**self.kafka_settings(bootstrap))  # type: ignore[arg-type]
 
+    def kafka_tool_args(self, folder: Path) -> list[str]:
+        """``--command-config FILE`` for Kafka's own (Java) tools on the stack's broker as the
+        suite's user; nothing on a plain broker. FILE (mode 600) is written into ``folder``."""
+        conf = self.kafka_conf()
+        if "sasl.username" not in conf:
+            return []
+        f = folder / "kafka-tool.properties"
+        f.touch(mode=0o600)
+        f.write_text(
+            f"security.protocol={conf['security.protocol']}\nsasl.mechanism={conf['sasl.mechanism']}\n"
+            "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{conf["sasl.username"]}" password="{conf["sasl.password"]}";\n'
+            f"ssl.truststore.type=PEM\nssl.truststore.location={conf.get('ssl.ca.location', '')}\n"
+        )
+        return ["--command-config", str(f)]
+
     def kafka_conf(self, bootstrap: str | None = None) -> dict[str, Any]:
         """librdkafka configuration of a raw client of the tests' own (the admin's on the stack)."""
         from gatestream.kafka import security_config

@@ -209,7 +209,7 @@ def test_kafka_group_offsets_mirror_the_database_and_never_decide_where_reading_
     # Kafka's own tool sees the group at the end of every partition: true lag 0
     described = subprocess.run(
         [str(BROKER_SCRIPT), "run", "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
-         "--bootstrap-server", bootstrap, "--describe", "--group", group],
+         "--bootstrap-server", bootstrap, "--describe", "--group", group, *env.services.kafka_tool_args(tmp_path)],
         capture_output=True, text=True, timeout=120, check=True,
     ).stdout  # fmt: skip
     lags = [int(m) for m in re.findall(rf"^{re.escape(group)}\s+\S+\s+\d+\s+\d+\s+\d+\s+(\d+)", described, re.M)]

@@ -186,17 +186,9 @@ def _connect_worker(tmp: Path, services: Services, group: str, port: int) -> tup
     """A worker of the test's own on the stack's broker (as the suite's user, the admin, on a secured one)."""
     d = tmp / "connect"
     environ = dict(os.environ)
-    conf = services.kafka_conf()
-    if "sasl.username" in conf:
-        client = tmp / "kafka-client.properties"
-        client.touch(mode=0o600)
-        client.write_text(
-            f"security.protocol={conf['security.protocol']}\nsasl.mechanism={conf['sasl.mechanism']}\n"
-            "sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required "
-            f'username="{conf["sasl.username"]}" password="{conf["sasl.password"]}";\n'
-            f"ssl.truststore.type=PEM\nssl.truststore.location={conf['ssl.ca.location']}\n"
-        )
-        environ["GATESTREAM_CONNECT_KAFKA_CLIENT"] = str(client)
+    tool = services.kafka_tool_args(tmp)  # the same client properties a Kafka tool takes
+    if tool:
+        environ["GATESTREAM_CONNECT_KAFKA_CLIENT"] = tool[1]
     cmd = [str(CONNECT), "start", str(d), str(port), services.bootstrap_servers, group]
     subprocess.run(cmd, check=True, timeout=150, env=environ)
     return d, f"http://127.0.0.1:{port}"
