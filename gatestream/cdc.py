@@ -76,7 +76,19 @@ def connector_config(settings: CdcSettings) -> dict[str, str]:
         "retriable.restart.connector.wait.ms": "3000",
         "decimal.handling.mode": "string",
         "time.precision.mode": "connect",
+        **_tls(info),
     }
+
+
+def _tls(info: dict[str, Any]) -> dict[str, str]:
+    """The URL's TLS settings for Debezium's JDBC connections (its database.sslmode takes libpq's
+    values; ops/stack's server takes TLS only, with its CA's certificate: verify-full)."""
+    out: dict[str, str] = {}
+    if info.get("sslmode"):
+        out["database.sslmode"] = str(info["sslmode"])
+    if info.get("sslrootcert"):
+        out["database.sslrootcert"] = str(info["sslrootcert"])
+    return out
 
 
 def _connect_url(settings: CdcSettings) -> str:
