@@ -17,6 +17,7 @@ raise ``DatabaseSettingError`` with one line that says what to fix.
 
 from __future__ import annotations
 
+import getpass
 import os
 import socket
 import threading
@@ -45,8 +46,40 @@ _TRANSIENT_FATAL = (
 )  # fmt: skip
 
 
+# What a server or libpq says when it refuses a client for good: the phrase, and what was
+# refused, for the one line (libpq gives no SQLSTATE at connect; none of these carries a secret)
+_REFUSALS = (
+    ("password authentication failed", "its password (wrong password)"),
+    ("no password supplied", "a login without a password: the server asks for one (passfile= in the URL)"),
+    ("no encryption", "a plaintext connection: the server takes TLS only (sslmode=verify-full)"),
+    ("does not match host name", "the server's certificate: {detail} (sslmode=verify-full)"),
+    ("certificate verify failed", "the server's certificate: not signed by the CA of sslrootcert"),
+    ("root certificate file", "to check the server's certificate: {detail}"),
+    ("server does not support SSL", "a connection without TLS: the server offers none and sslmode requires it"),
+    ("is not permitted to log in", "a login by a role without LOGIN (log in as one of its login users)"),
+)  # fmt: skip
+
+
 class DatabaseSettingError(Exception):
     """The database settings are wrong; retrying will not help."""
+
+
+def login_user(url: str) -> str:
+    """The user ``url`` logs in as (libpq's default: PGUSER, else the OS user), for messages."""
+    try:
+        user = psycopg.conninfo.conninfo_to_dict(url).get("user")
+    except psycopg.Error:
+        user = None
+    return str(user or os.environ.get("PGUSER") or getpass.getuser())
+
+
+def refusal(url: str, exc: psycopg.Error) -> str:
+    """One line for a connection refused for good: the user, the server/database and what was
+    refused (never the password: the URL's is not printed, libpq's words carry none)."""
+    line = first_line(exc)
+    detail = line.rsplit(" failed: ", 1)[-1].removeprefix("FATAL:").strip()
+    what = next((w.format(detail=detail) for phrase, w in _REFUSALS if phrase in line), detail)
+    return f"the database at {where(url)} refused user {login_user(url)}: {what}"
 
 
 class DatabaseUnavailable(psycopg.OperationalError):
@@ -60,7 +93,7 @@ def permanent(exc: psycopg.Error) -> bool:
     text = str(exc)
     if "FATAL:" in text:
         return not any(phrase in text for phrase in _TRANSIENT_FATAL)
-    return False
+    return any(phrase in text for phrase, _ in _REFUSALS)  # libpq's own: TLS, a missing password
 
 
 def where(url: str) -> str:
@@ -89,7 +122,7 @@ def _one_attempt(url: str, autocommit: bool, params: dict[str, Any]) -> psycopg.
         return psycopg.connect(url, autocommit=autocommit, **params)
     except psycopg.Error as exc:
         if permanent(exc):
-            raise DatabaseSettingError(f"the database refused the connection: {first_line(exc)}") from exc
+            raise DatabaseSettingError(refusal(url, exc)) from None  # the chain would repeat the URL
         raise
 
 
