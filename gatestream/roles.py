@@ -98,7 +98,7 @@ def url_user(url: str) -> str | None:
 
 def create_login(admin: psycopg.Connection[Any], name: str, role: str, password: str | None = None) -> None:
     """A LOGIN user ``name``, member of ``role`` (one of ROLES); idempotent. Without a
-    password it can log in only where the server trusts (the local stack, tests)."""
+    password it can log in only where the server trusts (ops/stack's server trusts nobody on TCP)."""
     if role not in ROLES:
         raise ValueError(f"not a gatestream role: {role!r}; one of {', '.join(ROLES)}")
     exists = admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
@@ -115,9 +115,13 @@ def drop_login(admin: psycopg.Connection[Any], name: str) -> None:
     admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 
 
-def login_url(url: str, user: str) -> str:
-    """``url`` with another user (and no password)."""
+def login_url(url: str, user: str, password: str | None = None) -> str:
+    """``url`` with another user: its ``password`` when given, else none (``url``'s password and
+    passfile are the other user's; the TLS settings stay)."""
     info = psycopg.conninfo.conninfo_to_dict(url)
     info.pop("password", None)
+    info.pop("passfile", None)
     info["user"] = user
+    if password is not None:
+        info["password"] = password
     return psycopg.conninfo.make_conninfo("", **info)

@@ -3,6 +3,7 @@ login in its role, and one step outside it is refused by the database."""
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -22,15 +23,17 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def logins(db_url: str) -> Iterator[dict[str, str]]:
-    """role -> a URL of db_url logged in as a fresh LOGIN user in that role (dropped after)."""
+    """role -> a URL of db_url logged in as a fresh LOGIN user in that role (dropped after), with a
+    password of its own (ops/stack's server asks every TCP client for one: scram-sha-256)."""
     made: dict[str, str] = {}
     tag = uuid.uuid4().hex[:8]
+    password = secrets.token_hex(16)
     with psycopg.connect(db_url, autocommit=True) as admin:
         for role in roles.ROLES:
             name = f"gs_t_{tag}_{role.removeprefix('gatestream_')}"
-            roles.create_login(admin, name, role)
+            roles.create_login(admin, name, role, password)
             made[role] = name
-    yield {role: roles.login_url(db_url, name) for role, name in made.items()}
+    yield {role: roles.login_url(db_url, name, password) for role, name in made.items()}
     with psycopg.connect(db_url, autocommit=True) as admin:
         for name in made.values():
             roles.drop_login(admin, name)
