@@ -83,7 +83,9 @@ class PrivatePostgres:
     def secure(self, tls: Path, secrets: Path) -> None:
         """This running server as ops/stack runs its own (ops/postgres/secure): TLS with a
         certificate of the CA in ``tls``, scram-sha-256, pg_hba.conf without trust; the
-        postgres user's password made in ``secrets``. ``url`` logs in that way from then on."""
+        postgres user's password made in ``secrets``. ``url`` logs in that way from then on.
+        (``standby()`` wants a primary that is not secured: the standby, run as the postgres
+        user, could not read the root-owned passfile.)"""
         _secure("server", str(self.data), str(tls))
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "restart")  # ssl: off -> on
         self.tls, self.secrets = tls, secrets
