@@ -121,6 +121,8 @@ def _one_attempt(url: str, autocommit: bool, params: dict[str, Any]) -> psycopg.
     try:
         return psycopg.connect(url, autocommit=autocommit, **params)
     except psycopg.Error as exc:
+        if isinstance(exc, psycopg.ProgrammingError):  # nothing was asked of a server
+            raise DatabaseSettingError(f"the database URL is not valid: {first_line(exc)}") from None
         if permanent(exc):
             raise DatabaseSettingError(refusal(url, exc)) from None  # the chain would repeat the URL
         raise

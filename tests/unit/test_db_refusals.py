@@ -7,7 +7,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from gatestream.database import permanent, refusal
+from gatestream.database import DatabaseSettingError, connect_once, permanent, refusal
 
 URL = "postgresql://gs_ingest:s3cret-pw@db.example.com:5433/gatestream?sslmode=verify-full&sslrootcert=/ca.pem"
 AT = 'connection failed: connection to server at "10.0.0.5", port 5433 failed: '
@@ -45,3 +45,8 @@ def test_a_refusal_is_permanent_and_one_line_with_user_server_and_what(message: 
 )
 def test_an_outage_is_still_waited_out(message: str) -> None:
     assert not permanent(psycopg.OperationalError(message))
+
+
+def test_a_malformed_url_is_said_as_such_and_asks_no_server() -> None:
+    with pytest.raises(DatabaseSettingError, match=r"^the database URL is not valid: .*IPv6"):
+        connect_once("postgresql://[::1")
