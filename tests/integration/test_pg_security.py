@@ -21,7 +21,7 @@ from bench.postgres import PrivatePostgres, pg_bindir
 from gatestream import database, roles
 from gatestream.migrate import migrate
 from tests.conftest import gatestream_cmd
-from tests.services import ROOT
+from tests.services import ROOT, Services, _from_env_file
 
 pytestmark = pytest.mark.integration
 
@@ -147,3 +147,29 @@ def test_refusals_are_one_line_naming_user_server_and_what_and_no_password_is_lo
     logged = "\n".join(output) + server.log.read_text()
     for secret in [wrong_password, *passwords(server)]:
         assert secret not in logged
+
+
+def test_the_stacks_settings_log_each_principal_in_as_its_own_user_over_verified_tls(services: Services) -> None:
+    """`ops/stack env PRINCIPAL` on the secured stack: each principal's URL names its user, verify-full
+    and a passfile, and logs in that way (as the group's member) on each server; the gateway has none."""
+    admin = services.database_url
+    if services.source != "ops/stack" or "sslmode=verify-full" not in admin:
+        pytest.skip("the services are not ops/stack's secured PostgreSQL (TLS + scram-sha-256)")
+    stack = Path(os.environ.get("GATESTREAM_STACK_DIR", ROOT / ".stack"))
+    assert "GATESTREAM_DATABASE_URL" not in _from_env_file(stack / "env.gateway")
+    for user, group in LOGINS.items():
+        settings = _from_env_file(stack / f"env.{group.removeprefix('gatestream_')}")
+        for key in ("GATESTREAM_DATABASE_URL", "GATESTREAM_APACHE_DATABASE_URL"):
+            if key not in settings:
+                continue  # no Apache edition server beside this stack
+            url = settings[key]
+            info = psycopg.conninfo.conninfo_to_dict(url)
+            assert (info["user"], info["sslmode"], "password" in info) == (user, "verify-full", False), url
+            assert Path(str(info["passfile"])).stat().st_mode & 0o777 == 0o600
+            with psycopg.connect(url) as conn:
+                row = conn.execute(
+                    "SELECT current_user, ssl, pg_has_role(current_user, %s, 'member') "
+                    "FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    (group,),
+                ).fetchone()
+            assert row == (user, True, True), (key, row)
