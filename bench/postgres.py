@@ -95,7 +95,7 @@ class PrivatePostgres:
         """A login user (a member of ``group``) with a password made once in the secrets
         folder (``secure()`` first); its passfile."""
         assert self.secrets is not None, "secure() the server first"
-        _secure("login", str(self.state), str(self.port), str(self.secrets), user, *([group] if group else []))
+        _secure("login", str(self.state), str(self.port), str(self.secrets), f"{user}:{group}" if group else user)
         return self.secrets / f"pg-{user}"
 
     def _run(self, *cmd: str, timeout: float = 120) -> None:
