@@ -142,6 +142,7 @@ def test_refusals_are_one_line_naming_user_server_and_what_and_no_password_is_lo
     # a role without a grant: the reader cannot run the admin's migrations (one line, the role and the refusal)
     line = _refused(environ, server.login_url("gs_reader", DB), "db", "migrate")
     assert line.startswith("gatestream db: role gs_reader was refused: permission denied"), line
+    assert line.endswith(f"[database {where}]"), line
     output.append(line)
     # no password in any of it, nor in the server's log (the login step hides its statement)
     logged = "\n".join(output) + server.log.read_text()
