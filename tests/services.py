@@ -30,6 +30,9 @@ class Services:
     apache_database_url: str | None = None
     # Kafka Connect's REST API with Debezium's PostgreSQL connector (ops/stack's worker), if any
     connect_url: str | None = None
+    # what a connector's config says for the CDC role's password (ops/stack: a Connect config-provider
+    # reference to its secrets file; the role has that password on the stack's servers)
+    cdc_password_ref: str | None = None
 
     def close(self) -> None:
         for h in self.handles:
@@ -120,6 +123,7 @@ def find_services() -> Services | str:
                 schema_registry_url=env.get("GATESTREAM_SCHEMA_REGISTRY_URL") or None,
                 apache_database_url=env.get("GATESTREAM_APACHE_DATABASE_URL") or None,
                 connect_url=env.get("GATESTREAM_CONNECT_URL") or None,
+                cdc_password_ref=env.get("GATESTREAM_CDC_PASSWORD_REF") or None,
             )
         if forced == "stack":
             return "GATESTREAM_TEST_SERVICES=stack but no stack found: run ops/stack up"
