@@ -32,6 +32,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from bench.postgres import PrivatePostgres, pg_bindir
 from gatestream.consumers.replay import ReplaySelection, replay
 from gatestream.database import connect_once, limited
 from gatestream.migrate import discover
@@ -44,6 +45,7 @@ from tests.services import ROOT, Services
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("pooler")]
 
 LAUNCHER = ROOT / "ops" / "pgbouncer" / "pgbouncer"
+CERTS = ROOT / "ops" / "tls" / "certs"
 AW = EventType.ACTIVE_WINDOWS
 
 
@@ -250,3 +252,78 @@ def test_nothing_is_left_on_a_shared_server_connection(
         psycopg.connect(psycopg.conninfo.make_conninfo(url, password="wrong")).close()
     with pytest.raises(psycopg.OperationalError, match="SSL required"):
         psycopg.connect(psycopg.conninfo.make_conninfo(url, sslmode="disable")).close()
+
+
+def test_the_pooler_logs_in_to_a_scram_and_tls_server_with_the_secrets_of_pg_authid() -> None:
+    """What the secured stack will be: a server of the test's own that takes only TLS and scram-sha-256. The
+    pooler, given only the SCRAM secrets read from pg_authid (no password in any of its files), checks the
+    client and logs in to the server as that role (SCRAM pass-through), over TLS with the server's certificate
+    verified; a wrong password is refused, and a changed password works once `userlist` has re-read pg_authid."""
+    bindir = pg_bindir("15")
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries here")
+    pg = PrivatePostgres(bindir)
+    ca = pg.state / "tls"
+    pooled = pg.state / "pgbouncer"
+    port = free_port()
+    try:
+        pg.start()
+        subprocess.run([str(CERTS), "issue", str(ca), "server"], check=True, capture_output=True, timeout=60)
+        for part in ("key", "pem"):  # the server's own copy, owned by the user it runs as
+            copy = pg.data / f"server.{part}"
+            shutil.copy(ca / f"server.{part}", copy)
+            copy.chmod(0o600)
+            if os.geteuid() == 0:
+                shutil.chown(copy, "postgres", "postgres")
+        (pg.data / "pg_hba.conf").write_text("hostssl all all 127.0.0.1/32 scram-sha-256\n")
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM SET ssl = on")
+            conn.execute("ALTER SYSTEM SET ssl_cert_file = 'server.pem'")
+            conn.execute("ALTER SYSTEM SET ssl_key_file = 'server.key'")
+            conn.execute("ALTER ROLE postgres PASSWORD 'admin-secret'")
+            conn.execute("CREATE ROLE app LOGIN PASSWORD 'app-secret'")
+            conn.execute("SELECT pg_reload_conf()")
+        tls = {"sslmode": "verify-full", "sslrootcert": str(ca / "ca.pem")}
+        admin = psycopg.conninfo.make_conninfo(pg.url, password="admin-secret", **tls)
+        with pytest.raises(psycopg.OperationalError):  # the server itself: no more trust
+            psycopg.connect(pg.url).close()
+
+        environ = {**os.environ, "GATESTREAM_POOLER_CA_DIR": str(ca), "GATESTREAM_POOLER_SERVER_SSLMODE": "verify-full"}
+        started = subprocess.run(
+            [str(LAUNCHER), "start", str(pooled), str(port), "127.0.0.1", str(pg.port), admin],
+            capture_output=True, text=True, timeout=120, env=environ,
+        )  # fmt: skip
+        assert started.returncode == 0, started.stderr
+        assert "app-secret" not in (pooled / "userlist.txt").read_text()  # secrets, not passwords
+
+        def through(password: str) -> psycopg.Connection[Any]:
+            return psycopg.connect(
+                psycopg.conninfo.make_conninfo(
+                    "", host="127.0.0.1", port=port, dbname="postgres", user="app", password=password, **tls
+                )
+            )
+
+        with through("app-secret") as conn:
+            row = conn.execute("SELECT current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()
+        assert row == ("app", True), "the pooler's server connection is app's own, over TLS"
+        with pytest.raises(psycopg.OperationalError, match="SASL authentication failed"):
+            through("wrong").close()
+
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute("ALTER ROLE app PASSWORD 'new-secret'")
+        refreshed = subprocess.run(
+            [str(LAUNCHER), "userlist", str(pooled), admin], capture_output=True, text=True, timeout=60
+        )
+        assert refreshed.returncode == 0, refreshed.stderr
+        assert wait_for(lambda: _logs_in(through, "new-secret"), 5), "the new password does not work after userlist"
+    finally:
+        subprocess.run([str(LAUNCHER), "stop", str(pooled)], capture_output=True, timeout=60)
+        pg.remove()
+
+
+def _logs_in(connect: Any, password: str) -> bool:
+    try:
+        connect(password).close()
+    except psycopg.OperationalError:
+        return False
+    return True
