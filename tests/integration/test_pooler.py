@@ -85,13 +85,13 @@ def pooler(services: Services) -> Iterator[Pooler]:
     port = free_port()
     # one server connection per database and user: every client shares it, transaction by transaction, so
     # whatever state a client left on it the next one would find (the hazard, at its most likely)
-    environ = {**os.environ, "GATESTREAM_POOLER_DEFAULT_POOL_SIZE": "1"}
+    environ = {**os.environ, "GATESTREAM_POOLER_DEFAULT_POOL_SIZE": "1", "GATESTREAM_POOLER_ADMIN_URL": admin}
     if info.get("sslrootcert"):  # a server with TLS (the secured stack): check its certificate too
         environ["GATESTREAM_POOLER_SERVER_SSLMODE"] = "verify-full"
         environ["GATESTREAM_POOLER_SERVER_CA_FILE"] = str(info["sslrootcert"])
     host, upstream_port = str(info.get("host") or "127.0.0.1"), str(info.get("port") or 5432)
     started = subprocess.run(
-        [str(LAUNCHER), "start", str(state), str(port), host, upstream_port, admin],
+        [str(LAUNCHER), "start", str(state), str(port), host, upstream_port],
         capture_output=True, text=True, timeout=300, env=environ,
     )  # fmt: skip
     try:
@@ -288,13 +288,16 @@ def test_the_pooler_logs_in_to_a_scram_and_tls_server_with_the_secrets_of_pg_aut
         with pytest.raises(psycopg.OperationalError):  # the server itself: no more trust
             psycopg.connect(pg.url).close()
 
-        environ = {**os.environ, "GATESTREAM_POOLER_CA_DIR": str(ca), "GATESTREAM_POOLER_SERVER_SSLMODE": "verify-full"}
+        environ = {**os.environ, "GATESTREAM_POOLER_CA_DIR": str(ca), "GATESTREAM_POOLER_SERVER_SSLMODE": "verify-full",
+                   "GATESTREAM_POOLER_ADMIN_URL": admin}  # fmt: skip
         started = subprocess.run(
-            [str(LAUNCHER), "start", str(pooled), str(port), "127.0.0.1", str(pg.port), admin],
+            [str(LAUNCHER), "start", str(pooled), str(port), "127.0.0.1", str(pg.port)],
             capture_output=True, text=True, timeout=120, env=environ,
         )  # fmt: skip
         assert started.returncode == 0, started.stderr
         assert "app-secret" not in (pooled / "userlist.txt").read_text()  # secrets, not passwords
+        for said in (started.stdout + started.stderr, (pooled / "pgbouncer.log").read_text()):
+            assert "admin-secret" not in said and "app-secret" not in said
 
         def through(password: str) -> psycopg.Connection[Any]:
             return psycopg.connect(
@@ -312,7 +315,7 @@ def test_the_pooler_logs_in_to_a_scram_and_tls_server_with_the_secrets_of_pg_aut
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute("ALTER ROLE app PASSWORD 'new-secret'")
         refreshed = subprocess.run(
-            [str(LAUNCHER), "userlist", str(pooled), admin], capture_output=True, text=True, timeout=60
+            [str(LAUNCHER), "userlist", str(pooled)], capture_output=True, text=True, timeout=60, env=environ
         )
         assert refreshed.returncode == 0, refreshed.stderr
         assert wait_for(lambda: _logs_in(through, "new-secret"), 5), "the new password does not work after userlist"
