@@ -35,6 +35,7 @@ import pytest
 from bench.postgres import PrivatePostgres, pg_bindir
 from gatestream.consumers.replay import ReplaySelection, replay
 from gatestream.database import connect_once, limited
+from gatestream.dbmetrics import DatabaseCollector
 from gatestream.migrate import discover
 from gatestream.producers.events import ActiveWindow
 from gatestream.schemas import EventType
@@ -238,6 +239,10 @@ def test_nothing_is_left_on_a_shared_server_connection(
             conn.execute("SELECT %s::int + 1", (i,))
         with limited(conn, 2):  # a statement timeout for one transaction
             conn.execute("SELECT pg_sleep(0)")
+    assert _left_behind(url) == (pid, 0, "0")
+    # the exporter's scrape (its queries under a statement timeout) through the pooler: it answers, leaves nothing
+    scraped = {s.name: s.value for fam in DatabaseCollector(url, min_interval_s=0).collect() for s in fam.samples}
+    assert scraped["gatestream_db_up"] == 1 and "gatestream_db_hypertable_rows_estimate" in scraped, sorted(scraped)
     assert _left_behind(url) == (pid, 0, "0")
 
     with psycopg.connect(url, autocommit=True) as control:  # psycopg's defaults, as a direct connection has them
