@@ -311,7 +311,8 @@ class CdcSettings(CommonSettings, CdcTopicSettings):
     cdc_database_url: str | None = Field(
         None,
         description="The database as the Connect worker reaches it (host, port, database name); unset = "
-        "GATESTREAM_DATABASE_URL.",
+        "GATESTREAM_DATABASE_URL. Always the server itself, never a pooler: a replication connection does not "
+        "go through PgBouncer.",
     )
     cdc_heartbeat_ms: int = Field(
         10000,
