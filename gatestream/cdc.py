@@ -36,6 +36,12 @@ class ConnectError(Exception):
 
 def connector_config(settings: CdcSettings) -> dict[str, str]:
     """The connector's config: one table, its own slot, the migration's publication, no superuser."""
+    if settings.cdc_database_url is None and settings.database_pooler == "transaction":
+        # logical replication is a protocol of its own, which a pooler (PgBouncer) does not pass on
+        raise ConnectError(
+            "Debezium's replication connection cannot go through the pooler that GATESTREAM_DATABASE_URL names "
+            "(GATESTREAM_DATABASE_POOLER=transaction): set GATESTREAM_CDC_DATABASE_URL to the server's own address"
+        )
     url = settings.cdc_database_url or settings.database_url
     info = psycopg.conninfo.conninfo_to_dict(url)
     if settings.cdc_password_ref:

@@ -71,12 +71,29 @@ def _positive(value: str) -> int:
     return int(value)
 
 
+def _direct_only(command: str, settings: CommonSettings) -> bool:
+    """pg_dump and pg_restore set session state (search_path, a snapshot shared by their processes): not
+    through a pooler in transaction mode. True (after one line saying so) when the settings say there is one."""
+    if settings.database_pooler != "transaction":
+        return False
+    print(
+        f"gatestream db {command}: pg_dump and pg_restore need a session of their own, which a pooler in transaction "
+        "mode does not keep: run it on a direct connection to the server (GATESTREAM_DATABASE_POOLER=none and the "
+        "server's own URL in GATESTREAM_DATABASE_URL)",
+        file=sys.stderr,
+    )
+    return True
+
+
 def cmd_backup(args: argparse.Namespace) -> int:
     from gatestream.backup import BackupError, backup, describe
     from gatestream.pg_tools import ToolError
 
+    settings = CommonSettings()
+    if _direct_only("backup", settings):
+        return 2
     try:
-        r = backup(CommonSettings().database_url, args.folder, jobs=args.jobs, bindir=args.pg_bindir)
+        r = backup(settings.database_url, args.folder, jobs=args.jobs, bindir=args.pg_bindir)
     except (BackupError, ToolError) as exc:
         print(f"gatestream db backup: {exc}", file=sys.stderr)
         return 1
@@ -92,7 +109,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from gatestream.pg_tools import ToolError
     from gatestream.restore import RestoreRefused, restore
 
-    url = CommonSettings().database_url
+    settings = CommonSettings()
+    if _direct_only("restore", settings):
+        return 2
+    url = settings.database_url
     try:
         r = restore(url, args.folder, jobs=args.jobs, drop_existing=args.drop_existing,
                     maintenance_db=args.maintenance_db, bindir=args.pg_bindir)  # fmt: skip

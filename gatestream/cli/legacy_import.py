@@ -73,6 +73,12 @@ def _connect(settings: ImportSettings) -> tuple[Any, Any, str]:
     from gatestream.database import DatabaseSettingError, DatabaseUnavailable, connect_once, where
     from gatestream.legacy.plan import utc_session
 
+    if settings.database_pooler == "transaction":
+        raise UsageError(
+            "gatestream import holds a session advisory lock and session settings on the target for its whole run, "
+            "which a pooler in transaction mode does not keep: run it on a direct connection to the server "
+            "(GATESTREAM_DATABASE_POOLER=none and the server's own URL in GATESTREAM_DATABASE_URL)"
+        )
     if not settings.import_source_url:
         raise UsageError("no legacy database: give --source-url or set GATESTREAM_IMPORT_SOURCE_URL")
     try:
