@@ -3,6 +3,7 @@ login in its role, and one step outside it is refused by the database."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -12,10 +13,14 @@ import psycopg
 import pytest
 
 from gatestream import roles
+from gatestream.consumers.deadletter import Redriven, mark_redriven
+from gatestream.consumers.policy.reconcile import make_engine, make_plan, reconcile
+from gatestream.edition import Edition
+from gatestream.migrate import SQL_DIR
 from gatestream.producers.loadgen import Fleet, generate
 from gatestream.schemas import EventType
 from tests.conftest import Env, gatestream_cmd
-from tests.helpers import count_all, publish, start_ingest_thread
+from tests.helpers import count_all, publish, start_ingest_thread, unschedule_cron_jobs
 
 pytestmark = pytest.mark.integration
 
@@ -23,6 +28,16 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def logins(db_url: str) -> Iterator[dict[str, str]]:
     """role -> a URL of db_url logged in as a fresh LOGIN user in that role (dropped after)."""
+    yield from _logins(db_url)
+
+
+@pytest.fixture
+def edition_logins(edition_db_url: str) -> Iterator[dict[str, str]]:
+    """As ``logins``, on the database of the ``edition`` under test."""
+    yield from _logins(edition_db_url)
+
+
+def _logins(db_url: str) -> Iterator[dict[str, str]]:
     made: dict[str, str] = {}
     tag = uuid.uuid4().hex[:8]
     with psycopg.connect(db_url, autocommit=True) as admin:
@@ -31,6 +46,7 @@ def logins(db_url: str) -> Iterator[dict[str, str]]:
             roles.create_login(admin, name, role)
             made[role] = name
     yield {role: roles.login_url(db_url, name) for role, name in made.items()}
+    unschedule_cron_jobs(db_url)  # pg_cron's jobs of a login go with it (they are its own)
     with psycopg.connect(db_url, autocommit=True) as admin:
         for name in made.values():
             roles.drop_login(admin, name)
@@ -63,12 +79,6 @@ def test_each_role_does_its_job_and_is_refused_one_step_outside(db_url: str, log
     with psycopg.connect(logins[roles.EXPORTER]) as conn, pytest.raises(roles.PrivilegeMissing) as missing:
         roles.require(conn, roles.INGEST_NEEDS)
     assert (missing.value.relation, missing.value.privilege) == ("monitoring.active_windows", "INSERT")
-    # the policy consumer manages jobs on the hypertables (TimescaleDB's jobs API)
-    with psycopg.connect(logins[roles.POLICY], autocommit=True) as conn:
-        job = conn.execute("SELECT add_retention_policy('monitoring.screenshots', interval '30 days')").fetchone()
-        assert job is not None
-        conn.execute("SELECT alter_job(%s, schedule_interval => interval '2 hours')", (job[0],))
-        conn.execute("SELECT delete_job(%s)", (job[0],))
     # the reader: its organization, through schema reader; nothing without the setting; no way round
     with psycopg.connect(db_url, autocommit=True) as admin:
         admin.execute("CALL gatestream.refresh_dashboard_aggregates(now() - interval '2 days', now())")
@@ -106,3 +116,139 @@ def test_ingest_runs_as_its_role_and_a_role_without_grants_exits_2(
     assert done.returncode == 2, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert "gatestream ingest: role gs_t_" in last and "no INSERT privilege on monitoring.active_windows" in last
+
+
+def test_the_policy_role_reconciles_jobs_without_the_owners_powers(
+    edition: Edition, edition_env: Env, edition_logins: dict[str, str]
+) -> None:
+    """gatestream_policy is no member of gatestream_owner (sql/054): it adds, alters and deletes
+    gatestream's jobs through the owner's wrappers (Community edition, sql/tsl/054) or as its own
+    pg_cron jobs whose commands run as the owner (Apache edition, apache/054); its jobs run; it
+    is refused DROP TABLE, DELETE of event rows, a job that is not gatestream's and a routine
+    called on a table that is not gatestream's."""
+    url, admin_url = edition_logins[roles.POLICY], edition_env.database_url
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        cron_db = admin.execute("SELECT current_setting('cron.database_name', true)").fetchone()
+        admin.execute(
+            "INSERT INTO monitoring.active_windows (event_id, organization_id, users_on_computers_id, datetime, title) "
+            "SELECT gen_random_uuid(), 1, 10, now() - make_interval(days => d, hours => 12), 'w' "
+            "FROM generate_series(0, 49) d"
+        )
+        if edition is Edition.APACHE:  # what pg_cron's installer grants in its database (apache/055)
+            assert cron_db is not None and cron_db[0]
+            cron_url = psycopg.conninfo.make_conninfo(admin_url, dbname=cron_db[0])
+            with psycopg.connect(cron_url, autocommit=True) as cron:
+                cron.execute((SQL_DIR / "apache" / "055_policy_cron_grants.sql").read_text().encode())
+                foreign = cron.execute(
+                    "SELECT cron.schedule_in_database('someone-elses', '0 3 * * *', 'SELECT 1', %s)",
+                    (psycopg.conninfo.conninfo_to_dict(admin_url)["dbname"],),
+                ).fetchone()
+        else:
+            admin.execute(
+                "CREATE PROCEDURE public.someone_elses(job_id integer, config jsonb) LANGUAGE sql AS 'SELECT 1'"
+            )
+            foreign = admin.execute("SELECT add_job('public.someone_elses', interval '1 day')").fetchone()
+        assert foreign is not None
+    with psycopg.connect(url, autocommit=True) as conn:
+        roles.require(conn, roles.POLICY_NEEDS)
+        assert conn.execute("SELECT pg_has_role(current_user, 'gatestream_owner', 'MEMBER')").fetchone() == (False,)
+        settings = edition_env.policy(database_url=url)
+        engine = make_engine(conn, settings)
+        engine.prepare()
+        first = reconcile(conn, settings, engine, with_impact=False)  # adds every job
+        assert first.changes and len(engine.actual()) == len(first.state.jobs)
+        sweep = next(job for key, job in engine.actual().items() if key.startswith("presence-sweep:"))
+        engine.delete(sweep)
+        assert sweep.key not in engine.actual()
+        shorter = edition_env.policy(database_url=url, default_retention_days=30)
+        second = reconcile(conn, shorter, engine, with_impact=False)  # alters the retention jobs, adds the sweep
+        assert {c.action for c in second.changes} == {"alter", "add"}, second.changes
+        assert make_plan(conn, shorter, engine).changes == []
+        if edition is Edition.APACHE:  # its jobs run as it (pg_cron): their commands are the owner's
+            for key, job in engine.actual().items():
+                if key.startswith(("retention:", "row-retention:", "presence-sweep:", "aggregate-refresh:")):
+                    engine.run_now(job)
+            with psycopg.connect(admin_url) as admin:  # the policy role cannot read event rows
+                assert admin.execute("SELECT count(*) FROM monitoring.active_windows").fetchone() == (30,)  # < 30 d
+    # one step outside
+    refused = [(url, s) for s in (
+        "DROP TABLE monitoring.active_windows",
+        "DELETE FROM monitoring.active_windows",
+        "CALL gatestream.drop_expired_chunks('gatestream.consumer_offsets', 1)",
+        "SELECT gatestream.delete_expired_batch('gatestream.consumer_offsets', '-infinity', now() - interval '2 days', "
+        "'{}', NULL, 10)",
+    )]  # fmt: skip
+    if edition is Edition.APACHE:  # pg_cron: another user's job is not found
+        refused.append(
+            (roles.login_url(cron_url, roles.url_user(url) or ""), f"SELECT cron.unschedule({int(foreign[0])})")
+        )
+    else:
+        refused += [(url, s) for s in (
+            f"SELECT gatestream.policy_delete_job({int(foreign[0])})", f"SELECT delete_job({int(foreign[0])})",
+            "SELECT gatestream.policy_add_retention('gatestream.consumer_offsets', '1 day', '1 day')",
+        )]  # fmt: skip
+    for where, statement in refused:
+        with psycopg.connect(where, autocommit=True) as conn, pytest.raises(psycopg.Error) as exc:
+            conn.execute(statement.encode())
+        assert isinstance(exc.value, psycopg.errors.InsufficientPrivilege) or "could not find valid entry" in str(
+            exc.value
+        ), (statement, exc.value)
+    # the job that is not gatestream's is still there (the fixture's teardown removes pg_cron's)
+    where, jobs = (
+        (cron_url, "cron.job WHERE jobid")
+        if edition is Edition.APACHE
+        else (admin_url, "timescaledb_information.jobs WHERE job_id")
+    )
+    with psycopg.connect(where, autocommit=True) as admin:
+        assert admin.execute(f"SELECT count(*) FROM {jobs} = %s", (foreign[0],)).fetchone() == (1,)  # noqa: S608 - ours
+
+
+def test_every_command_checks_its_role_at_start(env: Env, logins: dict[str, str]) -> None:
+    """replay, the policy consumer and `policy apply`, the exporter, import and dlq redrive each
+    check their privileges before they do anything: as a role without the grants (the reader),
+    one line naming it and exit 2. The roles they run as pass (import and redrive: replay), and
+    replay can write what import and redrive write (sql/055)."""
+    for role, needs in ((roles.REPLAY, roles.REPLAY_NEEDS), (roles.REPLAY, roles.IMPORT_NEEDS),
+                        (roles.REPLAY, roles.REDRIVE_NEEDS), (roles.POLICY, roles.POLICY_NEEDS),
+                        (roles.EXPORTER, roles.EXPORTER_NEEDS)):  # fmt: skip
+        with psycopg.connect(logins[role]) as conn:
+            roles.require(conn, needs)
+    with psycopg.connect(logins[roles.REPLAY], autocommit=True) as conn:
+        mark_redriven(conn, [Redriven(("t", 0, 7), "bad-avro", "g", None)])
+        mark_redriven(conn, [Redriven(("t", 0, 7), "bad-avro", "g", None)])  # again: the mark moves
+        assert conn.execute("SELECT redrives FROM gatestream.dead_letters").fetchone() == (2,)
+        for _ in range(2):  # a reject seen again is updated
+            conn.execute("INSERT INTO gatestream.import_rejects VALUES ('s', 't', 'u', 1, 'r', 'd') ON CONFLICT "
+                         "(source, source_table, target_table, pk) DO UPDATE SET reason = 'r2'")  # fmt: skip
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    reader = logins[roles.READER]
+    commands = {
+        "replay": ("replay", "--from", "-1h"),
+        "policy-consumer": ("policy-consumer",),
+        "policy apply": ("policy", "apply"),
+        "db": ("db", "exporter", "--port", port),
+        "import": ("import", "--source-url", reader, "--source-table", "public.legacy", "--target", "active_windows"),
+        "dlq": ("dlq", "redrive", "--all"),
+    }
+    running = {
+        name: subprocess.Popen(
+            gatestream_cmd(*argv), env=env.environ(database_url=reader), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )
+        for name, argv in commands.items()
+    }  # fmt: skip
+    for name, proc in running.items():
+        try:
+            _, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+        last = err.strip().splitlines()[-1] if err.strip() else ""
+        assert proc.returncode == 2, (name, err)
+        assert last.startswith(f"gatestream {name.split()[0]}: role gs_t_") and (
+            " privilege on " in last or " not a member of " in last
+        ), (
+            name,
+            last,
+        )
