@@ -14,6 +14,7 @@ import pytest
 
 from gatestream import roles
 from gatestream.consumers.deadletter import Redriven, mark_redriven
+from gatestream.consumers.offsets import advance_offsets
 from gatestream.consumers.policy.reconcile import make_engine, make_plan, reconcile
 from gatestream.edition import Edition
 from gatestream.migrate import SQL_DIR
@@ -69,6 +70,33 @@ def test_each_role_does_its_job_and_is_refused_one_step_outside(db_url: str, log
         assert conn.execute("SELECT count(*) FROM monitoring.active_windows").fetchone() == (3,)
     assert "active_windows" in _refused(logins[roles.INGEST], "DELETE FROM monitoring.active_windows")
     assert "active_windows" in _refused(logins[roles.INGEST], "DROP TABLE monitoring.active_windows")
+    # offsets: each principal its own rows (sql/057); a row nobody has taken yet (the admin's)
+    # goes to the first that moves it
+    with psycopg.connect(db_url, autocommit=True) as admin:
+        admin.execute("INSERT INTO gatestream.consumer_offsets VALUES ('gi', 't', 1, 3)")
+    for role, group in ((roles.INGEST, "gi"), (roles.REPLAY, "gr"), (roles.POLICY, "gp")):
+        with psycopg.connect(logins[role], autocommit=True) as conn, conn.transaction():
+            advance_offsets(conn, group, {("t", 0): (None, 5), **({("t", 1): (3, 4)} if group == "gi" else {})})
+            advance_offsets(conn, group, {("t", 0): (5, 9)})
+    with psycopg.connect(logins[roles.INGEST], autocommit=True) as conn:
+        mine = "SELECT consumer_group, partition, next_offset, principal FROM gatestream.consumer_offsets ORDER BY 2"
+        assert conn.execute(mine).fetchall() == [("gi", 0, 9, roles.INGEST), ("gi", 1, 4, roles.INGEST)]
+        moved = conn.execute("UPDATE gatestream.consumer_offsets SET next_offset = 0 WHERE consumer_group = 'gr'")
+        assert moved.rowcount == 0
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("INSERT INTO gatestream.consumer_offsets VALUES ('gr', 't', 1, 0, now(), 'gatestream_replay')")
+    with psycopg.connect(logins[roles.POLICY], autocommit=True) as conn:
+        assert conn.execute("UPDATE gatestream.consumer_offsets SET next_offset = next_offset").rowcount == 1
+    with psycopg.connect(logins[roles.REPLAY], autocommit=True) as conn:  # a member of ingest: its rows too
+        assert conn.execute("DELETE FROM gatestream.consumer_offsets WHERE consumer_group = 'gp'").rowcount == 0
+    with psycopg.connect(db_url, autocommit=True) as admin:
+        left = admin.execute("SELECT consumer_group, principal FROM gatestream.consumer_offsets ORDER BY 1, partition")
+        assert left.fetchall() == [
+            ("gi", roles.INGEST),
+            ("gi", roles.INGEST),
+            ("gp", roles.POLICY),
+            ("gr", roles.REPLAY),
+        ]
     # the exporter reads the bookkeeping, writes nothing
     with psycopg.connect(logins[roles.EXPORTER], autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM gatestream.retention_resources").fetchone() == (5,)
@@ -79,16 +107,35 @@ def test_each_role_does_its_job_and_is_refused_one_step_outside(db_url: str, log
     with psycopg.connect(logins[roles.EXPORTER]) as conn, pytest.raises(roles.PrivilegeMissing) as missing:
         roles.require(conn, roles.INGEST_NEEDS)
     assert (missing.value.relation, missing.value.privilege) == ("monitoring.active_windows", "INSERT")
-    # the reader: its organization, through schema reader; nothing without the setting; no way round
+    # the reader: its organization, through schema reader; nothing without the setting; no way round.
+    # The setting is the transaction's (set_config(..., true)), as behind PgBouncer in transaction mode.
     with psycopg.connect(db_url, autocommit=True) as admin:
         admin.execute("CALL gatestream.refresh_dashboard_aggregates(now() - interval '2 days', now())")
+        for org, gateway in ((1, uuid.uuid4()), (1, uuid.uuid4()), (2, uuid.uuid4())):
+            admin.execute(
+                "INSERT INTO monitoring.gateway_instances (id, organization_id, name, api_key) VALUES (%s, %s, %s, %s)",
+                (gateway, org, f"gw-{gateway}", f"secret-{gateway}"),
+            )
+            admin.execute(
+                "INSERT INTO monitoring.gateway_status_snapshots (event_id, organization_id, gateway_id, timestamp, "
+                "cpu_usage, disk_usage, memory_usage, queue_depth, connected_agents) "
+                "SELECT gen_random_uuid(), %s, %s, now() - make_interval(days => d), d, 1, 1, 0, d "
+                "FROM generate_series(1, 3) d",
+                (org, gateway),
+            )
     with psycopg.connect(logins[roles.READER], autocommit=True) as conn:
         counts = "SELECT (SELECT count(*) FROM reader.active_windows), (SELECT sum(total_windows) FROM reader.active_windows_app_daily)"  # noqa: E501
+        latest = "SELECT count(*), sum(connected_agents), count(DISTINCT organization_id) FROM reader.gateways_latest"
         assert conn.execute(counts).fetchone() == (0, None)
-        conn.execute("SET gatestream.organization_id = '1'")
-        assert conn.execute(counts).fetchone() == (2, 2)
-        conn.execute("SET gatestream.organization_id = '2'")
-        assert conn.execute(counts).fetchone() == (1, 1)
+        assert conn.execute(latest).fetchone() == (0, None, 0)
+        for org, seen, gateways in (("1", (2, 2), (2, 2, 1)), ("2", (1, 1), (1, 1, 1))):
+            with conn.transaction():
+                conn.execute("SELECT set_config('gatestream.organization_id', %s, true)", (org,))
+                assert conn.execute(counts).fetchone() == seen
+                assert conn.execute(latest).fetchone() == gateways  # each gateway's newest snapshot (1 agent)
+            assert conn.execute(counts).fetchone() == (0, None)  # the setting ended with its transaction
+        with pytest.raises(psycopg.errors.UndefinedColumn):
+            conn.execute("SELECT api_key FROM reader.gateway_instances")  # a gateway's credential is not a reader's
         chunk = conn.execute(
             "SELECT format('%I.%I', chunk_schema, chunk_name) FROM timescaledb_information.chunks "
             "WHERE hypertable_name = 'active_windows' LIMIT 1"
