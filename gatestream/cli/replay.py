@@ -22,7 +22,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print_plan,
         replay,
     )
-    from gatestream.database import connect_once
+    from gatestream.database import connect
     from gatestream.progress import Progress
     from gatestream.roles import REPLAY_NEEDS, require
 
@@ -43,7 +43,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         "skew": args.skew,
     }  # fmt: skip
     try:
-        with connect_once(settings.database_url) as conn:
+        with connect(settings.database_url) as conn:  # waits for the database, as the run's own connections do
             require(conn, REPLAY_NEEDS)  # a role without a grant: one line and exit 2, before anything
         if args.start is not None:
             sel["since"] = parse_time(args.start)

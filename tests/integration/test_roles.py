@@ -128,9 +128,9 @@ def test_each_role_does_its_job_and_is_refused_one_step_outside(db_url: str, log
         latest = "SELECT count(*), sum(connected_agents), count(DISTINCT organization_id) FROM reader.gateways_latest"
         assert conn.execute(counts).fetchone() == (0, None)
         assert conn.execute(latest).fetchone() == (0, None, 0)
-        for org, seen, gateways in (("1", (2, 2), (2, 2, 1)), ("2", (1, 1), (1, 1, 1))):
+        for reader_org, seen, gateways in (("1", (2, 2), (2, 2, 1)), ("2", (1, 1), (1, 1, 1))):
             with conn.transaction():
-                conn.execute("SELECT set_config('gatestream.organization_id', %s, true)", (org,))
+                conn.execute("SELECT set_config('gatestream.organization_id', %s, true)", (reader_org,))
                 assert conn.execute(counts).fetchone() == seen
                 assert conn.execute(latest).fetchone() == gateways  # each gateway's newest snapshot (1 agent)
             assert conn.execute(counts).fetchone() == (0, None)  # the setting ended with its transaction
