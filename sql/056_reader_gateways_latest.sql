@@ -19,18 +19,3 @@ SELECT g.id, g.organization_id, g.name, g.status, g.last_seen_at,
  WHERE g.organization_id = (SELECT gatestream.reader_organization());
 ALTER VIEW reader.gateways_latest OWNER TO gatestream_owner;
 GRANT SELECT ON reader.gateways_latest TO gatestream_reader;
-
--- A reader sees its organization's gateways but not their API keys (a gateway's credential,
--- not dashboard data): reader.gateway_instances without that column.
-DO $$
-BEGIN
-    IF EXISTS (SELECT 1 FROM information_schema.columns
-                WHERE table_schema = 'reader' AND table_name = 'gateway_instances' AND column_name = 'api_key') THEN
-        DROP VIEW reader.gateway_instances;
-    END IF;
-END $$;
-CREATE OR REPLACE VIEW reader.gateway_instances WITH (security_barrier) AS
-SELECT id, organization_id, name, status, last_seen_at, config, created_at, reported_at, reported_figures
-  FROM monitoring.gateway_instances WHERE organization_id = (SELECT gatestream.reader_organization());
-ALTER VIEW reader.gateway_instances OWNER TO gatestream_owner;
-GRANT SELECT ON reader.gateway_instances TO gatestream_reader;

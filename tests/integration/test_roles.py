@@ -134,8 +134,6 @@ def test_each_role_does_its_job_and_is_refused_one_step_outside(db_url: str, log
                 assert conn.execute(counts).fetchone() == seen
                 assert conn.execute(latest).fetchone() == gateways  # each gateway's newest snapshot (1 agent)
             assert conn.execute(counts).fetchone() == (0, None)  # the setting ended with its transaction
-        with pytest.raises(psycopg.errors.UndefinedColumn):
-            conn.execute("SELECT api_key FROM reader.gateway_instances")  # a gateway's credential is not a reader's
         chunk = conn.execute(
             "SELECT format('%I.%I', chunk_schema, chunk_name) FROM timescaledb_information.chunks "
             "WHERE hypertable_name = 'active_windows' LIMIT 1"
@@ -299,3 +297,26 @@ def test_every_command_checks_its_role_at_start(env: Env, logins: dict[str, str]
             name,
             last,
         )
+
+
+def test_a_database_that_applied_the_first_050_migrates_and_its_policy_role_is_no_owner(db_url: str) -> None:
+    """050 was amended (it no longer makes gatestream_policy a member of gatestream_owner; 054
+    revokes it where the first form granted it): a database that recorded the first form's
+    checksum migrates and records the new one; any other edit is still refused."""
+    from gatestream.migrate import AMENDED, MigrationError, migrate
+
+    (first,) = AMENDED["050_roles.sql"]
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        now = conn.execute("SELECT checksum FROM gatestream.schema_migrations WHERE name = '050_roles.sql'").fetchone()
+        conn.execute("UPDATE gatestream.schema_migrations SET checksum = %s WHERE name = '050_roles.sql'", (first,))
+        assert migrate(db_url) == []
+        again = conn.execute(
+            "SELECT checksum FROM gatestream.schema_migrations WHERE name = '050_roles.sql'"
+        ).fetchone()
+        assert again == now
+        assert conn.execute("SELECT pg_has_role('gatestream_policy', 'gatestream_owner', 'MEMBER')").fetchone() == (
+            False,
+        )
+        conn.execute("UPDATE gatestream.schema_migrations SET checksum = 'edited' WHERE name = '050_roles.sql'")
+    with pytest.raises(MigrationError, match="050_roles.sql was applied with different content"):
+        migrate(db_url)
