@@ -73,6 +73,7 @@ POLICY_NEEDS: tuple[tuple[str, str], ...] = (
     ("gatestream.org_retention_progress", "UPDATE"),
     ("gatestream.consumer_offsets", "SELECT"), ("gatestream.consumer_offsets", "INSERT"),
     ("gatestream.consumer_offsets", "UPDATE"),
+    ("gatestream.dead_letters", "SELECT"), ("gatestream.dead_letters", "INSERT"),
     ("gatestream.drop_expired_chunks(regclass, integer)", "EXECUTE"),
 )  # fmt: skip
 

@@ -160,7 +160,34 @@ BEGIN
 END
 $$;
 
+-- What the retention jobs would delete now (consumers/policy/reconcile.py impact, logged with
+-- each job change): counts only, per organization, and the chunks past the longest retention;
+-- the policy consumer reads no event row itself.
+CREATE OR REPLACE FUNCTION gatestream.retention_impact(p_hypertable regclass, p_default_days integer, p_max_days integer)
+RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_resource text;
+    v_chunks   bigint;
+    v_rows     jsonb;
+BEGIN
+    SELECT resource_type INTO v_resource FROM gatestream.retention_resources WHERE hypertable = p_hypertable;
+    IF v_resource IS NULL THEN
+        RAISE EXCEPTION '% is not a retention resource', p_hypertable USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    SELECT count(*) INTO v_chunks FROM show_chunks(p_hypertable, older_than => now() - make_interval(days => p_max_days));
+    EXECUTE format(
+        'SELECT coalesce(jsonb_object_agg(organization_id, n), ''{}'') FROM (
+           SELECT t.organization_id, count(*) AS n FROM %s t
+             LEFT JOIN monitoring.retention_policies p ON p.resource_type = $1 AND p.organization_id = t.organization_id
+            WHERE t.%I < now() - make_interval(days => coalesce(p.retention_days, $2))
+            GROUP BY 1) c',
+        p_hypertable, gatestream.time_column(p_hypertable)) INTO v_rows USING v_resource, p_default_days;
+    RETURN jsonb_build_object('chunks_to_drop', v_chunks, 'rows_to_delete', v_rows);
+END
+$$;
+
 SELECT gatestream.pin_definer('gatestream.drop_expired_chunks(regclass, integer)');
+SELECT gatestream.pin_definer('gatestream.retention_impact(regclass, integer, integer)');
 SELECT gatestream.pin_definer('gatestream.delete_expired_batch(regclass, timestamptz, timestamptz, integer[], integer, integer)');
 SELECT gatestream.pin_definer('gatestream.presence_sweep(integer)');
 ALTER FUNCTION gatestream.policy_target(regclass) OWNER TO gatestream_owner;
@@ -205,5 +232,7 @@ GRANT USAGE ON SCHEMA monitoring, gatestream TO gatestream_policy;
 GRANT SELECT ON monitoring.retention_policies, gatestream.retention_resources, gatestream.schema_migrations
     TO gatestream_policy;
 GRANT SELECT, INSERT, UPDATE, DELETE ON gatestream.org_retention_progress TO gatestream_policy;
--- its consumer group's offsets (the policy topic, consumers/offsets.py)
+-- its consumer group's offsets (the policy topic, consumers/offsets.py) and the invalid change
+-- events it dead-letters (consumers/checkpoint.py records each once)
 GRANT SELECT, INSERT, UPDATE ON gatestream.consumer_offsets TO gatestream_policy;
+GRANT SELECT, INSERT ON gatestream.dead_letters TO gatestream_policy;
