@@ -34,6 +34,17 @@ class MigrationError(Exception):
     pass
 
 
+# Migrations edited after databases applied them, and the checksums of the forms those may have
+# recorded: accepted (and the record brought up to date) instead of refused. Only for an edit
+# that a later migration already applies to the old form's databases, never to change what a
+# database ends up with. 050_roles.sql: it no longer makes gatestream_policy a member of
+# gatestream_owner, which 054 revokes; roles are cluster-wide, so while another database on the
+# server ran the old 050 before its 054 the policy role was briefly the owner's member again.
+AMENDED: dict[str, frozenset[str]] = {
+    "050_roles.sql": frozenset({"a93b472ee64af80a92a3210cd3a4ba921dd215b334e13c0c496c7e34fc7e2e5f"}),
+}
+
+
 @dataclass(frozen=True)
 class Migration:
     name: str
@@ -113,7 +124,12 @@ def _apply(conn: psycopg.Connection[Any], migrations: list[Migration]) -> list[s
                 "SELECT checksum FROM gatestream.schema_migrations WHERE name = %s", (m.name,)
             ).fetchone()
             if row is not None:
-                if row[0] != m.checksum:
+                if row[0] != m.checksum and row[0] in AMENDED.get(m.name, frozenset()):
+                    conn.execute(
+                        "UPDATE gatestream.schema_migrations SET checksum = %s WHERE name = %s", (m.checksum, m.name)
+                    )
+                    log.info("amended migration recorded", migration=m.name)
+                elif row[0] != m.checksum:
                     raise MigrationError(
                         f"{m.name} was applied with different content; add a new migration instead of editing it"
                     )

@@ -43,7 +43,9 @@ def cmd_db_exporter(args: argparse.Namespace) -> int:
 
     from prometheus_client import REGISTRY
 
+    from gatestream.database import connect
     from gatestream.dbmetrics import DatabaseCollector
+    from gatestream.roles import EXPORTER_NEEDS, require
     from gatestream.signals import on_stop_signals
 
     settings = CommonSettings()
@@ -60,8 +62,13 @@ def cmd_db_exporter(args: argparse.Namespace) -> int:
     server = serve(args.port, ready)
     stop = threading.Event()
     on_stop_signals(stop.set)
-    stop.wait()
-    server.stop()
+    try:
+        # its privileges, once the database answers (readiness says it is unreachable meanwhile)
+        with connect(settings.database_url, stop=stop) as conn:
+            require(conn, EXPORTER_NEEDS)  # a role without a grant: one line and exit 2
+        stop.wait()
+    finally:
+        server.stop()
     return 0
 
 

@@ -72,6 +72,7 @@ def _connect(settings: ImportSettings) -> tuple[Any, Any, str]:
     """(source, target, source identity); the source session read-only."""
     from gatestream.database import DatabaseSettingError, DatabaseUnavailable, connect_once, where
     from gatestream.legacy.plan import utc_session
+    from gatestream.roles import IMPORT_NEEDS, require
 
     if settings.database_pooler == "transaction":
         raise UsageError(
@@ -87,6 +88,7 @@ def _connect(settings: ImportSettings) -> tuple[Any, Any, str]:
         raise UsageError(f"legacy database: {exc}") from None
     source.execute("SET default_transaction_read_only = on")
     target = connect_once(settings.database_url)
+    require(target, IMPORT_NEEDS)  # runs as gatestream_replay: one line and exit 2 without a grant
     for conn in (source, target):
         utc_session(conn)
     return source, target, settings.import_source_name or where(settings.import_source_url)

@@ -393,12 +393,15 @@ def test_edition_specific_migrations_go_through_the_same_runner() -> None:
         "tsl/011_dashboard_aggregates.sql",
         "tsl/021_dashboard_rollups.sql",
         "tsl/050_reader_aggregates.sql",
+        "tsl/054_policy_jobs.sql",
     ]
     assert apache[len(common) :] == [
         "apache/011_dashboard_aggregates.sql",
         "apache/020_dashboard_aggregate_indexes.sql",
         "apache/021_dashboard_rollups.sql",
         "apache/050_reader_aggregates.sql",
+        "apache/054_policy_cron.sql",
+        "apache/055_policy_cron_grants.sql",
     ]
 
 
