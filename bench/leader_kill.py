@@ -1,0 +1,117 @@
+"""The leader-kill-9 scenario: on a three-node cluster of the run's own (bench.cluster), the
+leader of the busiest event partition is killed -9 mid-stream and started again a few
+seconds later, repeatedly; the producer and the ingest members are never restarted.
+
+Per kill it measures, from the SIGKILL (each looked at every ~0.2 s, so to within that):
+
+- ``leader_s``: the partition has a new leader in the cluster's metadata;
+- ``acked_s``: its high watermark passed the one read just before the kill, i.e. an event
+  written after the kill is on the in-sync replicas (what an ``acks=all`` producer waits for);
+  at most ``row_s`` (a member reads only below the high watermark): a look that times out
+  against a node still thought the leader can see it late;
+- ``row_s``: the members' stored next offset of the partition passed that high watermark,
+  i.e. the database committed a row of an event written after the kill;
+- ``restart_s``: the killed node serves again (started after ``RESTART_AFTER_S``);
+- ``isr_s``: every partition of the event topics has its three replicas in sync again (the
+  killed node restarted and caught up; the next kill waits for it).
+
+A figure is left out when it did not happen within ``MEASURE_S`` (e.g. the stream ended).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from confluent_kafka import Consumer, KafkaException
+
+from bench.accounting import stored_offsets
+from bench.cluster import PrivateCluster, high_watermark
+from gatestream.schemas import EventType
+from gatestream.settings import ProducerSettings
+
+if TYPE_CHECKING:
+    from bench.scenarios import Run
+
+MIN_KILLS = 2  # however short the window, so a test sees leadership move more than once
+RESTART_AFTER_S = (2.0, 4.0)  # the killed node stays down this long (seeded random)
+MEASURE_S = 90.0  # per kill, for the figures and for the cluster to heal
+
+
+def _busiest(client: Consumer, topics: list[str]) -> tuple[str, int]:
+    """The event partition with the most messages so far (its leader's loss is felt most)."""
+    md = client.list_topics(timeout=5).topics
+    ends = {(t, p): high_watermark(client, t, p) for t in topics for p in md[t].partitions}
+    return max(ends, key=lambda tp: ends[tp])
+
+
+def leader_kill(run: Run, rnd: random.Random, until: float) -> int:
+    cluster = run.cluster
+    assert cluster is not None
+    ps = ProducerSettings(bootstrap_servers=run.bootstrap, topic_prefix=run.prefix)
+    topics = [ps.topic_for(et) for et in EventType]
+    client = cluster.metadata_client()
+    kills: list[dict[str, float]] = []
+    try:
+        while len(kills) < MIN_KILLS or (time.monotonic() < until and _publishing(run)):
+            time.sleep(rnd.uniform(1.0, 2.0))
+            topic, partition = _busiest(client, topics)
+            leader, _ = cluster.leader_of(client, topic, partition)
+            hw = high_watermark(client, topic, partition)
+            killed = time.monotonic()
+            cluster.kill9(leader)
+            restarted: list[float] = []
+            restart = threading.Thread(
+                target=_restart_later,
+                args=(cluster, leader, killed + rnd.uniform(*RESTART_AFTER_S), restarted),
+                daemon=True,
+            )  # fmt: skip
+            restart.start()
+            figures = _watch(run, client, topics, (topic, partition), leader, hw, killed)
+            restart.join(MEASURE_S)
+            if "row_s" in figures:
+                figures["acked_s"] = min(figures.get("acked_s", figures["row_s"]), figures["row_s"])
+            figures.update({"node": leader, **({"restart_s": round(restarted[0] - killed, 2)} if restarted else {})})
+            kills.append(figures)
+            if not restarted:  # a second node down would be an outage, not this scenario: stop here
+                break
+    finally:
+        client.close()
+    for i, k in enumerate(kills, 1):
+        run.measured.update({f"kill{i}_{name}": v for name, v in k.items()})
+    return len(kills)
+
+
+def _publishing(run: Run) -> bool:
+    return run.producer is not None and run.producer.poll() is None
+
+
+def _restart_later(cluster: PrivateCluster, node: int, at: float, done: list[float]) -> None:
+    time.sleep(max(0.0, at - time.monotonic()))
+    cluster.restart(node)
+    done.append(time.monotonic())
+
+
+def _watch(
+    run: Run, client: Consumer, topics: list[str], tp: tuple[str, int], old: int, hw: int, killed: float
+) -> dict[str, float]:
+    """Look until every figure is in (the cluster healed included) or MEASURE_S passed."""
+    assert run.cluster is not None
+    figures: dict[str, float] = {}
+    while time.monotonic() < killed + MEASURE_S and len(figures) < 4:
+        time.sleep(0.2)
+        since = round(time.monotonic() - killed, 2)
+        try:
+            if "leader_s" not in figures and run.cluster.leader_of(client, *tp)[0] not in (old, -1):
+                figures["leader_s"] = since
+            if "acked_s" not in figures and high_watermark(client, *tp, timeout=1) > hw:
+                figures["acked_s"] = since
+            if "isr_s" not in figures and "leader_s" in figures and run.cluster.under_replicated(client, topics) == 0:
+                figures["isr_s"] = since
+        except KafkaException:
+            pass  # no leader to answer yet
+        if "row_s" not in figures and stored_offsets(run.url, run.group).get(tp, 0) > hw:
+            figures["row_s"] = since
+    return figures
