@@ -54,7 +54,9 @@ def leader_kill(run: Run, rnd: random.Random, until: float) -> int:
     topics = [ps.topic_for(et) for et in EventType]
     client = cluster.metadata_client()
     kills: list[dict[str, float]] = []
-    try:
+    try:  # the topics were made with the cluster's default replication factor: 3 wanted
+        md = client.list_topics(timeout=5).topics
+        run.measured["replicas"] = min(len(p.replicas) for t in topics for p in md[t].partitions.values())
         while len(kills) < MIN_KILLS or (time.monotonic() < until and _publishing(run)):
             time.sleep(rnd.uniform(1.0, 2.0))
             topic, partition = _busiest(client, topics)
