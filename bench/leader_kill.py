@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 MIN_KILLS = 2  # however short the window, so a test sees leadership move more than once
 RESTART_AFTER_S = (2.0, 4.0)  # the killed node stays down this long (seeded random)
 MEASURE_S = 90.0  # per kill, for the figures and for the cluster to heal
+AFTER_STREAM_S = 5.0  # for the last rows, once the producer ended
 
 
 def _busiest(client: Consumer, topics: list[str]) -> tuple[str, int]:
@@ -99,11 +100,15 @@ def _restart_later(cluster: PrivateCluster, node: int, at: float, done: list[flo
 def _watch(
     run: Run, client: Consumer, topics: list[str], tp: tuple[str, int], old: int, hw: int, killed: float
 ) -> dict[str, float]:
-    """Look until every figure is in (the cluster healed included) or MEASURE_S passed."""
+    """Look until every figure is in (the cluster healed included) or MEASURE_S passed; once the
+    cluster healed and the producer ended, nothing more is coming: AFTER_STREAM_S more at most."""
     assert run.cluster is not None
     figures: dict[str, float] = {}
-    while time.monotonic() < killed + MEASURE_S and len(figures) < 4:
+    until = killed + MEASURE_S
+    while time.monotonic() < until and len(figures) < 4:
         time.sleep(0.2)
+        if "isr_s" in figures and not _publishing(run):
+            until = min(until, time.monotonic() + AFTER_STREAM_S)
         since = round(time.monotonic() - killed, 2)
         try:
             if "leader_s" not in figures and run.cluster.leader_of(client, *tp)[0] not in (old, -1):
