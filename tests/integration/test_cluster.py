@@ -27,6 +27,7 @@ def test_leader_kills_are_survived_without_a_client_restart_and_every_event_land
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    print(done.stdout.strip().splitlines()[-3])  # the scenario's line, with each kill's figures (pytest -rA)
     [s] = report["scenarios"]
     m: dict[str, float] = s["measured"]
     assert s["faults"] >= 2, f"fewer than two leaders killed: {done.stdout}"
