@@ -20,6 +20,7 @@ A figure is left out when it did not happen within ``MEASURE_S`` (e.g. the strea
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -101,24 +102,33 @@ def _watch(
     run: Run, client: Consumer, topics: list[str], tp: tuple[str, int], old: int, hw: int, killed: float
 ) -> dict[str, float]:
     """Look until every figure is in (the cluster healed included) or MEASURE_S passed; once the
-    cluster healed and the producer ended, nothing more is coming: AFTER_STREAM_S more at most."""
-    assert run.cluster is not None
+    cluster healed and the producer ended, nothing more is coming: AFTER_STREAM_S more at most.
+    The high watermark is asked of the new leader only, through a client made once it is known:
+    a client that knew the old one kept asking it (and timing out) for as long as it was down."""
+    cluster = run.cluster
+    assert cluster is not None
     figures: dict[str, float] = {}
+    fresh: Consumer | None = None
     until = killed + MEASURE_S
-    while time.monotonic() < until and len(figures) < 4:
-        time.sleep(0.2)
-        if "isr_s" in figures and not _publishing(run):
-            until = min(until, time.monotonic() + AFTER_STREAM_S)
-        since = round(time.monotonic() - killed, 2)
-        try:
-            if "leader_s" not in figures and run.cluster.leader_of(client, *tp)[0] not in (old, -1):
-                figures["leader_s"] = since
-            if "acked_s" not in figures and high_watermark(client, *tp, timeout=1) > hw:
-                figures["acked_s"] = since
-            if "isr_s" not in figures and "leader_s" in figures and run.cluster.under_replicated(client, topics) == 0:
-                figures["isr_s"] = since
-        except KafkaException:
-            pass  # no leader to answer yet
-        if "row_s" not in figures and stored_offsets(run.url, run.group).get(tp, 0) > hw:
-            figures["row_s"] = since
+    try:
+        while time.monotonic() < until and len(figures) < 4:
+            time.sleep(0.2)
+            if "isr_s" in figures and not _publishing(run):
+                until = min(until, time.monotonic() + AFTER_STREAM_S)
+            since = round(time.monotonic() - killed, 2)
+            with contextlib.suppress(KafkaException):  # no leader to answer yet
+                if "leader_s" not in figures and cluster.leader_of(client, *tp)[0] not in (old, -1):
+                    figures["leader_s"] = since
+                    fresh = cluster.metadata_client()
+            with contextlib.suppress(KafkaException):
+                if "acked_s" not in figures and fresh is not None and high_watermark(fresh, *tp, timeout=0.5) > hw:
+                    figures["acked_s"] = since
+            with contextlib.suppress(KafkaException):
+                if "isr_s" not in figures and "leader_s" in figures and cluster.under_replicated(client, topics) == 0:
+                    figures["isr_s"] = since
+            if "row_s" not in figures and stored_offsets(run.url, run.group).get(tp, 0) > hw:
+                figures["row_s"] = since
+    finally:
+        if fresh is not None:
+            fresh.close()
     return figures
