@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType  # type: ignore[attr-defined]
 
 from bench.brokers import _free_ports
 
@@ -77,6 +78,14 @@ class PrivateCluster:
         requests go to whichever node answers: librdkafka's AdminClient kept asking the dead node
         and timed out for as long as it was down, so leaders are read from metadata instead."""
         return Consumer({"bootstrap.servers": self.bootstrap, "group.id": "cluster-metadata", "log_level": 2})
+
+    def min_insync_replicas(self, topics: list[str], timeout: float = 10.0) -> int:
+        """The smallest ``min.insync.replicas`` in effect on ``topics`` (the cluster's default
+        unless a topic overrides it): the replicas an ``acks=all`` write must reach."""
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        resources = [ConfigResource(ResourceType.TOPIC, t) for t in topics]
+        found = admin.describe_configs(resources, request_timeout=timeout)
+        return min(int(f.result(timeout=timeout)["min.insync.replicas"].value) for f in found.values())
 
     def leader_of(self, client: Consumer, topic: str, partition: int, timeout: float = 2.0) -> tuple[int, int]:
         """(leader node id, replicas in sync) of one partition, as the cluster's metadata says

@@ -2,19 +2,21 @@
 leader of the busiest event partition is killed -9 mid-stream and started again a few
 seconds later, repeatedly; the producer and the ingest members are never restarted.
 
-Per kill it measures, from the SIGKILL (each looked at every ~0.2 s, so to within that):
+Per kill it measures, from the kill command (each looked at every ~0.2 s, so to within that):
 
 - ``leader_s``: the partition has a new leader in the cluster's metadata;
-- ``acked_s``: its high watermark passed the one read just before the kill, i.e. an event
-  written after the kill is on the in-sync replicas (what an ``acks=all`` producer waits for);
-  at most ``row_s`` (a member reads only below the high watermark): a look that times out
-  against a node still thought the leader can see it late;
-- ``row_s``: the members' stored next offset of the partition passed that high watermark,
-  i.e. the database committed a row of an event written after the kill;
+- ``acked_s``: a reader of the partition sees the first event the producer created after the
+  old leader was dead (its Kafka timestamp is later): a reader sees only what is below the
+  high watermark, on the in-sync replicas, which is when ``acks=all`` acknowledges it;
+- ``row_s``: the members' stored next offset of the partition passed that event's, i.e. the
+  database committed its row;
 - ``restart_s``: the killed node serves again (started after ``RESTART_AFTER_S``);
 - ``isr_s``: every partition of the event topics has its three replicas in sync again (the
   killed node restarted and caught up; the next kill waits for it).
 
+Events are told apart by when they were created, not by offsets: the old leader takes writes
+until the SIGKILL lands, and the new leader's high watermark first rises over events it had
+copied before the kill; either would count as a recovery that was none.
 A figure is left out when it did not happen within ``MEASURE_S`` (e.g. the stream ended).
 """
 
@@ -26,7 +28,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from bench.accounting import stored_offsets
 from bench.cluster import PrivateCluster, high_watermark
@@ -59,13 +61,15 @@ def leader_kill(run: Run, rnd: random.Random, until: float) -> int:
     try:  # the topics were made with the cluster's default replication factor: 3 wanted
         md = client.list_topics(timeout=5).topics
         run.measured["replicas"] = min(len(p.replicas) for t in topics for p in md[t].partitions.values())
+        run.measured["min_isr"] = cluster.min_insync_replicas(topics)
         while len(kills) < MIN_KILLS or (time.monotonic() < until and _publishing(run)):
             time.sleep(rnd.uniform(1.0, 2.0))
             topic, partition = _busiest(client, topics)
             leader, _ = cluster.leader_of(client, topic, partition)
-            hw = high_watermark(client, topic, partition)
+            start = high_watermark(client, topic, partition)  # the reader's start: a small tail
             killed = time.monotonic()
             cluster.kill9(leader)
+            dead_ms = int(time.time() * 1000)  # the process is gone (the script waits for it)
             restarted: list[float] = []
             restart = threading.Thread(
                 target=_restart_later,
@@ -73,10 +77,8 @@ def leader_kill(run: Run, rnd: random.Random, until: float) -> int:
                 daemon=True,
             )  # fmt: skip
             restart.start()
-            figures = _watch(run, client, topics, (topic, partition), leader, hw, killed)
+            figures = _watch(run, client, topics, (topic, partition, start), leader, killed, dead_ms)
             restart.join(MEASURE_S)
-            if "row_s" in figures:
-                figures["acked_s"] = min(figures.get("acked_s", figures["row_s"]), figures["row_s"])
             figures.update({"node": leader, **({"restart_s": round(restarted[0] - killed, 2)} if restarted else {})})
             kills.append(figures)
             if not restarted:  # a second node down would be an outage, not this scenario: stop here
@@ -99,16 +101,17 @@ def _restart_later(cluster: PrivateCluster, node: int, at: float, done: list[flo
 
 
 def _watch(
-    run: Run, client: Consumer, topics: list[str], tp: tuple[str, int], old: int, hw: int, killed: float
+    run: Run, client: Consumer, topics: list[str], tps: tuple[str, int, int], old: int, killed: float, dead_ms: int
 ) -> dict[str, float]:
     """Look until every figure is in (the cluster healed included) or MEASURE_S passed; once the
     cluster healed and the producer ended, nothing more is coming: AFTER_STREAM_S more at most.
-    The high watermark is asked of the new leader only, through a client made once it is known:
-    a client that knew the old one kept asking it (and timing out) for as long as it was down."""
+    The reader starts once the new leader is known (``tps``: topic, partition, where to start)."""
     cluster = run.cluster
     assert cluster is not None
+    topic, partition, start = tps
     figures: dict[str, float] = {}
-    fresh: Consumer | None = None
+    reader: Consumer | None = None
+    first: int | None = None  # the offset of the first event created after the kill
     until = killed + MEASURE_S
     try:
         while time.monotonic() < until and len(figures) < 4:
@@ -117,18 +120,22 @@ def _watch(
                 until = min(until, time.monotonic() + AFTER_STREAM_S)
             since = round(time.monotonic() - killed, 2)
             with contextlib.suppress(KafkaException):  # no leader to answer yet
-                if "leader_s" not in figures and cluster.leader_of(client, *tp)[0] not in (old, -1):
+                if "leader_s" not in figures and cluster.leader_of(client, topic, partition)[0] not in (old, -1):
                     figures["leader_s"] = since
-                    fresh = cluster.metadata_client()
-            with contextlib.suppress(KafkaException):
-                if "acked_s" not in figures and fresh is not None and high_watermark(fresh, *tp, timeout=0.5) > hw:
-                    figures["acked_s"] = since
+                    reader = cluster.metadata_client()
+                    reader.assign([TopicPartition(topic, partition, start)])
+            if first is None and reader is not None:
+                for m in reader.consume(5000, 0.05):
+                    if m.error() is None and m.timestamp()[1] > dead_ms:
+                        first, figures["acked_s"] = m.offset(), since
+                        break
             with contextlib.suppress(KafkaException):
                 if "isr_s" not in figures and "leader_s" in figures and cluster.under_replicated(client, topics) == 0:
                     figures["isr_s"] = since
-            if "row_s" not in figures and stored_offsets(run.url, run.group).get(tp, 0) > hw:
-                figures["row_s"] = since
+            if "row_s" not in figures and first is not None:
+                if stored_offsets(run.url, run.group).get((topic, partition), 0) > first:
+                    figures["row_s"] = since
     finally:
-        if fresh is not None:
-            fresh.close()
+        if reader is not None:
+            reader.close()
     return figures
