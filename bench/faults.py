@@ -46,6 +46,7 @@ from pathlib import Path
 from bench.accounting import offsets_off, read_published, skipped_duplicates, stored_rows, wait_for_first_rows
 from bench.brokers import PrivateBroker
 from bench.cluster import NODES, PrivateCluster
+from bench.leader_kill import acks_with_one_node
 from bench.postgres import PrivatePostgres, failover_url, pg_bindir
 from bench.scenarios import SCENARIOS, Run
 from gatestream.bench import bench_database, drop_bench_database
@@ -231,6 +232,9 @@ def run_scenario(name: str, settings: IngestSettings, *, events: int, rate: int,
         if cluster is not None:  # the clients rode out the kills: none was started again
             rc = run.producer.poll() if run.producer is not None else None
             run.measured.update({"members_started": len(run.consumers), "producer_rc": -1 if rc is None else rc})
+            run.measured["acks_with_one_node"] = acks = acks_with_one_node(cluster, topics[0])
+            if acks:
+                out.note = f"FAILED: {acks} acks=all writes acknowledged with one node of three left"
         spool = work / "spool.sqlite3"
         if spool.exists():
             from gatestream.producers.spool import Spool
@@ -246,7 +250,8 @@ def run_scenario(name: str, settings: IngestSettings, *, events: int, rate: int,
         out.peak_rss_mb = round(run.peak_kb / 1024, 1)
         out.measured = dict(run.measured)
         try:
-            delete_topics(ps, [*topics, f"{prefix}dead-letter"])
+            if cluster is None:  # the scenario's own cluster goes with its folder (and may have lost its quorum)
+                delete_topics(ps, [*topics, f"{prefix}dead-letter"])
         except Exception:  # noqa: BLE001 - clean-up only
             pass
         if broker is not None:

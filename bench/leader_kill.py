@@ -28,7 +28,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from bench.accounting import stored_offsets
 from bench.cluster import PrivateCluster, high_watermark
@@ -139,3 +139,21 @@ def _watch(
         if reader is not None:
             reader.close()
     return figures
+
+
+def acks_with_one_node(cluster: PrivateCluster, topic: str, timeout_s: float = 6.0) -> int:
+    """One step outside what the cluster promises: with two of the three nodes killed at once,
+    an idempotent ``acks=all`` write must not be acknowledged (here the quorum is gone too, so no
+    in-sync set can shrink to the one node left). Kills nodes 1 and 2 (the run is over); returns
+    how many of a few writes were acknowledged: 0 wanted."""
+    for node in (1, 2):
+        cluster.kill9(node)
+    producer = Producer({
+        "bootstrap.servers": cluster.bootstrap, "acks": "all", "enable.idempotence": True,
+        "message.timeout.ms": int(timeout_s * 1000), "log_level": 2,
+    })  # fmt: skip
+    acked: list[int] = []
+    for i in range(6):  # every partition: whichever node led it
+        producer.produce(topic, b"one-node", partition=i % 6, on_delivery=lambda err, _m: acked.append(err is None))
+    producer.flush(timeout_s + 10)
+    return sum(acked)
