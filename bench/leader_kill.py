@@ -18,6 +18,7 @@ Events are told apart by when they were created, not by offsets: the old leader 
 until the SIGKILL lands, and the new leader's high watermark first rises over events it had
 copied before the kill; either would count as a recovery that was none.
 A figure is left out when it did not happen within ``MEASURE_S`` (e.g. the stream ended).
+After the run, ``acks_with_one_node`` checks the promise's edge: one node left, no ack.
 """
 
 from __future__ import annotations

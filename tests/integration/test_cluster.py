@@ -2,7 +2,8 @@
 test's own (``python -m bench.faults --short --scenarios leader-kill-9``; ops/kafka/cluster,
 bench/leader_kill.py): with event topics of three replicas, min.insync.replicas 2 and an
 idempotent ``acks=all`` producer, the same producer and the same two ingest members ride out
-every kill, and every event lands exactly once. The stack's broker is never touched."""
+every kill, and every event lands exactly once; and with two nodes of three gone, no write is
+acknowledged. The stack's broker is never touched."""
 
 from __future__ import annotations
 
