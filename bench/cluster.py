@@ -56,6 +56,12 @@ class PrivateCluster:
         """A crash of one node: SIGKILL, no shutdown; its log on disk is all that survives."""
         self._run("kill", str(self.state), str(node))
 
+    def kill_all(self) -> None:
+        """SIGKILL every node still running (clean-up: also after a start that failed half-way)."""
+        if (self.state / "cluster.id").exists():
+            for node in NODES:
+                self.kill9(node)
+
     def restart(self, node: int) -> None:
         """Start ``node`` again from its log; returns once it serves."""
         self._run("restart", str(self.state), str(node))

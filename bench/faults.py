@@ -45,7 +45,7 @@ from pathlib import Path
 
 from bench.accounting import offsets_off, read_published, skipped_duplicates, stored_rows, wait_for_first_rows
 from bench.brokers import PrivateBroker
-from bench.cluster import NODES, PrivateCluster
+from bench.cluster import PrivateCluster
 from bench.leader_kill import acks_with_one_node
 from bench.postgres import PrivatePostgres, failover_url, pg_bindir
 from bench.scenarios import SCENARIOS, Run
@@ -158,9 +158,8 @@ def run_scenario(name: str, settings: IngestSettings, *, events: int, rate: int,
         cluster = PrivateCluster(work / "kafka")
         try:
             cluster.start()
-        except RuntimeError as exc:
-            for node in NODES:
-                cluster.kill9(node)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            cluster.kill_all()
             out.note = f"FAILED: its own cluster did not start ({exc}".splitlines()[0] + f"; logs: {work})"
             return out
         bootstrap = cluster.bootstrap
@@ -257,8 +256,7 @@ def run_scenario(name: str, settings: IngestSettings, *, events: int, rate: int,
         if broker is not None:
             broker.kill()
         if cluster is not None:
-            for node in NODES:
-                cluster.kill9(node)
+            cluster.kill_all()
         if standby is not None:
             standby.remove(keep=not out.ok)
         if postgres is not None:
