@@ -183,7 +183,11 @@ def add_parsers(sub: Any) -> None:
     rs.set_defaults(fn=cmd_restore)
 
     tp = sub.add_parser("topics", help="Kafka topic tasks").add_subparsers(dest="topics_command", required=True)
-    te = tp.add_parser("ensure", help="create the event topics and the dead-letter topic if missing")
+    te = tp.add_parser(
+        "ensure",
+        help="create the event topics and the dead-letter topic if missing (as many replicas as the cluster's "
+        "default.replication.factor)",
+    )
     te.add_argument("--partitions", type=int, help="partitions per new topic (default 6)")
     te.set_defaults(fn=cmd_topics)
 
