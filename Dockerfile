@@ -10,6 +10,10 @@ RUN pip wheel --no-cache-dir --no-deps -w /dist .
 
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 gatestream
+# openssl and the local CA's script: docker-compose.yml's one-shot `certs` (ops/compose/certs)
+RUN apt-get update && apt-get install -y --no-install-recommends openssl && rm -rf /var/lib/apt/lists/*
+COPY ops/tls/certs /usr/local/bin/gatestream-certs
+COPY ops/compose/certs /usr/local/bin/gatestream-compose-certs
 COPY --from=wheel /dist/ /tmp/dist/
 RUN pip install --no-cache-dir /tmp/dist/gatestream-*.whl && rm -rf /tmp/dist
 USER gatestream

@@ -22,8 +22,10 @@ its asynchronous streaming standby promoted (postgres-failover: the members foll
 multi-host URL; it reports the batches the standby never received and the time from the kill
 to the first batch on the new primary);
 connections killed mid-transaction (pg_terminate_backend); the broker killed -9 and
-restarted from its log (a broker of the bench's own); the producer killed -9 with events
-in its spool, then restarted; a rebalance storm (members joining and leaving).
+restarted from its log (a broker of the bench's own); the leader of the busiest partition killed
+-9 and restarted, repeatedly, on a three-node cluster of the bench's own (leader-kill-9: RF 3,
+min.insync.replicas 2; it reports each kill's time to recover, see bench.leader_kill); the
+producer killed -9 with events in its spool, then restarted; a rebalance storm (members joining and leaving).
 No scenario stops a service of the local stack: tests and people may be using it.
 """
 
@@ -43,6 +45,8 @@ from pathlib import Path
 
 from bench.accounting import offsets_off, read_published, skipped_duplicates, stored_rows, wait_for_first_rows
 from bench.brokers import PLAIN, PrivateBroker
+from bench.cluster import PrivateCluster
+from bench.leader_kill import acks_with_one_node
 from bench.postgres import PrivatePostgres, failover_url, pg_bindir
 from bench.scenarios import SCENARIOS, Run
 from gatestream.bench import bench_database, drop_bench_database
@@ -59,7 +63,9 @@ SHORT = ["consumer-kill-9", "fault-hooks", "connection-killed", "postgres-crash"
 # before the window opens and injects nothing (CI saw that on a loaded machine). It publishes
 # over at least this many seconds.
 # postgres-failover: events must still flow when the primary dies, after the members' start.
-PACED = {"fault-hooks": 12.0, "postgres-failover": 12.0, "postgres-failover-idle": 12.0}
+# leader-kill-9: events must still flow through its kills (each waits for the node's restart).
+PACED = {"fault-hooks": 12.0, "postgres-failover": 12.0, "postgres-failover-idle": 12.0, "leader-kill-9": 40.0}
+MEMBERS = {"leader-kill-9": 2}  # ingest processes (default 3)
 # they stop the server: one of their own
 OWN_POSTGRES = {"postgres-crash", "database-away", "postgres-failover", "postgres-failover-idle"}
 # their own server gets a streaming standby; members get both in their URL
@@ -150,6 +156,16 @@ def run_scenario(name: str, settings: IngestSettings, *, events: int, rate: int,
             out.note = f"FAILED: its own broker did not start ({exc}".splitlines()[0] + f"; logs: {work})"
             return out
         bootstrap = broker.bootstrap
+    cluster: PrivateCluster | None = None
+    if name == "leader-kill-9":
+        cluster = PrivateCluster(work / "kafka")
+        try:
+            cluster.start()
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            cluster.kill_all()
+            out.note = f"FAILED: its own cluster did not start ({exc}".splitlines()[0] + f"; logs: {work})"
+            return out
+        bootstrap = cluster.bootstrap
     postgres: PrivatePostgres | None = None
     standby: PrivatePostgres | None = None
     database_url = settings.database_url
@@ -172,19 +188,22 @@ def run_scenario(name: str, settings: IngestSettings, *, events: int, rate: int,
     prefix = f"faults.{uuid.uuid4().hex[:6]}."
     db = bench_database(database_url, "faults")
     run = Run(
-        settings, bootstrap, prefix, db, work, broker=broker, postgres=postgres, standby=standby,
+        settings, bootstrap, prefix, db, work, broker=broker, cluster=cluster, postgres=postgres, standby=standby,
         env_extra=dict(env_extra),
     )  # fmt: skip
-    # on its own broker (plain) no user; on the stack's, the settings' own
-    security = PLAIN if broker is not None else {k: getattr(settings, k) for k in PLAIN}
+    if cluster is not None:
+        run.measured["cluster_start_s"] = round(cluster.start_s, 1)
+    # on its own broker or cluster (plain) no user; on the stack's, the settings' own
+    security = PLAIN if bootstrap != settings.bootstrap_servers else {k: getattr(settings, k) for k in PLAIN}
     ps = ProducerSettings(
         bootstrap_servers=bootstrap, topic_prefix=prefix, kafka_extra=settings.kafka_extra, **security
     )
     topics = [ps.topic_for(et) for et in EventType]
     ensure_topics(ps, [*topics, f"{prefix}dead-letter"], partitions=6)
     started = time.monotonic()
+    members = MEMBERS.get(name, 3)
     try:
-        for _ in range(3):
+        for _ in range(members):
             run.start_consumer()
         paced = PACED.get(name)
         producer_rate = rate if paced is None else min(rate, max(1, int(events / paced)))
@@ -193,14 +212,16 @@ def run_scenario(name: str, settings: IngestSettings, *, events: int, rate: int,
         # Faults aimed at the members begin once they write (a member's start takes seconds on a
         # loaded machine: a window that closed before then would inject nothing); faults aimed at
         # the producer or the broker begin at once, while the producer still publishes.
-        def keep_three() -> None:  # a member armed with fault hooks may die before the first batch
-            while len(run.alive()) < 3:
+        def keep_members() -> None:  # a member armed with fault hooks may die before the first batch
+            while len(run.alive()) < members:
                 run.start_consumer()
 
-        if name not in FROM_THE_START and not wait_for_first_rows(db, 120, keep_three):
+        if name not in FROM_THE_START and not wait_for_first_rows(db, 120, keep_members):
             out.note = "FAILED: no batch committed within 120 s of the start"
             return out
         out.faults = injector(run, rnd, time.monotonic() + seconds)
+        if cluster is not None:
+            run.measured.update({f"node{n}_rss_mb": mb for n, mb in cluster.rss_mb().items()})
         # the last producer drains its spool; every consumer still running drains the topics
         if run.producer is not None:
             run.producer.wait(180)
@@ -214,6 +235,12 @@ def run_scenario(name: str, settings: IngestSettings, *, events: int, rate: int,
         while len(run.alive()) < 2:
             run.start_consumer()
         _account(out, run, bootstrap, topics)
+        if cluster is not None:  # the clients rode out the kills: none was started again
+            rc = run.producer.poll() if run.producer is not None else None
+            run.measured.update({"members_started": len(run.consumers), "producer_rc": -1 if rc is None else rc})
+            run.measured["acks_with_one_node"] = acks = acks_with_one_node(cluster, topics[0])
+            if acks:
+                out.note = f"FAILED: {acks} acks=all writes acknowledged with one node of three left"
         spool = work / "spool.sqlite3"
         if spool.exists():
             from gatestream.producers.spool import Spool
@@ -229,11 +256,14 @@ def run_scenario(name: str, settings: IngestSettings, *, events: int, rate: int,
         out.peak_rss_mb = round(run.peak_kb / 1024, 1)
         out.measured = dict(run.measured)
         try:
-            delete_topics(ps, [*topics, f"{prefix}dead-letter"])
+            if cluster is None:  # the scenario's own cluster goes with its folder (and may have lost its quorum)
+                delete_topics(ps, [*topics, f"{prefix}dead-letter"])
         except Exception:  # noqa: BLE001 - clean-up only
             pass
         if broker is not None:
             broker.kill()
+        if cluster is not None:
+            cluster.kill_all()
         if standby is not None:
             standby.remove(keep=not out.ok)
         if postgres is not None:
@@ -289,7 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         "= end offsets, rows = distinct events published, ingest's duplicates = copies the producers resent. "
         "Exits 1 when a scenario fails that. The postgres-crash and database-away scenarios crash and stop a "
         "PostgreSQL server of their own (made from the stack's binaries), postgres-failover kills one -9 and promotes "
-        "its streaming standby, broker-kill-9 a broker of its own: the "
+        "its streaming standby, broker-kill-9 a broker of its own, leader-kill-9 a node of a three-node "
+        "cluster of its own (ops/kafka/cluster): the "
         "local stack's services are never stopped. Run from the checkout; "
         'settings from GATESTREAM_* (eval "$(ops/stack env)").',
     )

@@ -62,13 +62,41 @@ class PrivatePostgres:
         self.data = self.state / "data"
         self.log = self.state / "postgres.log"
         (self.port,) = _free_ports(1)
+        self.tls: Path | None = None  # secure(): the CA's folder (ca.pem) ...
+        self.secrets: Path | None = None  # ... and the passfiles' folder
         if os.geteuid() == 0:
             self.state.chmod(0o755)
             shutil.chown(self.state, "postgres", "postgres")
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        return self.login_url("postgres")
+
+    def login_url(self, user: str, dbname: str = "postgres") -> str:
+        """A URL that logs in as ``user``; once ``secure()``, over TLS checked against the CA
+        (verify-full) with the password from the user's passfile (ops/postgres/secure login)."""
+        url = f"postgresql://{user}@127.0.0.1:{self.port}/{dbname}"
+        if self.tls is None or self.secrets is None:
+            return url
+        return f"{url}?sslmode=verify-full&sslrootcert={self.tls / 'ca.pem'}&passfile={self.secrets / f'pg-{user}'}"
+
+    def secure(self, tls: Path, secrets: Path) -> None:
+        """This running server as ops/stack runs its own (ops/postgres/secure): TLS with a
+        certificate of the CA in ``tls``, scram-sha-256, pg_hba.conf without trust; the
+        postgres user's password made in ``secrets``. ``url`` logs in that way from then on.
+        (``standby()`` wants a primary that is not secured: the standby, run as the postgres
+        user, could not read the root-owned passfile.)"""
+        _secure("server", str(self.data), str(tls))
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "restart")  # ssl: off -> on
+        self.tls, self.secrets = tls, secrets
+        self.add_login("postgres")
+
+    def add_login(self, user: str, group: str | None = None) -> Path:
+        """A login user (a member of ``group``) with a password made once in the secrets
+        folder (``secure()`` first); its passfile."""
+        assert self.secrets is not None, "secure() the server first"
+        _secure("login", str(self.state), str(self.port), str(self.secrets), f"{user}:{group}" if group else user)
+        return self.secrets / f"pg-{user}"
 
     def _run(self, *cmd: str, timeout: float = 120) -> None:
         argv = [str(self.bindir / cmd[0]), *cmd[1:]]
@@ -169,6 +197,15 @@ class PrivatePostgres:
                 pass
         if not keep:
             shutil.rmtree(self.state, ignore_errors=True)
+
+
+SECURE_SCRIPT = Path(__file__).resolve().parents[1] / "ops" / "postgres" / "secure"
+
+
+def _secure(*args: str) -> None:
+    done = subprocess.run([str(SECURE_SCRIPT), *args], capture_output=True, text=True, timeout=60, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"ops/postgres/secure {args[0]} failed: {(done.stderr or done.stdout).strip()[-1500:]}")
 
 
 def failover_url(primary: PrivatePostgres, standby: PrivatePostgres, dbname: str = "postgres") -> str:

@@ -23,6 +23,8 @@ import psycopg
 from bench.accounting import batches_not_in, fenced_batches, stored_offsets
 from bench.brokers import PrivateBroker
 from bench.churn import churn
+from bench.cluster import PrivateCluster
+from bench.leader_kill import leader_kill
 from bench.postgres import PrivatePostgres
 from gatestream.database import connect_once
 from gatestream.kafka import security_environ
@@ -41,6 +43,7 @@ class Run:
     consumers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     producer: subprocess.Popen[bytes] | None = None
     broker: PrivateBroker | None = None  # the broker-kill-9 scenario's own broker
+    cluster: PrivateCluster | None = None  # the leader-kill-9 scenario's own three-node cluster
     postgres: PrivatePostgres | None = None  # the server the postgres-crash/database-away scenarios stop
     standby: PrivatePostgres | None = None  # postgres-failover's streaming standby of it
     peak_kb: int = 0
@@ -297,6 +300,8 @@ SCENARIOS: dict[str, tuple[Injector, dict[str, str]]] = {
     "postgres-failover-idle": (_failover_idle, {"GATESTREAM_LOG_LEVEL": "debug"}),
     "connection-killed": (_terminate, {}),
     "broker-kill-9": (_broker_kill, {}),  # against a broker of its own (run_scenario starts it)
+    # a partition's leader killed -9 and restarted, on a three-node cluster of its own (bench/leader_kill.py)
+    "leader-kill-9": (leader_kill, {}),
     "producer-kill-9": (_producer_kill, {}),
     "rebalance-storm": (_storm, {}),
     # kill -9 and a replacement every ~3 s, per group protocol (bench/churn.py)

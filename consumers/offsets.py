@@ -76,7 +76,8 @@ def advance_offsets(conn: psycopg.Connection[Any], group: str, moves: Moves) -> 
     if updates:
         cur = conn.execute(
             """UPDATE gatestream.consumer_offsets o
-                  SET next_offset = v.new, updated_at = now()
+                  SET next_offset = v.new, updated_at = now(),
+                      principal = coalesce(o.principal, gatestream.offset_principal())  -- sql/057
                  FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::bigint[]) AS v(topic, partition, expected, new)
                 WHERE o.consumer_group = %s AND o.topic = v.topic AND o.partition = v.partition
                   AND o.next_offset = v.expected

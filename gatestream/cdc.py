@@ -36,6 +36,12 @@ class ConnectError(Exception):
 
 def connector_config(settings: CdcSettings) -> dict[str, str]:
     """The connector's config: one table, its own slot, the migration's publication, no superuser."""
+    if settings.cdc_database_url is None and settings.database_pooler == "transaction":
+        # logical replication is a protocol of its own, which a pooler (PgBouncer) does not pass on
+        raise ConnectError(
+            "Debezium's replication connection cannot go through the pooler that GATESTREAM_DATABASE_URL names "
+            "(GATESTREAM_DATABASE_POOLER=transaction): set GATESTREAM_CDC_DATABASE_URL to the server's own address"
+        )
     url = settings.cdc_database_url or settings.database_url
     info = psycopg.conninfo.conninfo_to_dict(url)
     if settings.cdc_password_ref:
@@ -76,7 +82,19 @@ def connector_config(settings: CdcSettings) -> dict[str, str]:
         "retriable.restart.connector.wait.ms": "3000",
         "decimal.handling.mode": "string",
         "time.precision.mode": "connect",
+        **_tls(info),
     }
+
+
+def _tls(info: dict[str, Any]) -> dict[str, str]:
+    """The URL's TLS settings for Debezium's JDBC connections (its database.sslmode takes libpq's
+    values; ops/stack's server takes TLS only, with its CA's certificate: verify-full)."""
+    out: dict[str, str] = {}
+    if info.get("sslmode"):
+        out["database.sslmode"] = str(info["sslmode"])
+    if info.get("sslrootcert"):
+        out["database.sslrootcert"] = str(info["sslrootcert"])
+    return out
 
 
 def _connect_url(settings: CdcSettings) -> str:

@@ -25,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from psycopg import sql
 
-from gatestream.database import DatabaseSettingError, bounded, connect_once
+from gatestream.database import DatabaseSettingError, connect_once, limited
 from gatestream.edition import timescaledb_edition, timescaledb_has
 from gatestream.fleet import state_counts
 
@@ -95,8 +95,8 @@ class DatabaseCollector(Collector):
         up = GaugeMetricFamily("gatestream_db_up", "1 if the database answered the last scrape.")
         try:
             # a scrape never hangs: the server cancels a slow statement, a hung server is cut off
-            with connect_once(self.database_url, statement_timeout_s=SCRAPE_TIMEOUT_S) as conn:
-                with bounded(conn, SCRAPE_TIMEOUT_S + 5):
+            with connect_once(self.database_url) as conn:
+                with limited(conn, SCRAPE_TIMEOUT_S):
                     metrics = self._gather(conn)
             up.add_metric([], 1)
             return [up, *metrics]
@@ -323,10 +323,11 @@ class DatabaseCollector(Collector):
             if row is None or not row[0]:
                 return []  # pg_cron is not loaded: TimescaleDB's own jobs (above) are the engine
             cron_db, here = str(row[0]), str(row[1])
+            # in a transaction of its own (a savepoint on conn, inside the scrape's): a failure here spoils nothing else
             with (
                 contextlib.nullcontext(conn) if cron_db == here
                 else connect_once(psycopg.conninfo.make_conninfo(self.database_url, dbname=cron_db))
-            ) as cron:  # fmt: skip
+            ) as cron, cron.transaction():  # fmt: skip
                 rows = cron.execute(
                     """SELECT j.jobid, j.jobname,
                               (SELECT d.status FROM cron.job_run_details d

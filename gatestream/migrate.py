@@ -1,5 +1,11 @@
 """Applies the ordered SQL migrations in ``sql/`` once each, under an advisory lock.
 
+The lock is a transaction-level one (``pg_advisory_xact_lock``), taken again by each
+migration's own transaction, which then checks whether another runner applied that
+migration meanwhile: two runners at once apply each migration once, in order. It holds
+through a pooler in transaction mode (PgBouncer), where a session-level lock would stay
+on whichever server connection took it, and its unlock could run on another.
+
 Each file is idempotent on its own (IF NOT EXISTS ...); the runner also records what it
 applied with a checksum, so an edited, already-applied migration is reported instead of
 silently diverging between environments.
@@ -26,6 +32,17 @@ log = structlog.get_logger("gatestream.migrate")
 
 class MigrationError(Exception):
     pass
+
+
+# Migrations edited after databases applied them, and the checksums of the forms those may have
+# recorded: accepted (and the record brought up to date) instead of refused. Only for an edit
+# that a later migration already applies to the old form's databases, never to change what a
+# database ends up with. 050_roles.sql: it no longer makes gatestream_policy a member of
+# gatestream_owner, which 054 revokes; roles are cluster-wide, so while another database on the
+# server ran the old 050 before its 054 the policy role was briefly the owner's member again.
+AMENDED: dict[str, frozenset[str]] = {
+    "050_roles.sql": frozenset({"a93b472ee64af80a92a3210cd3a4ba921dd215b334e13c0c496c7e34fc7e2e5f"}),
+}
 
 
 @dataclass(frozen=True)
@@ -68,24 +85,24 @@ def migrate(database_url: str, sql_dir: Path = SQL_DIR) -> list[str]:
     probe before that reads "unknown" and would skip sql/tsl/ until a second run)."""
     applied_now: list[str] = []
     with connect_once(database_url) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
-        try:
+        with conn.transaction():
+            _lock(conn)
             conn.execute("CREATE SCHEMA IF NOT EXISTS gatestream")
             conn.execute(
                 """CREATE TABLE IF NOT EXISTS gatestream.schema_migrations (
                        name text PRIMARY KEY, checksum text NOT NULL,
                        applied_at timestamptz NOT NULL DEFAULT now())"""
             )
-            done: dict[str, str] = dict(
-                conn.execute("SELECT name, checksum FROM gatestream.schema_migrations").fetchall()
-            )
-            common = discover(sql_dir)
-            applied_now += _apply(conn, common, done)
-            edition = _edition_after_extension(conn, database_url)
-            applied_now += _apply(conn, discover(sql_dir, edition)[len(common) :], done)
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_KEY,))
+        common = discover(sql_dir)
+        applied_now += _apply(conn, common)
+        edition = _edition_after_extension(conn, database_url)
+        applied_now += _apply(conn, discover(sql_dir, edition)[len(common) :])
     return applied_now
+
+
+def _lock(conn: psycopg.Connection[Any]) -> None:
+    """Wait for any other runner's migration transaction; ours holds the lock until it ends."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
 
 
 def _edition_after_extension(conn: psycopg.Connection[Any], database_url: str) -> Edition:
@@ -98,16 +115,25 @@ def _edition_after_extension(conn: psycopg.Connection[Any], database_url: str) -
     return edition
 
 
-def _apply(conn: psycopg.Connection[Any], migrations: list[Migration], done: dict[str, str]) -> list[str]:
+def _apply(conn: psycopg.Connection[Any], migrations: list[Migration]) -> list[str]:
     applied: list[str] = []
     for m in migrations:
-        if m.name in done:
-            if done[m.name] != m.checksum:
-                raise MigrationError(
-                    f"{m.name} was applied with different content; add a new migration instead of editing it"
-                )
-            continue
         with conn.transaction():
+            _lock(conn)
+            row = conn.execute(
+                "SELECT checksum FROM gatestream.schema_migrations WHERE name = %s", (m.name,)
+            ).fetchone()
+            if row is not None:
+                if row[0] != m.checksum and row[0] in AMENDED.get(m.name, frozenset()):
+                    conn.execute(
+                        "UPDATE gatestream.schema_migrations SET checksum = %s WHERE name = %s", (m.checksum, m.name)
+                    )
+                    log.info("amended migration recorded", migration=m.name)
+                elif row[0] != m.checksum:
+                    raise MigrationError(
+                        f"{m.name} was applied with different content; add a new migration instead of editing it"
+                    )
+                continue
             conn.execute(m.sql.encode())
             conn.execute(
                 "INSERT INTO gatestream.schema_migrations (name, checksum) VALUES (%s, %s)",

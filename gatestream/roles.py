@@ -44,6 +44,38 @@ REPLAY_NEEDS = (
     *INGEST_NEEDS,
     ("gatestream.replay_runs", "SELECT"), ("gatestream.replay_runs", "INSERT"), ("gatestream.replay_runs", "UPDATE"),
 )  # fmt: skip
+# `gatestream import` runs as gatestream_replay (a backfill, as a replay is): the events, and
+# its checkpoints and rejects (sql/055).
+IMPORT_NEEDS: tuple[tuple[str, str], ...] = (
+    *((f"monitoring.{t}", p) for t in EVENT_TABLES for p in ("INSERT", "SELECT")),
+    ("gatestream.import_checkpoints", "SELECT"), ("gatestream.import_checkpoints", "INSERT"),
+    ("gatestream.import_checkpoints", "UPDATE"),
+    ("gatestream.import_rejects", "SELECT"), ("gatestream.import_rejects", "INSERT"),
+    ("gatestream.import_rejects", "UPDATE"),
+)  # fmt: skip
+# `gatestream dlq redrive` runs as gatestream_replay too (it re-processes what was dead-lettered):
+# it reads the dead letters and marks them redriven (sql/055; publishing back to the event
+# topics is its Kafka principal's WRITE).
+REDRIVE_NEEDS: tuple[tuple[str, str], ...] = (
+    ("gatestream.dead_letters", "SELECT"), ("gatestream.dead_letters", "INSERT"),
+    ("gatestream.dead_letters", "UPDATE"),
+)  # fmt: skip
+# The database exporter: the server's statistics (pg_monitor) and the bookkeeping it reports.
+EXPORTER_NEEDS: tuple[tuple[str, str], ...] = (
+    ("pg_monitor", "MEMBER"),
+    ("gatestream.retention_resources", "SELECT"), ("monitoring.retention_policies", "SELECT"),
+)  # fmt: skip
+# The policy consumer: the policies it reconciles, and the owner's routines it changes jobs
+# through (sql/054; on the Community edition also sql/tsl/054's gatestream.policy_*, on the
+# Apache one pg_cron's own grants in its database, sql/apache/055).
+POLICY_NEEDS: tuple[tuple[str, str], ...] = (
+    ("monitoring.retention_policies", "SELECT"), ("gatestream.retention_resources", "SELECT"),
+    ("gatestream.org_retention_progress", "UPDATE"),
+    ("gatestream.consumer_offsets", "SELECT"), ("gatestream.consumer_offsets", "INSERT"),
+    ("gatestream.consumer_offsets", "UPDATE"),
+    ("gatestream.dead_letters", "SELECT"), ("gatestream.dead_letters", "INSERT"),
+    ("gatestream.drop_expired_chunks(regclass, integer)", "EXECUTE"),
+)  # fmt: skip
 
 
 @dataclass
@@ -55,6 +87,8 @@ class PrivilegeMissing(Exception):
     privilege: str
 
     def __str__(self) -> str:
+        if self.privilege == "MEMBER":
+            return f"role {self.role} is not a member of {self.relation} (grant it, or log in as a role that is)"
         return (
             f"role {self.role} has no {self.privilege} privilege on {self.relation} "
             "(log in as a member of the gatestream_* role of this process, or grant it)"
@@ -63,15 +97,24 @@ class PrivilegeMissing(Exception):
 
 def require(conn: psycopg.Connection[Any], needs: tuple[tuple[str, str], ...]) -> None:
     """Raise PrivilegeMissing for the first of ``needs`` the current user lacks (a relation
-    that does not exist counts as missing: the migrations have not run)."""
+    or routine that does not exist counts as missing: the migrations have not run). A need is
+    (relation, privilege); for EXECUTE ("schema.routine(argument types)", "EXECUTE"); for a
+    role's privileges (role, "MEMBER")."""
     rels = [r for r, _ in needs]
     privs = [p for _, p in needs]
-    # CASE, in order: has_table_privilege raises on a schema the user may not use
+    # CASE, in order: has_table_privilege raises on a schema the user may not use. SELECT,
+    # INSERT and UPDATE may be granted on the columns a process uses (has_any_column_privilege
+    # is true for the table's grant too).
     row = conn.execute(
         """SELECT current_user, v.rel, v.priv
              FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS v (rel, priv, n)
-            WHERE CASE WHEN NOT has_schema_privilege(split_part(v.rel, '.', 1), 'USAGE') THEN true
+            WHERE CASE WHEN v.priv = 'MEMBER' THEN to_regrole(v.rel) IS NULL
+                                                OR NOT pg_has_role(current_user, to_regrole(v.rel), 'USAGE')
+                       WHEN NOT has_schema_privilege(split_part(v.rel, '.', 1), 'USAGE') THEN true
+                       WHEN v.priv = 'EXECUTE' THEN to_regprocedure(v.rel) IS NULL
+                                                 OR NOT has_function_privilege(to_regprocedure(v.rel), 'EXECUTE')
                        WHEN to_regclass(v.rel) IS NULL THEN true
+                       WHEN v.priv IN ('SELECT', 'INSERT', 'UPDATE') THEN NOT has_any_column_privilege(v.rel, v.priv)
                        ELSE NOT has_table_privilege(v.rel, v.priv) END
             ORDER BY v.n LIMIT 1""",
         (rels, privs),
@@ -98,7 +141,7 @@ def url_user(url: str) -> str | None:
 
 def create_login(admin: psycopg.Connection[Any], name: str, role: str, password: str | None = None) -> None:
     """A LOGIN user ``name``, member of ``role`` (one of ROLES); idempotent. Without a
-    password it can log in only where the server trusts (the local stack, tests)."""
+    password it can log in only where the server trusts (ops/stack's server trusts nobody on TCP)."""
     if role not in ROLES:
         raise ValueError(f"not a gatestream role: {role!r}; one of {', '.join(ROLES)}")
     exists = admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
@@ -115,9 +158,13 @@ def drop_login(admin: psycopg.Connection[Any], name: str) -> None:
     admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
 
 
-def login_url(url: str, user: str) -> str:
-    """``url`` with another user (and no password)."""
+def login_url(url: str, user: str, password: str | None = None) -> str:
+    """``url`` with another user: its ``password`` when given, else none (``url``'s password and
+    passfile are the other user's; the TLS settings stay)."""
     info = psycopg.conninfo.conninfo_to_dict(url)
     info.pop("password", None)
+    info.pop("passfile", None)
     info["user"] = user
+    if password is not None:
+        info["password"] = password
     return psycopg.conninfo.make_conninfo("", **info)

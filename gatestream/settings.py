@@ -23,7 +23,25 @@ TOPIC_PREFIX_MAX = TOPIC_NAME_MAX - EVENT_TYPE_NAME_MAX  # a topic is <prefix><e
 _TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]*")
 
 
-class CommonSettings(BaseSettings):
+DatabasePooler = Literal["none", "transaction"]
+
+DATABASE_POOLER_HELP = (
+    "What is between gatestream and PostgreSQL: 'none' (a direct connection) or 'transaction' (PgBouncer or "
+    "another pooler in transaction mode: a server connection is shared between clients transaction by "
+    "transaction, so gatestream prepares no statements and sends no startup options; see README 'Through "
+    "PgBouncer'). gatestream/database.py reads it from the environment for every connection it makes."
+)
+
+
+class DatabasePoolerSettings(BaseSettings):
+    """How gatestream/database.py connects (mixed into every process's settings, for --help and validation)."""
+
+    model_config = SettingsConfigDict(env_prefix="GATESTREAM_", extra="ignore")
+
+    database_pooler: DatabasePooler = Field("none", description=DATABASE_POOLER_HELP)
+
+
+class CommonSettings(DatabasePoolerSettings):
     model_config = SettingsConfigDict(env_prefix="GATESTREAM_", extra="ignore")
 
     bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
@@ -341,7 +359,8 @@ class CdcSettings(CommonSettings, CdcTopicSettings):
     cdc_database_url: str | None = Field(
         None,
         description="The database as the Connect worker reaches it (host, port, database name); unset = "
-        "GATESTREAM_DATABASE_URL.",
+        "GATESTREAM_DATABASE_URL. Always the server itself, never a pooler: a replication connection does not "
+        "go through PgBouncer.",
     )
     cdc_heartbeat_ms: int = Field(
         10000,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gatestream.consumers.watermarks import timestamps_at, watermarks
-from gatestream.database import bounded, connect_once
+from gatestream.database import connect_once, limited
 from gatestream.schemas import event_topics
 from gatestream.settings import IngestSettings
 
@@ -43,8 +43,8 @@ class GroupStatus:
 
 def _stored(settings: IngestSettings, group: str) -> tuple[dict[tuple[str, int], int], list[str]]:
     """The group's stored next offsets, and which groups have any."""
-    with connect_once(settings.database_url, statement_timeout_s=QUERY_TIMEOUT_S) as conn:
-        with bounded(conn, QUERY_TIMEOUT_S + 5):
+    with connect_once(settings.database_url) as conn:
+        with limited(conn, QUERY_TIMEOUT_S):
             stored = {
                 (t, p): int(o)
                 for t, p, o in conn.execute(

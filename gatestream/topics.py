@@ -10,14 +10,18 @@ from gatestream.settings import KafkaClientSettings
 
 
 def ensure_topics(settings: KafkaClientSettings, names: list[str], partitions: int, timeout: float = 15.0) -> list[str]:
-    """Create the topics that do not exist yet; return the names created."""
+    """Create the topics that do not exist yet; return the names created.
+
+    Their replication factor (and min.insync.replicas) is the cluster's own
+    (``default.replication.factor``, KIP-464): 1 on the demo's single broker, 3 on a
+    production cluster, where a topic pinned to one replica would lose events with a broker."""
     admin = AdminClient(base_config(settings))
     existing = set(admin.list_topics(timeout=timeout).topics)
     missing = [n for n in names if n not in existing]
     if not missing:
         return []
     futures = admin.create_topics(
-        [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in missing],
+        [NewTopic(n, num_partitions=partitions, replication_factor=-1) for n in missing],
         operation_timeout=timeout,
     )
     created = []

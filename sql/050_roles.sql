@@ -5,9 +5,10 @@
 --   gatestream_ingest   writes the events: INSERT/SELECT on the hypertables, its offsets and
 --                       dead letters, the presence registry; no DDL, no DELETE/UPDATE of events
 --   gatestream_replay   as ingest, plus its run tables (replay_runs; a run's progress rows)
---   gatestream_policy   the policy consumer: TimescaleDB's jobs API (add_retention_policy,
---                       add_job, alter_job ...) wants the caller to own the hypertable and the
---                       job, so it is a member of gatestream_owner (see README: Roles)
+--   gatestream_policy   the policy consumer: TimescaleDB's jobs API and pg_cron through the
+--                       owner's SECURITY DEFINER routines (sql/054, sql/tsl/054, sql/apache/054);
+--                       not a member of gatestream_owner (this file made it one until it was
+--                       amended: 054 revokes that where an earlier form granted it)
 --   gatestream_exporter the database metrics: pg_monitor and the bookkeeping tables it reports
 --   gatestream_reader   dashboards / the product's API: the monitoring hypertables and
 --                       aggregates, one organization at a time, through schema reader (sql/051)
@@ -41,13 +42,12 @@ BEGIN
     END IF;
 END $$;
 
--- Memberships: replay does what ingest does; the policy consumer acts as the owner (jobs API);
--- the exporter reads the server's statistics views.
+-- Memberships: replay does what ingest does; the exporter reads the server's statistics views.
 DO $$
 DECLARE
     m record;
 BEGIN
-    FOR m IN SELECT * FROM (VALUES ('gatestream_ingest', 'gatestream_replay'), ('gatestream_owner', 'gatestream_policy'),
+    FOR m IN SELECT * FROM (VALUES ('gatestream_ingest', 'gatestream_replay'),
                                    ('pg_monitor', 'gatestream_exporter'), ('pg_read_all_stats', 'gatestream_policy'))
                            AS v (grp, member)
     LOOP

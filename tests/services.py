@@ -38,6 +38,9 @@ class Services:
     apache_database_url: str | None = None
     # Kafka Connect's REST API with Debezium's PostgreSQL connector (ops/stack's worker), if any
     connect_url: str | None = None
+    # what a connector's config says for the CDC role's password (ops/stack: a Connect config-provider
+    # reference to its secrets file; the role has that password on the stack's servers)
+    cdc_password_ref: str | None = None
     # How the suite logs in to that broker: gatestream's Kafka security settings (KafkaClientSettings
     # fields), the admin's on a secured stack; all None on a plain broker
     kafka_security: dict[str, str | None] = field(default_factory=lambda: dict.fromkeys(KAFKA_SECURITY))
@@ -190,6 +193,7 @@ def find_services() -> Services | str:
                 schema_registry_url=env.get("GATESTREAM_SCHEMA_REGISTRY_URL") or None,
                 apache_database_url=env.get("GATESTREAM_APACHE_DATABASE_URL") or None,
                 connect_url=env.get("GATESTREAM_CONNECT_URL") or None,
+                cdc_password_ref=env.get("GATESTREAM_CDC_PASSWORD_REF") or None,
                 kafka_security={k: env.get(f"GATESTREAM_{k.upper()}") or None for k in KAFKA_SECURITY},
             )
             _FOUND.append(found)

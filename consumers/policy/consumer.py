@@ -38,6 +38,7 @@ from gatestream.consumers.policy.reconcile import Plan, impact, make_engine, rec
 from gatestream.database import connect, connect_once, sever
 from gatestream.kafka import base_config, group_config
 from gatestream.kafka_access import AUTHORIZATION_FAILURES, is_authorization_error
+from gatestream.roles import POLICY_NEEDS, require
 from gatestream.settings import PolicySettings
 from gatestream.signals import on_stop_signals
 from gatestream.topics import ensure_topics
@@ -74,6 +75,7 @@ class PolicyConsumer:
         self.settings = settings
         self.stop_event = threading.Event()
         self.conn = connect(settings.database_url, stop=self.stop_event)
+        require(self.conn, POLICY_NEEDS)  # a role without a grant: one line and exit 2, now
         self.engine = make_engine(self.conn, settings)
         self.engine.prepare()
         self.known = {r[0] for r in self.conn.execute("SELECT resource_type FROM gatestream.retention_resources")}

@@ -171,36 +171,32 @@ class TimescaleJobs:
         return have.schedule == f"{want.schedule_s}s" and mine == have.params
 
     def add(self, want: DesiredJob) -> None:
+        """Through the owner's wrappers (sql/tsl/054): the policy consumer does not own the
+        hypertables, and every job it makes is the owner's."""
         every = sql.SQL("make_interval(secs => {})").format(sql.Literal(want.schedule_s))
         t = _regclass(want.target)
         p = want.params
         if want.kind in (JobKind.RETENTION, JobKind.CAGG_RETENTION):
-            q = sql.SQL(
-                "SELECT add_retention_policy({}, drop_after => make_interval(days => {}), schedule_interval => {})"
-            ).format(t, sql.Literal(p["drop_after_days"]), every)
+            q = sql.SQL("SELECT gatestream.policy_add_retention({}, make_interval(days => {}), {})").format(
+                t, sql.Literal(p["drop_after_days"]), every
+            )
         elif want.kind == JobKind.ROW_RETENTION:
-            q = sql.SQL("SELECT add_job('gatestream.delete_expired_rows_job', {}, config => {}::jsonb)").format(
+            q = sql.SQL("SELECT gatestream.policy_add_job('gatestream.delete_expired_rows_job', {}, {}::jsonb)").format(
                 every, sql.Literal(json.dumps(self._row_config(want)))
             )
         elif want.kind == JobKind.PRESENCE_SWEEP:
-            q = sql.SQL("SELECT add_job('gatestream.presence_sweep_job', {}, config => {}::jsonb)").format(
+            q = sql.SQL("SELECT gatestream.policy_add_job('gatestream.presence_sweep_job', {}, {}::jsonb)").format(
                 every, sql.Literal(json.dumps(want.params))
             )
         elif want.kind == JobKind.COMPRESSION:
-            # 2.18 renamed compression to columnstore (the old names remain as aliases): the
-            # current names where the installed version has them
-            columnstore = self._set_columnstore(want)
-            policy = (
-                "CALL add_columnstore_policy({}, after => make_interval(days => {}), schedule_interval => {})"
-                if columnstore
-                else "SELECT add_compression_policy({}, compress_after => make_interval(days => {}), "
-                "schedule_interval => {})"
+            self._set_columnstore(want)  # add_columnstore_policy (2.18+) or add_compression_policy: the wrapper picks
+            q = sql.SQL("SELECT gatestream.policy_add_columnstore({}, make_interval(days => {}), {})").format(
+                t, sql.Literal(p["compress_after_days"]), every
             )
-            q = sql.SQL(policy).format(t, sql.Literal(p["compress_after_days"]), every)
         elif want.kind == JobKind.CAGG_REFRESH:
             q = sql.SQL(
-                "SELECT add_continuous_aggregate_policy({}, start_offset => make_interval(days => {}), "
-                "end_offset => make_interval(hours => {}), schedule_interval => {})"
+                "SELECT gatestream.policy_add_cagg_refresh({}, make_interval(days => {}), "
+                "make_interval(hours => {}), {})"
             ).format(t, sql.Literal(p["start_offset_days"]), sql.Literal(p["end_offset_hours"]), every)
         else:
             raise ValueError(f"unknown job kind {want.kind}")
@@ -210,7 +206,12 @@ class TimescaleJobs:
         """Apply the job's columnstore settings to its hypertable (chunks compressed before keep
         theirs until recompressed); whether the server has the columnstore names (2.18+)."""
         p = want.params
-        return columnstore.apply(self.conn, want.target, p["segmentby"], p["orderby"], p["sparse_index"])
+        sparse = p["sparse_index"] if columnstore.has_sparse_index_setting(self.conn) else None
+        row = self.conn.execute(
+            "SELECT gatestream.policy_set_columnstore(%s::regclass, %s, %s, %s)",
+            (want.target, p["segmentby"], p["orderby"], sparse),
+        ).fetchone()
+        return bool(row and row[0])
 
     @staticmethod
     def _row_config(want: DesiredJob) -> dict[str, Any]:
@@ -238,15 +239,17 @@ class TimescaleJobs:
             )
         self.conn.execute(
             sql.SQL(
-                "SELECT alter_job({}, schedule_interval => make_interval(secs => {}), "
-                "config => (SELECT {} FROM timescaledb_information.jobs WHERE job_id = {}))"
+                "SELECT gatestream.policy_alter_job({}, make_interval(secs => {}), "
+                "(SELECT {} FROM timescaledb_information.jobs WHERE job_id = {}))"
             ).format(sql.Literal(have.job_id), sql.Literal(want.schedule_s), config, sql.Literal(have.job_id))
         )
 
     def delete(self, have: ActualJob) -> None:
-        self.conn.execute("SELECT delete_job(%s)", (have.job_id,))
+        self.conn.execute("SELECT gatestream.policy_delete_job(%s)", (have.job_id,))
 
     def run_now(self, have: ActualJob) -> None:
+        """The job's owner's (the admin's: ``gatestream policy run-jobs``): a job may commit,
+        which no wrapper can do for the policy consumer."""
         self.conn.execute("CALL run_job(%s)", (have.job_id,))
 
 

@@ -13,7 +13,6 @@ from typing import Any
 
 import psycopg
 import structlog
-from psycopg import sql
 
 from gatestream.consumers.policy.engines import ActualJob, CronJobs, Engine, TimescaleJobs
 from gatestream.consumers.policy.model import DesiredJob, DesiredState, ResourcePolicy, desired_state
@@ -99,27 +98,17 @@ def impact(conn: psycopg.Connection[Any], policies: dict[str, ResourcePolicy]) -
     """What the jobs would delete if they ran now: rows per organization and chunks, per hypertable."""
     out: list[dict[str, Any]] = []
     for rt, pol in sorted(policies.items()):
-        table = sql.Identifier(*pol.resource.hypertable.split("."))
-        tcol = sql.Identifier(pol.resource.time_column)
-        chunks = conn.execute(
-            "SELECT count(*) FROM show_chunks(%s::regclass, older_than => now() - make_interval(days => %s))",
-            (pol.resource.hypertable, pol.max_days),
+        # counted by the owner (sql/054): the policy role reads no event row
+        row = conn.execute(
+            "SELECT gatestream.retention_impact(%s::regclass, %s, %s)",
+            (pol.resource.hypertable, pol.default_days, pol.max_days),
         ).fetchone()
-        rows = conn.execute(
-            sql.SQL(
-                """SELECT t.organization_id, count(*)
-                     FROM {} t
-                     LEFT JOIN monitoring.retention_policies p
-                            ON p.resource_type = %s AND p.organization_id = t.organization_id
-                    WHERE t.{} < now() - make_interval(days => coalesce(p.retention_days, %s))
-                    GROUP BY 1 ORDER BY 1"""
-            ).format(table, tcol),
-            (rt, pol.default_days),
-        ).fetchall()
+        found: dict[str, Any] = row[0] if row and row[0] else {}
+        rows = sorted((int(org), int(n)) for org, n in (found.get("rows_to_delete") or {}).items())
         out.append({
             "resource_type": rt, "hypertable": pol.resource.hypertable, "max_days": pol.max_days,
-            "default_days": pol.default_days, "chunks_to_drop": int(chunks[0]) if chunks else 0,
-            "rows_to_delete": {int(org): int(n) for org, n in rows},
+            "default_days": pol.default_days, "chunks_to_drop": int(found.get("chunks_to_drop") or 0),
+            "rows_to_delete": dict(rows),
         })  # fmt: skip
     return out
 

@@ -28,6 +28,7 @@ class DashboardQuery:
     sql: str
     window: timedelta | None = None  # the [start, end) range the query reads, ending at the newest data
     params: tuple[str, ...] = ("org",)
+    reader_sql: str | None = None  # gatestream_reader's own form, where its views need one (else sql on reader.*)
 
 
 PAGE_USERS = 100
@@ -99,6 +100,11 @@ SELECT g.id, g.name, s."timestamp", s.cpu_usage, s.disk_usage, s.memory_usage, s
          LIMIT 1) s ON true
  WHERE g.organization_id = %(org)s
  ORDER BY g.name""",
+        reader_sql="""
+SELECT id, name, "timestamp", cpu_usage, disk_usage, memory_usage, queue_depth, connected_agents
+  FROM reader.gateways_latest
+ WHERE organization_id = %(org)s
+ ORDER BY name""",
     ),
     DashboardQuery(
         "daily_90d", "one organization's daily totals (the daily aggregate), 90 days",
@@ -117,5 +123,6 @@ BY_NAME = {q.name: q for q in QUERIES}
 
 def as_reader(q: DashboardQuery) -> DashboardQuery:
     """``q`` as gatestream_reader runs it: through its views (sql/051, schema reader: the same
-    names, limited to the organization of the session's gatestream.organization_id)."""
-    return DashboardQuery(q.name, q.title, q.sql.replace("monitoring.", "reader."), q.window, q.params)
+    names, limited to the organization of the transaction's gatestream.organization_id), or
+    its own form where the views need one (gateways_latest: reader.gateways_latest, sql/056)."""
+    return DashboardQuery(q.name, q.title, q.reader_sql or q.sql.replace("monitoring.", "reader."), q.window, q.params)

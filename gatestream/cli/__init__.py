@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from gatestream import logs
 from gatestream.cli import bench, cdc, db, dlq, fleet, ingest, kafka, legacy_import, policy, produce, replay
 from gatestream.cli.args import UsageError
-from gatestream.database import DatabaseSettingError, DatabaseUnavailable
+from gatestream.database import DatabaseSettingError, DatabaseUnavailable, where
 from gatestream.kafka_access import KafkaRefused
 from gatestream.roles import PrivilegeMissing, refusal, url_user
 from gatestream.settings import CommonSettings
@@ -90,10 +90,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"gatestream {args.command}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     except PrivilegeMissing as exc:  # a role without a grant: waiting cannot fix it
-        print(f"gatestream {args.command}: {exc}", file=sys.stderr)
+        print(f"gatestream {args.command}: {exc} [database {where(common.database_url)}]", file=sys.stderr)
         raise SystemExit(2) from None
     except psycopg.errors.InsufficientPrivilege as exc:  # the same, met past the start's check
-        print(f"gatestream {args.command}: {refusal(exc, url_user(common.database_url))}", file=sys.stderr)
+        line = refusal(exc, url_user(common.database_url))
+        print(f"gatestream {args.command}: {line} [database {where(common.database_url)}]", file=sys.stderr)
         raise SystemExit(2) from None
     except DatabaseUnavailable as exc:  # a command does not wait: one line, not a traceback
         print(f"gatestream {args.command}: {exc}", file=sys.stderr)

@@ -46,7 +46,9 @@ def cmd_db_exporter(args: argparse.Namespace) -> int:
 
     from prometheus_client import REGISTRY
 
+    from gatestream.database import connect
     from gatestream.dbmetrics import DatabaseCollector
+    from gatestream.roles import EXPORTER_NEEDS, require
     from gatestream.signals import on_stop_signals
 
     settings = CommonSettings()
@@ -63,8 +65,13 @@ def cmd_db_exporter(args: argparse.Namespace) -> int:
     server = serve(args.port, ready)
     stop = threading.Event()
     on_stop_signals(stop.set)
-    stop.wait()
-    server.stop()
+    try:
+        # its privileges, once the database answers (readiness says it is unreachable meanwhile)
+        with connect(settings.database_url, stop=stop) as conn:
+            require(conn, EXPORTER_NEEDS)  # a role without a grant: one line and exit 2
+        stop.wait()
+    finally:
+        server.stop()
     return 0
 
 
@@ -74,12 +81,29 @@ def _positive(value: str) -> int:
     return int(value)
 
 
+def _direct_only(command: str, settings: CommonSettings) -> bool:
+    """pg_dump and pg_restore set session state (search_path, a snapshot shared by their processes): not
+    through a pooler in transaction mode. True (after one line saying so) when the settings say there is one."""
+    if settings.database_pooler != "transaction":
+        return False
+    print(
+        f"gatestream db {command}: pg_dump and pg_restore need a session of their own, which a pooler in transaction "
+        "mode does not keep: run it on a direct connection to the server (GATESTREAM_DATABASE_POOLER=none and the "
+        "server's own URL in GATESTREAM_DATABASE_URL)",
+        file=sys.stderr,
+    )
+    return True
+
+
 def cmd_backup(args: argparse.Namespace) -> int:
     from gatestream.backup import BackupError, backup, describe
     from gatestream.pg_tools import ToolError
 
+    settings = CommonSettings()
+    if _direct_only("backup", settings):
+        return 2
     try:
-        r = backup(CommonSettings().database_url, args.folder, jobs=args.jobs, bindir=args.pg_bindir)
+        r = backup(settings.database_url, args.folder, jobs=args.jobs, bindir=args.pg_bindir)
     except (BackupError, ToolError) as exc:
         print(f"gatestream db backup: {exc}", file=sys.stderr)
         return 1
@@ -95,7 +119,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from gatestream.pg_tools import ToolError
     from gatestream.restore import RestoreRefused, restore
 
-    url = CommonSettings().database_url
+    settings = CommonSettings()
+    if _direct_only("restore", settings):
+        return 2
+    url = settings.database_url
     try:
         r = restore(url, args.folder, jobs=args.jobs, drop_existing=args.drop_existing,
                     maintenance_db=args.maintenance_db, bindir=args.pg_bindir)  # fmt: skip
@@ -159,7 +186,11 @@ def add_parsers(sub: Any) -> None:
     rs.set_defaults(fn=cmd_restore)
 
     tp = sub.add_parser("topics", help="Kafka topic tasks").add_subparsers(dest="topics_command", required=True)
-    te = tp.add_parser("ensure", help="create the event topics, the dead-letter topic and the policy topic if missing")
+    te = tp.add_parser(
+        "ensure",
+        help="create the event topics, the dead-letter topic and the policy topic if missing (as many replicas as "
+        "the cluster's default.replication.factor)",
+    )
     te.add_argument("--partitions", type=int, help="partitions per new topic (default 6)")
     te.set_defaults(fn=cmd_topics)
 

@@ -79,13 +79,15 @@ def cmd_redrive(args: argparse.Namespace) -> int:
     from gatestream.consumers.deadletter import redriven
     from gatestream.consumers.dlq import plan, redrive
     from gatestream.database import connect
+    from gatestream.roles import REDRIVE_NEEDS, require
 
     if not (args.reason or args.source_topic or args.all):
         print("gatestream dlq redrive: error: choose records: --reason, --source-topic, or --all", file=sys.stderr)
         return 2
     settings = IngestSettings()
-    chosen = _chosen(args, settings)
     with connect(settings.database_url) as conn:
+        require(conn, REDRIVE_NEEDS)  # runs as gatestream_replay: one line and exit 2 without a grant, first
+        chosen = _chosen(args, settings)
         if args.dry_run:
             done = {} if args.again else redriven(conn, {d.source[0] for d in chosen})
             work = plan(settings, chosen, done, args.again)

@@ -72,7 +72,14 @@ def _connect(settings: ImportSettings) -> tuple[Any, Any, str]:
     """(source, target, source identity); the source session read-only."""
     from gatestream.database import DatabaseSettingError, DatabaseUnavailable, connect_once, where
     from gatestream.legacy.plan import utc_session
+    from gatestream.roles import IMPORT_NEEDS, require
 
+    if settings.database_pooler == "transaction":
+        raise UsageError(
+            "gatestream import holds a session advisory lock and session settings on the target for its whole run, "
+            "which a pooler in transaction mode does not keep: run it on a direct connection to the server "
+            "(GATESTREAM_DATABASE_POOLER=none and the server's own URL in GATESTREAM_DATABASE_URL)"
+        )
     if not settings.import_source_url:
         raise UsageError("no legacy database: give --source-url or set GATESTREAM_IMPORT_SOURCE_URL")
     try:
@@ -81,6 +88,7 @@ def _connect(settings: ImportSettings) -> tuple[Any, Any, str]:
         raise UsageError(f"legacy database: {exc}") from None
     source.execute("SET default_transaction_read_only = on")
     target = connect_once(settings.database_url)
+    require(target, IMPORT_NEEDS)  # runs as gatestream_replay: one line and exit 2 without a grant
     for conn in (source, target):
         utc_session(conn)
     return source, target, settings.import_source_name or where(settings.import_source_url)

@@ -14,6 +14,7 @@ import psycopg
 from gatestream.consumers.policy.engines import EngineUnavailable
 from gatestream.consumers.policy.model import JobKind, PolicyError
 from gatestream.database import connect_once
+from gatestream.roles import POLICY_NEEDS, require
 from gatestream.settings import PolicySettings
 
 
@@ -110,6 +111,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
     settings = PolicySettings()
     with connect_once(settings.database_url) as conn:
+        require(conn, POLICY_NEEDS)
         plan = reconcile(conn, settings, _engine(conn, settings))
     print_plan(plan)
     print("applied" if plan.changes else "nothing to change")

@@ -22,9 +22,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print_plan,
         replay,
     )
+    from gatestream.database import connect
     from gatestream.kafka_access import KafkaNeeds
     from gatestream.kafka_access import require as kafka_require
     from gatestream.progress import Progress
+    from gatestream.roles import REPLAY_NEEDS, require
 
     settings = IngestSettings(**overrides(args, ["metrics_port"]))
     server = serve(settings.metrics_port)
@@ -46,6 +48,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         "skew": args.skew,
     }  # fmt: skip
     try:
+        with connect(settings.database_url) as conn:  # waits for the database, as the run's own connections do
+            require(conn, REPLAY_NEEDS)  # a role without a grant: one line and exit 2, before anything
         if args.start is not None:
             sel["since"] = parse_time(args.start)
         if args.end is not None:

@@ -60,6 +60,7 @@ def cdc_settings(env: Env, connect_url: str, database_url: str) -> CdcSettings:
         cdc_slot=f"gs_{tag}_{uuid.uuid4().hex[:6]}",
         cdc_topic_prefix=f"{env.prefix}cdc",
         cdc_heartbeat_ms=2000,
+        cdc_password_ref=env.services.cdc_password_ref,  # the stack's server asks the role for its password
     )
 
 

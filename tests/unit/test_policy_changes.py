@@ -101,3 +101,10 @@ def test_the_connector_reads_one_table_as_its_own_role_and_keeps_the_password_ou
     assert connector_config(other)["database.hostname"] == "timescaledb"
     with pytest.raises(ValidationError):
         CdcSettings(cdc_slot="Bad-Slot")
+    # behind a transaction pooler the worker needs the server's own address (replication does not pass a pooler)
+    from gatestream.cdc import ConnectError
+
+    with pytest.raises(ConnectError, match="GATESTREAM_CDC_DATABASE_URL"):
+        connector_config(CdcSettings(database_pooler="transaction"))
+    pooled = CdcSettings(database_pooler="transaction", cdc_database_url="postgresql://db:5432/gatestream")
+    assert connector_config(pooled)["database.port"] == "5432"

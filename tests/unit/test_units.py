@@ -393,12 +393,15 @@ def test_edition_specific_migrations_go_through_the_same_runner() -> None:
         "tsl/011_dashboard_aggregates.sql",
         "tsl/021_dashboard_rollups.sql",
         "tsl/050_reader_aggregates.sql",
+        "tsl/054_policy_jobs.sql",
     ]
     assert apache[len(common) :] == [
         "apache/011_dashboard_aggregates.sql",
         "apache/020_dashboard_aggregate_indexes.sql",
         "apache/021_dashboard_rollups.sql",
         "apache/050_reader_aggregates.sql",
+        "apache/054_policy_cron.sql",
+        "apache/055_policy_cron_grants.sql",
     ]
 
 
@@ -417,3 +420,28 @@ def test_plausibility_refuses_absurd_times_and_ids_and_lets_the_rest_through() -
         for v in (0, -1, -(2**31)):
             problem = p.problem("datetime", {**ok, field: v}, now)
             assert problem is not None and problem[0] == "invalid-identifier" and field in problem[1]
+
+
+def test_commands_that_need_a_session_refuse_a_transaction_pooler_in_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """pg_dump/pg_restore (db backup, db restore) and the legacy import keep session state: with
+    GATESTREAM_DATABASE_POOLER=transaction each ends at once with exit 2 and one line naming the way out
+    (a direct connection), before connecting to anything (the URL here leads nowhere)."""
+    from gatestream import logs
+    from gatestream.cli import main
+
+    monkeypatch.setattr(logs, "configure", lambda *a, **kw: None)
+    monkeypatch.setenv("GATESTREAM_DATABASE_POOLER", "transaction")
+    monkeypatch.setenv("GATESTREAM_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/nothing")
+    for argv in (
+        ["db", "backup", str(tmp_path / "b")],
+        ["db", "restore", str(tmp_path / "b")],
+        ["import", "--source-url", "postgresql://nobody@127.0.0.1:1/legacy", "--source-table", "t",
+         "--target", "active_windows"],
+    ):  # fmt: skip
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert "direct connection" in err and "GATESTREAM_DATABASE_POOLER=none" in err and "\n" not in err, err
