@@ -8,12 +8,16 @@ WORKDIR /src
 COPY . .
 RUN pip wheel --no-cache-dir --no-deps -w /dist .
 
-FROM python:3.11-slim
-RUN useradd --create-home --uid 10001 gatestream
-# openssl and the local CA's script: docker-compose.yml's one-shot `certs` (ops/compose/certs)
+# docker-compose.yml's one-shot `certs` (build target certs): openssl and the local CA's
+# scripts, an image of its own so the gatestream image stays the wheel alone
+FROM debian:bookworm-slim AS certs
 RUN apt-get update && apt-get install -y --no-install-recommends openssl && rm -rf /var/lib/apt/lists/*
 COPY ops/tls/certs /usr/local/bin/gatestream-certs
 COPY ops/compose/certs /usr/local/bin/gatestream-compose-certs
+ENTRYPOINT ["gatestream-compose-certs", "/tls"]
+
+FROM python:3.11-slim
+RUN useradd --create-home --uid 10001 gatestream
 COPY --from=wheel /dist/ /tmp/dist/
 RUN pip install --no-cache-dir /tmp/dist/gatestream-*.whl && rm -rf /tmp/dist
 USER gatestream
