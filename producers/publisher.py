@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from confluent_kafka.schema_registry import topic_subject_name_strategy
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
@@ -133,6 +133,10 @@ class Publisher:
             self.delivered += 1
             self._backoff_s = 0.5
             return
+        self._failure(err, seq)
+
+    def _failure(self, err: KafkaError, seq: int) -> None:
+        """A send failed (reported late, or refused at once): the events stay spooled, resent after a back-off."""
         self.delivery_errors += 1
         if is_authorization_error(err):  # an ACL missing: an outage; the events stay spooled
             AUTHORIZATION_FAILURES.labels("produce").inc()
@@ -175,6 +179,12 @@ class Publisher:
                     )
                 except BufferError:
                     self._producer.poll(0.05)
+                    return
+                except KafkaException as exc:
+                    # librdkafka refuses at once what it already knows fails (a topic this user
+                    # may not write, once its metadata says so): an outage like a failed
+                    # delivery, never an exception out of the caller's publish
+                    self._failure(exc.args[0], ev.seq)
                     return
                 self._in_flight += 1
                 self._sent_upto = ev.seq

@@ -168,6 +168,7 @@ def test_the_other_principals_and_an_acl_missing_at_run_time(
 
 
 @pytest.mark.slow  # three broker starts: plain, with the one-off setup listener, secured
+@pytest.mark.xdist_group("kafka-upgrade")  # brokers of its own: it need not wait for the secure-broker group
 def test_a_broker_formatted_plain_is_secured_in_place_with_its_topics(tmp_path: Path) -> None:
     """The stack's broker of before (formatted without SCRAM users) started --secure: the users
     are added through a one-off loopback listener that is gone afterwards; its topics and their

@@ -242,7 +242,12 @@ def test_the_policy_role_reconciles_jobs_without_the_owners_powers(
     )]  # fmt: skip
     if edition is Edition.APACHE:  # pg_cron: another user's job is not found
         refused.append(
-            (roles.login_url(cron_url, roles.url_user(url) or ""), f"SELECT cron.unschedule({int(foreign[0])})")
+            (
+                roles.login_url(
+                    cron_url, roles.url_user(url) or "", psycopg.conninfo.conninfo_to_dict(url).get("password")
+                ),
+                f"SELECT cron.unschedule({int(foreign[0])})",
+            )
         )
     else:
         refused += [(url, s) for s in (
@@ -273,7 +278,7 @@ def _policy_consumer_as_its_role(env: Env, url: str, admin_url: str) -> None:
     try:
         assert wait_for(lambda: pc.runs >= 1, 30), "no startup reconcile"
         runs = pc.runs
-        p = Producer({"bootstrap.servers": env.services.bootstrap_servers})
+        p = Producer(env.services.kafka_conf())  # the suite's (admin's) user on a secured stack
         p.produce(settings.policy_topic, value=b'{"resource_type": "nope", "op": "set"}')
         assert p.flush(10) == 0
         assert wait_for(lambda: pc.runs > runs, 40), "the change event was not handled"
