@@ -72,6 +72,10 @@ def connector_config(settings: CdcSettings) -> dict[str, str]:
         # while the table is quiet and other tables write, heartbeats confirm the stream's
         # position: the slot moves on instead of pinning the server's WAL
         "heartbeat.interval.ms": str(settings.cdc_heartbeat_ms),
+        # ... and only if the driver may confirm the server's keepalive position while nothing of
+        # ours is pending: Debezium 3.6's default ('connector') confirms only on its own events, so
+        # a quiet table pinned every byte of WAL until the slot was lost at max_slot_wal_keep_size
+        "lsn.flush.mode": "connector_and_driver",
         # the broker creates no topic on first use: the worker creates the connector's
         "topic.creation.default.replication.factor": "1",
         "topic.creation.default.partitions": "1",

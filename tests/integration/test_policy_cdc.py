@@ -178,6 +178,23 @@ def test_plain_sql_changes_the_jobs_and_nothing_is_lost_while_the_connector_is_s
                 assert [dict(m.headers())["gatestream.reason"] for m in dead] == [b"invalid-change-event"]
                 assert b"not of monitoring.retention_policies" in dict(dead[0].headers())["gatestream.error"]
                 assert make_plan(conn, settings, make_engine(conn, settings)).changes == []
+
+                # the table quiet, other tables writing: the slot moves on (lsn.flush.mode
+                # connector_and_driver). With Debezium 3.6's default it stayed where the last change
+                # of the table was and pinned all WAL until the server lost it past max_slot_wal_keep_size
+                conn.execute("CREATE TABLE wal_filler (x text)")
+                conn.execute("INSERT INTO wal_filler SELECT repeat('x', 1000) FROM generate_series(1, 5000)")
+                written = conn.execute("SELECT pg_current_wal_lsn()").fetchone()
+                assert written is not None
+
+                def confirmed_past_it() -> bool:
+                    row = conn.execute(
+                        "SELECT confirmed_flush_lsn >= %s FROM pg_replication_slots WHERE slot_name = %s",
+                        (written[0], cs.cdc_slot),
+                    ).fetchone()
+                    return bool(row and row[0])
+
+                assert wait_for(confirmed_past_it, 60), "the slot pins the WAL of tables it does not capture"
         finally:
             pc.request_stop()
             t.join(20)

@@ -244,7 +244,7 @@ def test_the_policy_role_reconciles_jobs_without_the_owners_powers(
         refused.append(
             (
                 roles.login_url(
-                    cron_url, roles.url_user(url) or "", psycopg.conninfo.conninfo_to_dict(url).get("password")
+                    cron_url, roles.url_user(url) or "", str(psycopg.conninfo.conninfo_to_dict(url)["password"])
                 ),
                 f"SELECT cron.unschedule({int(foreign[0])})",
             )
