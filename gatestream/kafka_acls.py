@@ -9,9 +9,9 @@ the dead-letter, policy and CDC topics, which only some principals may touch.
 | principal | may |
 |---|---|
 | gateway | WRITE + DESCRIBE the event topics; IDEMPOTENT_WRITE on the cluster |
-| ingest | READ the event topics and its group; WRITE the dead-letter topic |
-| replay | READ the event topics; its groups (prefix gatestream-replay-); WRITE the dead-letter topic |
-| policy | READ the policy topic, the CDC topic and its group; WRITE the dead-letter topic |
+| ingest | READ the event topics and its group; WRITE the dead-letter topic; DESCRIBE_CONFIGS on the cluster |
+| replay | READ the event topics; its groups (prefix gatestream-replay-); WRITE the dead-letter topic; DESCRIBE_CONFIGS |
+| policy | READ the policy topic, the CDC topic and its group; WRITE the dead-letter topic; DESCRIBE_CONFIGS |
 | exporter | DESCRIBE the topics and the ingest and policy groups (lag), nothing else |
 | connect | Kafka Connect's worker: its topics and group (gatestream-connect), Debezium's topics
   (CREATE, WRITE), IDEMPOTENT_WRITE |
@@ -110,6 +110,12 @@ def plan(settings: AclSettings) -> list[Acl]:
     allow("policy", "TOPIC", [settings.policy_topic, settings.cdc_topic], "READ")
     allow("policy", "GROUP", [settings.policy_group_id], "READ")
     allow("policy", "TOPIC", [dlq], "WRITE")
+    # the group members read the broker's configuration once at start, to choose the group
+    # protocol (GATESTREAM_GROUP_PROTOCOL=auto: KIP-848 where the broker offers it); refused,
+    # they fall back to the classic protocol. Broker configs hold no secret (those are masked).
+    allow("ingest", "CLUSTER", [CLUSTER], "DESCRIBE_CONFIGS")
+    allow("replay", "CLUSTER", [CLUSTER], "DESCRIBE_CONFIGS")
+    allow("policy", "CLUSTER", [CLUSTER], "DESCRIBE_CONFIGS")
     allow("exporter", "TOPIC", [*events, dlq, settings.policy_topic], "DESCRIBE")
     allow("exporter", "GROUP", [settings.group_id, settings.policy_group_id], "DESCRIBE")
     # Kafka Connect's worker: its own topics (created compacted, so it reads their configs)...
