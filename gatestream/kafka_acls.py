@@ -10,7 +10,7 @@ the dead-letter, policy and CDC topics, which only some principals may touch.
 |---|---|
 | gateway | WRITE + DESCRIBE the event topics; IDEMPOTENT_WRITE on the cluster |
 | ingest | READ the event topics and its group; WRITE the dead-letter topic; DESCRIBE_CONFIGS on the cluster |
-| replay | READ the event topics; its groups (prefix gatestream-replay-); WRITE the dead-letter topic; DESCRIBE_CONFIGS |
+| replay | READ the event topics; its groups (gatestream-replay-*); WRITE the dead-letter topic; DESCRIBE_CONFIGS |
 | policy | READ the policy topic, the CDC topic and its group; WRITE the dead-letter topic; DESCRIBE_CONFIGS |
 | exporter | DESCRIBE the topics and the ingest and policy groups (lag), nothing else |
 | connect | Kafka Connect's worker: its topics and group (gatestream-connect), Debezium's topics
