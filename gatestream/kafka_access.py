@@ -29,6 +29,7 @@ from confluent_kafka.admin import AclOperation, AdminClient  # type: ignore[attr
 from prometheus_client import Counter
 
 from gatestream.kafka import base_config
+from gatestream.kafka_log import ClientLog
 from gatestream.settings import KafkaClientSettings
 
 log = structlog.get_logger("gatestream.kafka")
@@ -79,16 +80,20 @@ class KafkaNeeds:
 
 
 class _Collected:
-    """librdkafka's log lines and error callbacks of the probe's client (never its config)."""
+    """librdkafka's log lines and error callbacks of the probe's client (never its config),
+    kept to read the refusal from and passed on to the log like any client's (``ClientLog``):
+    while the broker is away the probe waits up to its timeout, and says why meanwhile."""
 
     def __init__(self) -> None:
         self.lines: list[str] = []
         self.errors: list[KafkaError] = []
         self._lock = threading.Lock()
+        self._out = ClientLog()
 
     def log(self, level: int, fmt: str, *args: Any) -> None:
         with self._lock:
             self.lines.append(fmt % args if args else fmt)
+        self._out.log(level, fmt, *args)
 
     def error(self, err: KafkaError) -> None:
         with self._lock:
