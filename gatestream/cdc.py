@@ -77,7 +77,7 @@ def connector_config(settings: CdcSettings) -> dict[str, str]:
         # a quiet table pinned every byte of WAL until the slot was lost at max_slot_wal_keep_size
         "lsn.flush.mode": "connector_and_driver",
         # the broker creates no topic on first use: the worker creates the connector's
-        "topic.creation.default.replication.factor": "1",
+        "topic.creation.default.replication.factor": "-1",  # the broker's default: 1 on the stack, 3 on a cluster
         "topic.creation.default.partitions": "1",
         # the task hands its queue to Connect every 100 ms (default 500): a change's latency
         "poll.interval.ms": "100",
