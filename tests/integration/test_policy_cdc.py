@@ -154,6 +154,9 @@ def test_plain_sql_changes_the_jobs_and_nothing_is_lost_while_the_connector_is_s
                 # arrives once it is back; the periodic reconcile (an hour here) plays no part
                 cdc.stop(cs)
                 assert wait_for(lambda: cdc.states(cdc.status(cs))[:1] == ["STOPPED"], 20)
+                # STOPPED is the connector's state; its task lets go of the slot a moment later
+                # (under load, seconds): only then is Connect away from the slot
+                assert wait_for(lambda: slot_metrics(env.database_url, cs.cdc_slot)[ACTIVE] == 0, 30)
                 conn.execute(sql + "VALUES (6, 'active_windows', 700)")
                 time.sleep(1.5)
                 assert drop_after(settings, conn) == 365, "changed without the connector: the test proves nothing"
