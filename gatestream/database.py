@@ -118,14 +118,14 @@ def pooler() -> DatabasePooler:
     return DatabasePoolerSettings().database_pooler
 
 
-def _params(url: str, kwargs: dict[str, Any], mode: DatabasePooler | None = None) -> dict[str, Any]:
+def _params(url: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Connection keywords: ours as defaults under what the URL and the caller say."""
     try:
         in_url = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.Error:
         in_url = {}
     ours: dict[str, Any] = {"connect_timeout": CONNECT_TIMEOUT_S, **KEEPALIVES}
-    if (mode or pooler()) == "transaction":
+    if pooler() == "transaction":
         if "options" in in_url or "options" in kwargs:
             raise DatabaseSettingError(
                 f"the database URL for {where(url)} sets startup options, which a pooler in transaction mode "

@@ -268,16 +268,20 @@ def test_a_command_gets_one_line_when_the_server_never_answers() -> None:
         assert "timeout" in str(outcome[0]) and "\n" not in str(outcome[0])
 
 
-def test_a_transaction_pooler_gets_no_prepared_statements_and_no_startup_options() -> None:
+def test_a_transaction_pooler_gets_no_prepared_statements_and_no_startup_options(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """GATESTREAM_DATABASE_POOLER=transaction: psycopg prepares nothing (a prepared statement lives in one
     server session, which the next transaction may not get), and a URL with startup options (which PgBouncer
     refuses) is a setting error in one line; without a pooler, psycopg's defaults stay."""
     from gatestream.database import DatabaseSettingError, _params
 
     url = "postgresql://u@127.0.0.1:6432/gatestream"
-    pooled = _params(url, {}, "transaction")
+    monkeypatch.setenv("GATESTREAM_DATABASE_POOLER", "transaction")
+    pooled = _params(url, {})
     assert pooled["prepare_threshold"] is None and "options" not in pooled
-    assert "prepare_threshold" not in _params(url, {}, "none")
     with pytest.raises(DatabaseSettingError, match=r"ALTER ROLE") as err:
-        _params(url + "?options=-c%20work_mem%3D64MB", {}, "transaction")
+        _params(url + "?options=-c%20work_mem%3D64MB", {})
+    monkeypatch.setenv("GATESTREAM_DATABASE_POOLER", "none")
+    assert "prepare_threshold" not in _params(url, {})
     assert "\n" not in str(err.value)
