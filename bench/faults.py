@@ -65,6 +65,7 @@ SHORT = ["consumer-kill-9", "fault-hooks", "connection-killed", "postgres-crash"
 # postgres-failover: events must still flow when the primary dies, after the members' start.
 # leader-kill-9: events must still flow through its kills (each waits for the node's restart).
 PACED = {"fault-hooks": 12.0, "postgres-failover": 12.0, "postgres-failover-idle": 12.0, "leader-kill-9": 40.0}
+WARM_UP_EVENTS = 60  # a paced scenario's first events, before its stream (see run_scenario)
 MEMBERS = {"leader-kill-9": 2}  # ingest processes (default 3)
 # they stop the server: one of their own
 OWN_POSTGRES = {"postgres-crash", "database-away", "postgres-failover", "postgres-failover-idle"}
@@ -207,7 +208,6 @@ def run_scenario(name: str, settings: IngestSettings, *, events: int, rate: int,
             run.start_consumer()
         paced = PACED.get(name)
         producer_rate = rate if paced is None else min(rate, max(1, int(events / paced)))
-        run.start_producer(count=events, rate=producer_rate, seed=seed)
 
         # Faults aimed at the members begin once they write (a member's start takes seconds on a
         # loaded machine: a window that closed before then would inject nothing); faults aimed at
@@ -216,7 +216,17 @@ def run_scenario(name: str, settings: IngestSettings, *, events: int, rate: int,
             while len(run.alive()) < members:
                 run.start_consumer()
 
-        if name not in FROM_THE_START and not wait_for_first_rows(db, 120, keep_members):
+        if paced is not None:
+            # A paced stream must still be flowing when the faults begin: a warm-up burst shows
+            # the members write, and only then does the paced stream start (started at once, a
+            # loaded machine's slow member start ate a 40 s stream before the first kill)
+            warm = run.start_producer(count=WARM_UP_EVENTS, rate=0, seed=seed + 1_000_003)
+            if not wait_for_first_rows(db, 120, keep_members):
+                out.note = "FAILED: no batch committed within 120 s of the start"
+                return out
+            warm.wait(120)
+        run.start_producer(count=events, rate=producer_rate, seed=seed)
+        if paced is None and name not in FROM_THE_START and not wait_for_first_rows(db, 120, keep_members):
             out.note = "FAILED: no batch committed within 120 s of the start"
             return out
         out.faults = injector(run, rnd, time.monotonic() + seconds)

@@ -60,7 +60,10 @@ class Ingestor(BatchPipeline):
         self._consumer.subscribe(
             list(self.routes), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
-        log.info("ingest started", group=self.group, topics=list(self.routes))
+        # the consumer protocol's member id is the client's own (KIP-1082), known from here on; a
+        # classic member learns its id when it joins, and the first assignment sets it then
+        logs.set_identity(group=self.group, member=self._consumer.memberid())
+        log.info("ingest started", topics=list(self.routes))
 
     # ------------------------------------------------------------------ rebalance
     # librdkafka calls these from inside consume(), in the loop's thread: nothing else

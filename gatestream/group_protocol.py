@@ -19,7 +19,7 @@ from concurrent.futures import Future
 from typing import Any, Literal, Protocol
 
 import structlog
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigEntry, ConfigResource, ResourceType  # type: ignore[attr-defined]
 
 from gatestream.settings import GroupMemberSettings
@@ -29,6 +29,7 @@ log = structlog.get_logger("gatestream.kafka")
 GroupProtocol = Literal["classic", "consumer"]
 REBALANCE_PROTOCOLS = "group.coordinator.rebalance.protocols"
 PROBE_TIMEOUT_S = 10.0
+PROBE_ATTEMPTS = 3  # a time-out is asked again; at most 30 s, then classic
 
 Verdict = tuple[bool | None, str]  # does the broker offer KIP-848 (None: cannot tell), and why
 
@@ -43,16 +44,28 @@ class BrokerAdmin(Protocol):
     ) -> dict[ConfigResource, Future[dict[str, ConfigEntry]]]: ...
 
 
-def broker_offers_consumer_protocol(admin: BrokerAdmin, timeout: float = PROBE_TIMEOUT_S) -> Verdict:
-    """Ask one broker whether its group coordinator offers the ``consumer`` protocol."""
-    try:
-        brokers = sorted(admin.list_topics(timeout=timeout).brokers)
-        if not brokers:
-            return None, "the cluster metadata lists no broker"
-        resource = ConfigResource(ResourceType.BROKER, str(brokers[0]))
-        configs = admin.describe_configs([resource], request_timeout=timeout)[resource].result(timeout=timeout)
-    except (KafkaException, TimeoutError) as exc:
-        return None, f"cannot read the broker's configuration ({_one_line(exc)})"
+def broker_offers_consumer_protocol(
+    admin: BrokerAdmin, timeout: float = PROBE_TIMEOUT_S, attempts: int = PROBE_ATTEMPTS
+) -> Verdict:
+    """Ask one broker whether its group coordinator offers the ``consumer`` protocol.
+
+    A time-out is asked again (``attempts`` in all): a broker that is slow to answer, on a
+    loaded machine or while it starts, must not turn a process classic for its whole life; a
+    refusal (no permission) is an answer and is not asked again."""
+    for attempt in range(1, attempts + 1):
+        try:
+            brokers = sorted(admin.list_topics(timeout=timeout).brokers)
+            if not brokers:
+                return None, "the cluster metadata lists no broker"
+            resource = ConfigResource(ResourceType.BROKER, str(brokers[0]))
+            configs = admin.describe_configs([resource], request_timeout=timeout)[resource].result(timeout=timeout)
+            break
+        except (KafkaException, TimeoutError) as exc:
+            if attempt < attempts and _transient(exc):
+                log.info("the broker did not answer the group-protocol probe in time; asking again",
+                         attempt=attempt, error=_one_line(exc))  # fmt: skip
+                continue
+            return None, f"cannot read the broker's configuration ({_one_line(exc)})"
     entry = configs.get(REBALANCE_PROTOCOLS)
     if entry is None or entry.value is None:
         return None, f"the broker does not report {REBALANCE_PROTOCOLS} (Kafka < 3.7 or a managed service hiding it)"
@@ -96,6 +109,20 @@ def group_protocol_for(settings: GroupMemberSettings, client_config: dict[str, A
             log.info(f"consumer group protocol: {protocol}", group_protocol=protocol, reason=why)
             _resolved[key] = protocol
         return _resolved[key]
+
+
+def _transient(exc: BaseException) -> bool:
+    """A time-out or a connection that did not come up: worth asking again."""
+    if isinstance(exc, TimeoutError):
+        return True
+    err = exc.args[0] if exc.args else None
+    code = err.code() if isinstance(err, KafkaError) else None
+    return code in (
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError._ALL_BROKERS_DOWN,
+    )
 
 
 def _one_line(exc: BaseException) -> str:

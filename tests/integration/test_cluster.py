@@ -49,4 +49,4 @@ def test_leader_kills_are_survived_without_a_client_restart_and_every_event_land
     # one step outside: with two of the three nodes gone, no acks=all write is acknowledged
     assert m["acks_with_one_node"] == 0, done.stdout
     # the first kill comes mid-stream: events written after it were acknowledged and stored
-    assert 0 < m["kill1_acked_s"] <= m["kill1_row_s"], done.stdout
+    assert 0 < m.get("kill1_acked_s", 0) <= m.get("kill1_row_s", 0), done.stdout

@@ -67,6 +67,38 @@ def test_the_probe_reads_the_brokers_rebalance_protocols(admin: FakeAdmin, offer
     assert [(r.restype, r.name) for r in admin.asked] == [(ResourceType.BROKER, "1")]
 
 
+@dataclass
+class SlowThenAnswering(FakeAdmin):
+    """A broker that times out ``slow`` times before it answers."""
+
+    slow: int = 0
+
+    def describe_configs(
+        self, resources: list[ConfigResource], **kwargs: Any
+    ) -> dict[ConfigResource, Future[dict[str, ConfigEntry]]]:
+        if len(self.asked) < self.slow:
+            self.asked += resources
+            fut: Future[dict[str, ConfigEntry]] = Future()
+            fut.set_exception(KafkaException(KafkaError(KafkaError._TIMED_OUT, "Failed while waiting for response")))
+            return {r: fut for r in resources}
+        return super().describe_configs(resources, **kwargs)
+
+
+def test_a_slow_broker_is_asked_again_and_a_refusal_is_not() -> None:
+    # a loaded machine's broker that answers the third time: the member is not made classic for life
+    slow = SlowThenAnswering("classic,consumer", slow=2)
+    assert broker_offers_consumer_protocol(slow, timeout=1)[0] is True
+    assert len(slow.asked) == 3
+    # one that never answers within the attempts: classic, and the reason says it could not ask
+    silent = SlowThenAnswering("classic,consumer", slow=5)
+    got, why = broker_offers_consumer_protocol(silent, timeout=1, attempts=3)
+    assert got is None and "cannot read" in why and len(silent.asked) == 3
+    # a refusal is an answer: asked once
+    denied = FakeAdmin(error=DENIED)
+    assert broker_offers_consumer_protocol(denied, timeout=1, attempts=3)[0] is None
+    assert len(denied.asked) == 1
+
+
 @pytest.mark.parametrize(
     ("verdict", "protocol"),
     [((True, "offered"), "consumer"), ((False, "not offered"), "classic"), ((None, "cannot tell"), "classic")],
