@@ -10,7 +10,9 @@ altered or added by hand). The consumer's offsets are stored in the database in 
 same transaction as the job changes (when pg_cron lives in the same database, or on
 the Community edition), through the same offset store and checkpoint as the ingest
 consumers (``consumers.offsets``, ``consumers.checkpoint``): an invalid event is
-dead-lettered once, and its offset moves only with the reconcile that follows it.
+dead-lettered once, and its offset moves only with the reconcile that follows it. Once
+stored they are mirrored to Kafka's group (asynchronously, never read back), so lag tools
+see the policy consumer as they see ingest.
 
 The presence sweep (marking silent gateways and agents OFFLINE) is one of the reconciled
 jobs (``JobKind.PRESENCE_SWEEP``): it runs on the database's scheduler, not in this loop,
@@ -109,6 +111,15 @@ class PolicyConsumer:
             p.offset = start_of(claimed[(p.topic, p.partition)])
         consumer.incremental_assign(partitions)
 
+    def _mirror_to_kafka(self, moves: Moves) -> None:
+        """Mirror the offsets just stored to Kafka's group, asynchronously, for lag tools (as
+        ingest does); never read back: the database's, committed with the reconcile, rule."""
+        tps = [TopicPartition(t, p, new) for (t, p), (_, new) in moves.items()]
+        try:
+            self.consumer.commit(offsets=tps, asynchronous=True)
+        except KafkaException as exc:
+            log.info("could not mirror offsets to Kafka (advisory only)", error=str(exc))
+
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.offsets.release((p.topic, p.partition) for p in partitions)
 
@@ -140,6 +151,7 @@ class PolicyConsumer:
                 with self.conn.transaction():
                     checkpoint()
                 self.offsets.advanced(moves)
+                self._mirror_to_kafka(moves)
             raise
         except Exception:
             metrics.RECONCILE_RUNS.labels(trigger, "error").inc()
@@ -154,6 +166,7 @@ class PolicyConsumer:
             log.warning("drift repaired", changes=[c.describe() for c in plan.changes])
         if moves:
             self.offsets.advanced(moves)
+            self._mirror_to_kafka(moves)
         self.last_plan = plan
         self.runs += 1
         if changed:

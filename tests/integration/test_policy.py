@@ -122,6 +122,18 @@ def test_time_travel_every_organization_keeps_exactly_what_its_policy_says(env: 
         assert again.changes == [] and again.unchanged == len(again.state.jobs)
 
 
+def _kafka_committed(env: Env, group: str, topic: str) -> int | None:
+    """The offset Kafka holds for ``group`` on partition 0 of ``topic`` (None: none)."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(kafka_conf(env.services.bootstrap_servers))
+    req = ConsumerGroupTopicPartitions(group, [TopicPartition(topic, 0)])
+    got = admin.list_consumer_group_offsets([req])[group].result(timeout=10)
+    offset = got.topic_partitions[0].offset
+    return None if offset < 0 else int(offset)
+
+
 def _start_consumer(settings: PolicySettings) -> tuple[PolicyConsumer, threading.Thread]:
     pc = PolicyConsumer(settings)
     t = threading.Thread(target=pc.run, daemon=True)
@@ -168,6 +180,10 @@ def test_a_change_through_the_topic_changes_only_that_and_drift_is_repaired(env:
             (group, settings.policy_topic),
         ).fetchone()
         assert stored == (int(dict(dead[0].headers())["gatestream.source.offset"]) + 1,)
+        # and mirrored to Kafka's group, so lag tools see the policy consumer caught up
+        assert wait_for(lambda: _kafka_committed(env, group, settings.policy_topic) == stored[0], 15), (
+            _kafka_committed(env, group, settings.policy_topic), stored
+        )  # fmt: skip
     finally:
         pc.request_stop()
         t.join(20)
