@@ -18,6 +18,19 @@ class Edition(StrEnum):
     UNKNOWN = "unknown"  # no TimescaleDB loaded
 
 
+def server_description(conn: psycopg.Connection[Any]) -> str:
+    """What the server runs, for a person: e.g. "PostgreSQL 15.10, TimescaleDB 2.28.3 (Community edition)"."""
+    row = conn.execute(
+        "SELECT current_setting('server_version'), (SELECT extversion FROM pg_extension WHERE extname = 'timescaledb')"
+    ).fetchone()
+    pg, ts = (str(row[0]).split()[0], row[1]) if row else ("?", None)
+    if ts is None:
+        return f"PostgreSQL {pg}, no TimescaleDB in this database"
+    edition = timescaledb_edition(conn)
+    named = {Edition.COMMUNITY: "Community edition", Edition.APACHE: "Apache edition"}.get(edition, "edition unknown")
+    return f"PostgreSQL {pg}, TimescaleDB {ts} ({named})"
+
+
 def timescaledb_edition(conn: psycopg.Connection[Any]) -> Edition:
     """From the server's ``timescaledb.license`` setting."""
     row = conn.execute("SELECT current_setting('timescaledb.license', true)").fetchone()

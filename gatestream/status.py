@@ -19,6 +19,7 @@ from typing import Any
 
 from gatestream.consumers.watermarks import timestamps_at, watermarks
 from gatestream.database import connect_once, limited
+from gatestream.edition import server_description
 from gatestream.schemas import event_topics
 from gatestream.settings import IngestSettings
 
@@ -30,6 +31,7 @@ class GroupStatus:
     group: str
     rows: list[dict[str, Any]]
     groups: list[str] = field(default_factory=list)  # every group with stored offsets
+    database: str = ""  # what the server runs (gatestream.edition.server_description)
 
     @property
     def known(self) -> bool:
@@ -41,10 +43,11 @@ class GroupStatus:
         return [r for r in self.rows if r["lost_to_retention"]]
 
 
-def _stored(settings: IngestSettings, group: str) -> tuple[dict[tuple[str, int], int], list[str]]:
-    """The group's stored next offsets, and which groups have any."""
+def _stored(settings: IngestSettings, group: str) -> tuple[dict[tuple[str, int], int], list[str], str]:
+    """The group's stored next offsets, which groups have any, and what the server runs."""
     with connect_once(settings.database_url) as conn:
         with limited(conn, QUERY_TIMEOUT_S):
+            database = server_description(conn)
             stored = {
                 (t, p): int(o)
                 for t, p, o in conn.execute(
@@ -54,7 +57,7 @@ def _stored(settings: IngestSettings, group: str) -> tuple[dict[tuple[str, int],
             }
             groups = [str(r[0]) for r in conn.execute(
                 "SELECT DISTINCT consumer_group FROM gatestream.consumer_offsets ORDER BY 1").fetchall()]  # fmt: skip
-    return stored, groups
+    return stored, groups, database
 
 
 def status_of(settings: IngestSettings, group: str) -> GroupStatus:
@@ -69,7 +72,7 @@ def status_of(settings: IngestSettings, group: str) -> GroupStatus:
         parts = [(t, p) for t in topics if t in md.topics for p in sorted(md.topics[t].partitions)]
     finally:
         c.close()
-    stored, groups = _stored(settings, group)
+    stored, groups, database = _stored(settings, group)
     marks = watermarks(settings, parts)
     ends = {tp: high for tp, (_low, high) in marks.items()}
     behind = {tp: max(stored.get(tp, 0), marks[tp][0]) for tp in parts if ends[tp] > stored.get(tp, 0)}
@@ -86,7 +89,7 @@ def status_of(settings: IngestSettings, group: str) -> GroupStatus:
             "lag_messages": lag, "lag_seconds": round(max(0.0, now - age), 1) if lag and age else 0.0,
             "low_watermark": start, "lost_to_retention": lost,
         })  # fmt: skip
-    return GroupStatus(group, rows, groups)
+    return GroupStatus(group, rows, groups, database)
 
 
 def group_status(settings: IngestSettings, group: str) -> list[dict[str, Any]]:
@@ -125,7 +128,7 @@ def print_status(settings: IngestSettings, group: str, *, as_json: bool = False)
     if as_json:
         print(json.dumps(st.rows))
     else:
-        print(f"group {group}")
+        print(f"group {group}   database {st.database}")
         print(f"{'topic':<44}{'part':>5}{'stored':>12}{'end':>12}{'lag':>10}{'lag s':>10}")
         for r in st.rows:
             stored = "-" if r["stored_offset"] is None else r["stored_offset"]

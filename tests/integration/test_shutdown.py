@@ -8,6 +8,7 @@ never by touching the shared server."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -83,6 +84,14 @@ def test_status_of_a_group_that_never_stored_an_offset_says_so_and_fails(env: En
     done = run_gatestream(env.environ(), "status", "--group", "no-such-group", timeout=60)
     assert done.returncode == 1, done
     assert "group no-such-group" in done.stdout  # the table is still shown
+    # and what the database runs, edition named (the stack's main server: the Community edition
+    # where TimescaleDB was built from source, else the Apache one)
+    with psycopg.connect(env.database_url, autocommit=True) as conn:
+        license_ = conn.execute("SELECT current_setting('timescaledb.license')").fetchone()
+    edition = {"timescale": "Community edition", "apache": "Apache edition"}[str(license_[0] if license_ else "")]
+    assert re.search(rf"database PostgreSQL \d+\.\d+, TimescaleDB \d+\.\d+\.\d+ \({edition}\)", done.stdout), (
+        done.stdout
+    )
     err = _lines(done.stderr)
     assert len(err) == 1, err
     assert "'no-such-group' has no stored offsets" in err[0] and "some-known-group" in err[0], err
