@@ -1,0 +1,162 @@
+"""The principals of issue 25 as the logins the stack gives them (ops/stack env PRINCIPAL):
+what the principal table marked untested. A reader never sees a gateway's API key (sql/058);
+a whole `gatestream replay` runs as the replay principal, database and Kafka (its login and its
+SCRAM user); the group roles' settings reach their logins (sql/059)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+from confluent_kafka.admin import AclBindingFilter, AdminClient  # type: ignore[attr-defined]
+
+from gatestream import roles
+from gatestream.kafka_acls import Acl, create
+from gatestream.producers.events import ActiveWindow
+from gatestream.schemas import EventType
+from tests.conftest import Env, gatestream_cmd
+from tests.helpers import count_rows, publish, start_ingest_thread
+from tests.integration.test_roles import _logins, _refused
+from tests.services import ROOT, Services, _from_env_file
+
+pytestmark = pytest.mark.integration
+
+AW = EventType.ACTIVE_WINDOWS
+
+
+def _stack_principal(services: Services, principal: str) -> dict[str, str]:
+    """What `ops/stack env PRINCIPAL` prints (.stack/env.PRINCIPAL), or a skip where the
+    services are not ops/stack's."""
+    path = Path(os.environ.get("GATESTREAM_STACK_DIR", ROOT / ".stack")) / f"env.{principal}"
+    if services.source != "ops/stack" or not path.exists():
+        pytest.skip(f"no {path}: the principals' logins are ops/stack's (ops/stack up writes them)")
+    return _from_env_file(path)
+
+
+def _on_database(url: str, like: str) -> str:
+    """``url`` (a principal's, on the stack's database) on the database of ``like`` (the test's clone)."""
+    return psycopg.conninfo.make_conninfo(url, dbname=psycopg.conninfo.conninfo_to_dict(like)["dbname"])
+
+
+@pytest.fixture
+def logins(db_url: str) -> Iterator[dict[str, str]]:
+    yield from _logins(db_url)
+
+
+def test_a_reader_never_sees_a_gateways_api_key_and_its_login_plans_each_query(
+    services: Services, db_url: str, logins: dict[str, str]
+) -> None:
+    """sql/058: reader.gateway_instances has no api_key (selecting it is an error, not an
+    empty column), the reader still sees its organization's gateways, the owner still has the
+    keys. sql/059: the reader's plan_cache_mode (set on gatestream_reader by sql/053) is what a
+    reader's login runs with, for a login made now (roles.create_login) and for the stack's
+    gs_reader (made before sql/059: the migration gave it)."""
+    mine, other = uuid.uuid4(), uuid.uuid4()
+    with psycopg.connect(db_url, autocommit=True) as admin:
+        for gateway, org in ((mine, 1), (other, 2)):
+            admin.execute(
+                "INSERT INTO monitoring.gateway_instances (id, organization_id, name, api_key) VALUES (%s, %s, %s, %s)",
+                (gateway, org, f"gw-{org}", f"secret-{gateway}"),
+            )
+        admin.execute("GRANT SELECT ON reader.gateway_instances TO gatestream_exporter")  # a DBA's grant...
+        admin.execute((ROOT / "sql" / "058_reader_gateways_without_api_key.sql").read_text().encode())  # ...kept
+        assert admin.execute(
+            "SELECT has_table_privilege('gatestream_exporter', 'reader.gateway_instances', 'SELECT'), "
+            "has_table_privilege('gatestream_reader', 'reader.gateway_instances', 'SELECT')"
+        ).fetchone() == (True, True)
+    with psycopg.connect(logins[roles.READER], autocommit=True) as conn, conn.transaction():
+        conn.execute("SELECT set_config('gatestream.organization_id', '1', true)")
+        assert conn.execute("SELECT id, name FROM reader.gateway_instances").fetchall() == [(mine, "gw-1")]
+        columns = conn.execute("SELECT * FROM reader.gateway_instances LIMIT 0").description or []
+        assert "api_key" not in [c.name for c in columns] and "name" in [c.name for c in columns]
+        with pytest.raises(psycopg.errors.UndefinedColumn), conn.transaction():
+            conn.execute("SELECT api_key FROM reader.gateway_instances")
+    assert "gateway_instances" in _refused(logins[roles.READER], "SELECT api_key FROM monitoring.gateway_instances")
+    with psycopg.connect(db_url) as admin:
+        key = admin.execute("SELECT api_key FROM monitoring.gateway_instances WHERE id = %s", (mine,)).fetchone()
+        assert key == (f"secret-{mine}",)
+    # plan_cache_mode: the login's, not only the group role's
+    stack_reader = _stack_principal(services, "reader")["GATESTREAM_DATABASE_URL"]
+    for url in (logins[roles.READER], _on_database(stack_reader, db_url)):
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SHOW plan_cache_mode").fetchone() == ("force_custom_plan",), url.split("password")[0]
+    with psycopg.connect(logins[roles.INGEST]) as conn:  # the other roles' logins: unchanged
+        assert conn.execute("SHOW plan_cache_mode").fetchone() == ("auto",)
+
+
+@pytest.fixture
+def replay_principal(services: Services, env: Env) -> Iterator[dict[str, str]]:
+    """The stack's replay principal (ops/stack env replay), on this test's database, with the
+    ACLs `gatestream kafka acls ensure` gives it on the stack's topics given on this test's
+    (READ its event topic, WRITE its dead-letter topic; its groups' prefix ACL is the stack's),
+    removed after."""
+    found = _stack_principal(services, "replay")
+    if not found.get("GATESTREAM_KAFKA_SASL_USERNAME"):
+        pytest.skip("the stack's broker is plain (GATESTREAM_KAFKA_PLAIN=1): no Kafka user to run replay as")
+    acls = [
+        Acl("User:replay", "TOPIC", "LITERAL", env.topic(AW), "READ"),
+        Acl("User:replay", "TOPIC", "LITERAL", env.dlq_topic, "WRITE"),
+    ]
+    admin = AdminClient(services.kafka_conf())
+    create(admin, acls)
+    try:
+        yield {**found, "GATESTREAM_DATABASE_URL": _on_database(found["GATESTREAM_DATABASE_URL"], env.database_url)}
+    finally:
+        exact = [AclBindingFilter(b.restype, b.name, b.resource_pattern_type, b.principal, b.host, b.operation,
+                                  b.permission_type) for b in (a.binding() for a in acls)]  # fmt: skip
+        for fut in admin.delete_acls(exact, request_timeout=15).values():
+            fut.result()
+
+
+def test_a_whole_replay_runs_as_the_replay_login_and_backfills_without_duplicates(
+    env: Env, replay_principal: dict[str, str], tmp_path: Path
+) -> None:
+    """`gatestream replay` (the CLI) with the replay principal's database URL (gs_replay, TLS,
+    its passfile) and Kafka user: a deleted slice comes back, a second replay adds nothing, the
+    run and its offsets are the replay role's."""
+    n, base = 600, datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=6)
+    events = [
+        ActiveWindow(organization_id=1 + i % 3, users_on_computers_id=1 + i % 12,
+                     datetime=base + i * timedelta(hours=6) / n, title=f"w{i}", active_time=i % 50)
+        for i in range(n)
+    ]  # fmt: skip
+    publish(env, tmp_path / "spool.sqlite3", events)
+    ing, t = start_ingest_thread(env.ingest(stop_after_idle_s=1.5))  # as the suite's admin
+    t.join(60)
+    assert not t.is_alive() and count_rows(env.database_url, AW) == n
+    with psycopg.connect(env.database_url, autocommit=True) as admin:
+        deleted = admin.execute("DELETE FROM monitoring.active_windows WHERE organization_id = 2").rowcount
+    assert deleted == n // 3
+
+    environ = env.environ()
+    mine = ("GATESTREAM_DATABASE_URL", "GATESTREAM_KAFKA_")  # its login and its Kafka user; the rest is the test's
+    environ.update({k: v for k, v in replay_principal.items() if k.startswith(mine)})
+    assert roles.url_user(environ["GATESTREAM_DATABASE_URL"]) == "gs_replay"
+    assert environ["GATESTREAM_KAFKA_SASL_USERNAME"] == "replay"
+    outputs = []
+    for expected in (deleted, 0):
+        done = subprocess.run(
+            gatestream_cmd("replay", "--no-progress", "--types", "active_windows", "--from", "-30h"),
+            env=environ, cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        outputs += [done.stdout, done.stderr]
+        assert done.returncode == 0, done.stderr[-2000:]
+        summary = json.loads(done.stdout.strip().splitlines()[-1])
+        assert (summary["complete"], summary["inserted"]) == (True, expected), summary
+    assert count_rows(env.database_url, AW) == n
+    with psycopg.connect(env.database_url) as admin:
+        assert admin.execute("SELECT count(DISTINCT event_id) FROM monitoring.active_windows").fetchone() == (n,)
+        offsets = admin.execute(
+            "SELECT DISTINCT principal FROM gatestream.consumer_offsets WHERE consumer_group LIKE 'gatestream-replay%%'"
+        ).fetchall()
+        assert offsets == [(roles.REPLAY,)]
+        assert admin.execute("SELECT count(*) FROM gatestream.replay_runs").fetchone() == (2,)
+    secret = replay_principal["GATESTREAM_KAFKA_SASL_PASSWORD"]
+    assert not any(secret in out for out in outputs), "the Kafka password reached the output"
