@@ -1,7 +1,8 @@
 """The principals of issue 25 as the logins the stack gives them (ops/stack env PRINCIPAL):
 what the principal table marked untested. A reader never sees a gateway's API key (sql/058);
 a whole `gatestream replay` runs as the replay principal, database and Kafka (its login and its
-SCRAM user); the group roles' settings reach their logins (sql/059)."""
+SCRAM user); the group roles' settings reach their logins (sql/059); migrations run as a member of
+gatestream_owner once a DBA has done ops/postgres/before-migrate.sql."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import psycopg
 import pytest
 from confluent_kafka.admin import AclBindingFilter, AdminClient  # type: ignore[attr-defined]
 
+from bench.postgres import PrivatePostgres, pg_bindir
 from gatestream import roles
 from gatestream.kafka_acls import Acl, create
 from gatestream.producers.events import ActiveWindow
@@ -160,3 +162,65 @@ def test_a_whole_replay_runs_as_the_replay_login_and_backfills_without_duplicate
         assert admin.execute("SELECT count(*) FROM gatestream.replay_runs").fetchone() == (2,)
     secret = replay_principal["GATESTREAM_KAFKA_SASL_PASSWORD"]
     assert not any(secret in out for out in outputs), "the Kafka password reached the output"
+
+
+ROLES_STATE = """
+    SELECT r.rolname, r.rolcanlogin, r.rolreplication,
+           array(SELECT g.rolname::text FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid
+                  WHERE a.member = r.oid AND g.rolname NOT LIKE 'gs\\_%' ORDER BY 1),
+           (SELECT s.setconfig FROM pg_db_role_setting s WHERE s.setrole = r.oid AND s.setdatabase = 0)
+      FROM pg_roles r WHERE r.rolname LIKE 'gatestream\\_%' ORDER BY 1"""
+
+
+def test_migrations_run_as_a_member_of_gatestream_owner_after_the_dbas_steps(services: Services) -> None:
+    """On a server where nothing of gatestream's exists (a private one: the stack's has the
+    roles already), a superuser runs ops/postgres/before-migrate.sql (and nothing else), then a
+    login that is a member of gatestream_owner runs `gatestream db migrate`: every migration
+    applies, everything in gatestream's schemas is the owner's, and the roles end as a
+    superuser's migrations leave them on the stack's server."""
+    bindir = pg_bindir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries (ops/stack install installs them)")
+    pg = PrivatePostgres(bindir)
+    try:
+        pg.start()
+        with psycopg.connect(pg.url, autocommit=True) as dba:
+            dba.execute("CREATE DATABASE gatestream")
+        url = pg.login_url("postgres", "gatestream")
+        script = ROOT / "ops" / "postgres" / "before-migrate.sql"
+        for _ in range(2):  # idempotent
+            done = subprocess.run(
+                [str(bindir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", "migrator=gs_migrate", "-d", url,
+                 "-f", str(script)], capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+        migrator = pg.login_url("gs_migrate", "gatestream")
+        done = subprocess.run(
+            gatestream_cmd("db", "migrate"), env={**os.environ, "GATESTREAM_DATABASE_URL": migrator}, cwd=ROOT,
+            capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        with psycopg.connect(migrator) as conn:
+            assert conn.execute("SELECT current_user, session_user").fetchone() == (roles.OWNER, "gs_migrate")
+            applied = conn.execute("SELECT name FROM gatestream.schema_migrations").fetchall()
+            assert {"001_schemas.sql", "059_login_role_settings.sql"} <= {n for (n,) in applied}
+            not_owners = conn.execute(
+                "SELECT format('%s %I.%I', c.relkind, n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n "
+                "ON n.oid = c.relnamespace WHERE (n.nspname IN ('monitoring', 'gatestream', 'reader') OR "
+                "(n.nspname = '_timescaledb_internal' AND (c.relname LIKE '_materialized_hypertable_%' "
+                "OR c.relname LIKE '_hyper_%_chunk'))) "  # the aggregates' tables, the chunks
+                "AND c.relkind IN ('r', 'p', 'v', 'm', 'S') "
+                "AND c.relowner <> 'gatestream_owner'::regrole"
+            )
+            assert not_owners.fetchall() == []
+            not_owners = conn.execute(
+                "SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+                "WHERE n.nspname = 'gatestream' AND p.proowner <> 'gatestream_owner'::regrole"
+            )
+            assert not_owners.fetchall() == []
+            here = conn.execute(ROLES_STATE).fetchall()
+            assert len(here) == 7 and (roles.EXPORTER, False, False, ["pg_monitor"], None) in here, here
+        with psycopg.connect(services.database_url) as stack:  # migrated by the superuser
+            assert here == stack.execute(ROLES_STATE).fetchall()
+    finally:
+        pg.remove()
