@@ -20,6 +20,7 @@ from confluent_kafka.admin import AclBindingFilter, AdminClient  # type: ignore[
 
 from bench.postgres import PrivatePostgres, pg_bindir
 from gatestream import roles
+from gatestream.consumers.deadletter import Redriven, mark_redriven
 from gatestream.kafka_acls import Acl, create
 from gatestream.producers.events import ActiveWindow
 from gatestream.schemas import EventType
@@ -224,3 +225,42 @@ def test_migrations_run_as_a_member_of_gatestream_owner_after_the_dbas_steps(ser
             assert here == stack.execute(ROLES_STATE).fetchall()
     finally:
         pg.remove()
+
+
+def test_each_principal_sees_and_marks_only_its_own_dead_letters(db_url: str, logins: dict[str, str]) -> None:
+    """sql/060: ingest, replay and the policy consumer each record dead letters as their own;
+    ingest sees only its own, replay its own and ingest's (it re-processes and redrives ingest's
+    topics), the policy consumer only its own; an event another principal recorded is not
+    recorded again (published once) and cannot be marked; nobody's rows (the admin's, or from
+    before) stay visible to all and nobody's when marked."""
+    record = (
+        "INSERT INTO gatestream.dead_letters (source_topic, source_partition, source_offset, reason, consumer_group) "
+        "VALUES (%s, 0, %s, 'bad-avro', %s) ON CONFLICT DO NOTHING RETURNING source_offset"
+    )  # as consumers/deadletter.py first_time records them
+    with psycopg.connect(db_url, autocommit=True) as admin:
+        admin.execute(record, ("old", 1, "g"))
+    for role, topic in ((roles.INGEST, "events"), (roles.REPLAY, "events"), (roles.POLICY, "policy")):
+        with psycopg.connect(logins[role], autocommit=True) as conn:
+            offset = {roles.INGEST: 1, roles.REPLAY: 2, roles.POLICY: 1}[role]
+            assert conn.execute(record, (topic, offset, role)).fetchall() == [(offset,)]
+    seen = "SELECT source_topic, source_offset, principal FROM gatestream.dead_letters ORDER BY 1, 2"
+    ingest, replay = ("events", 1, roles.INGEST), ("events", 2, roles.REPLAY)
+    policy, old = ("policy", 1, roles.POLICY), ("old", 1, None)
+    visible = {roles.INGEST: [ingest, old], roles.REPLAY: [ingest, replay, old], roles.POLICY: [old, policy]}
+    for role, rows in visible.items():
+        with psycopg.connect(logins[role], autocommit=True) as conn:
+            assert conn.execute(seen).fetchall() == rows, role
+    with psycopg.connect(logins[roles.INGEST], autocommit=True) as conn:
+        assert conn.execute(record, ("policy", 1, "x")).fetchall() == []  # recorded already: not published again
+        as_policy = record.replace("consumer_group)", "consumer_group, principal)").replace("%s) ON", "%s, %s) ON")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):  # naming another principal
+            conn.execute(as_policy, ("policy", 9, "x", roles.POLICY))
+    with psycopg.connect(logins[roles.REPLAY], autocommit=True) as conn:
+        mark_redriven(conn, [Redriven(("events", 0, 1), "r", "g", None), Redriven(("old", 0, 1), "r", "g", None)])
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            mark_redriven(conn, [Redriven(("policy", 0, 1), "bad-avro", "g", None)])
+    with psycopg.connect(db_url) as admin:
+        marks = admin.execute("SELECT source_topic, source_offset, principal, redrives FROM gatestream.dead_letters "
+                              "ORDER BY 1, 2").fetchall()  # fmt: skip
+        assert marks == [("events", 1, roles.INGEST, 1), ("events", 2, roles.REPLAY, 0), ("old", 1, None, 1),
+                         ("policy", 1, roles.POLICY, 0)]  # fmt: skip
