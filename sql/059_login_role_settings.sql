@@ -11,7 +11,9 @@
 -- again. Altering another role takes a superuser: run by anyone else (migrations as
 -- gatestream_owner) it does nothing but say so, and a DBA runs `CALL gatestream.copy_role_settings()`.
 -- Roles are cluster-wide and databases migrate in parallel: a login altered meanwhile by
--- another database's migration is not an error.
+-- another database's migration, or dropped meanwhile, is not an error. A setting's value is
+-- given again as one literal: right for the settings gatestream sets (plan_cache_mode), not for
+-- a list setting such as search_path, which a group role should not carry.
 CREATE OR REPLACE PROCEDURE gatestream.copy_role_settings()
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -38,8 +40,9 @@ BEGIN
     LOOP
         BEGIN
             EXECUTE format('ALTER ROLE %I SET %I = %L', s.login, s.setting, s.value);
-        EXCEPTION WHEN internal_error OR unique_violation THEN
-            NULL;  -- "tuple concurrently updated": another database's migration did it
+        EXCEPTION WHEN internal_error OR unique_violation OR undefined_object THEN
+            NULL;  -- "tuple concurrently updated": another database's migration did it; or the login
+                   -- was dropped meanwhile (tests drop theirs)
         END;
     END LOOP;
 END
