@@ -2,7 +2,8 @@
 each process needs, checked at start.
 
 - ``create_login``: a LOGIN user in one of the group roles (for tests and the stack; a
-  password, when given, comes from settings and goes as a parameter, never into a log).
+  password, when given, comes from settings and goes as a parameter, never into a log),
+  with that role's settings (``copy_role_settings``: a login does not inherit them).
 - ``require``: the process's privileges, asked of the server before it does anything; a
   missing one raises ``PrivilegeMissing`` with one line naming the role, the relation and
   the privilege (the CLI exits 2 with it).
@@ -151,6 +152,28 @@ def create_login(admin: psycopg.Connection[Any], name: str, role: str, password:
         stmt = stmt + sql.SQL(" PASSWORD {}").format(sql.Literal(password))
     admin.execute(stmt)
     admin.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), sql.Identifier(name)))
+    copy_role_settings(admin, name, role)
+
+
+def copy_role_settings(admin: psycopg.Connection[Any], login: str, role: str) -> None:
+    """Give ``login`` the cluster-wide settings of ``role`` (sql/053's plan_cache_mode of the
+    reader) that it has no value of its own for: PostgreSQL applies at login only the login's
+    own settings, not its roles' (sql/059; ops/postgres/secure login does the same)."""
+    rows = admin.execute(
+        """SELECT split_part(cfg, '=', 1), substr(cfg, strpos(cfg, '=') + 1)
+             FROM pg_db_role_setting d CROSS JOIN LATERAL unnest(d.setconfig) AS cfg
+            WHERE d.setrole = to_regrole(%s) AND d.setdatabase = 0
+              AND NOT EXISTS (SELECT 1 FROM pg_db_role_setting l CROSS JOIN LATERAL unnest(l.setconfig) AS own
+                               WHERE l.setrole = to_regrole(%s) AND l.setdatabase = 0
+                                 AND split_part(own, '=', 1) = split_part(cfg, '=', 1))""",
+        (role, login),
+    ).fetchall()
+    for setting, value in rows:
+        admin.execute(
+            sql.SQL("ALTER ROLE {} SET {} = {}").format(
+                sql.Identifier(login), sql.Identifier(setting), sql.Literal(value)
+            )
+        )
 
 
 def drop_login(admin: psycopg.Connection[Any], name: str) -> None:

@@ -69,6 +69,10 @@ def test_each_principal_logs_in_as_its_user_over_verified_tls_and_nothing_is_tru
             assert row == (user, True, True), row
             if group == roles.REPLAY:  # its job's privileges, as the process checks them at start
                 roles.require(conn, roles.REPLAY_NEEDS)
+            # its group's settings, made after the migrations (sql/053's plan_cache_mode of the
+            # reader): ops/postgres/secure login copies them, a login inherits none (sql/059)
+            plans = "force_custom_plan" if group == roles.READER else "auto"
+            assert conn.execute("SHOW plan_cache_mode").fetchone() == (plans,), user
     # a second run of the stack's login step keeps each password (made once) and the login
     before = passwords(server)
     server.add_login("gs_ingest", roles.INGEST)
