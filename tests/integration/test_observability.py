@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import shutil
 import subprocess
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import gatestream.consumers.metrics  # noqa: F401 - registers the ingest metrics
 import gatestream.producers.metrics  # noqa: F401 - registers the producer metrics
+from gatestream import roles
 from gatestream.dbmetrics import DatabaseCollector
 from gatestream.edition import Edition
 from gatestream.producers.loadgen import Fleet, generate
@@ -378,10 +381,21 @@ def test_pg_cron_job_failures_are_exported(edition_env: Env) -> None:
                 return cron.execute(q, (job[0],)).fetchone() != (0,)
 
             assert wait_for(failed, 90, interval=1), "pg_cron did not run the job within 90 s"
-            m = _collect(env.database_url)
             labels = (("job", name), ("job_id", str(job[0])))
-            assert m[("gatestream_db_cron_job_last_run_success", labels)] == 0
-            assert m[("gatestream_db_cron_job_failures_total", labels)] >= 1
+            # as the admin scrapes, and as the exporter's own login (least privilege: pg_cron's
+            # row security hides other users' jobs from it; sql/061's function shows it ours)
+            tag = uuid.uuid4().hex[:8]
+            login, password = f"gs_t_{tag}_exporter", secrets.token_hex(16)
+            with psycopg.connect(env.database_url, autocommit=True) as admin:
+                roles.create_login(admin, login, roles.EXPORTER, password)
+            try:
+                for url in (env.database_url, roles.login_url(env.database_url, login, password)):
+                    m = _collect(url)
+                    assert m[("gatestream_db_cron_job_last_run_success", labels)] == 0, url
+                    assert m[("gatestream_db_cron_job_failures_total", labels)] >= 1, url
+            finally:
+                with psycopg.connect(env.database_url, autocommit=True) as admin:
+                    roles.drop_login(admin, login)
         finally:
             cron.execute("SELECT cron.unschedule(%s)", (job[0],))
 

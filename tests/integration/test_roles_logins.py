@@ -264,3 +264,41 @@ def test_each_principal_sees_and_marks_only_its_own_dead_letters(db_url: str, lo
                               "ORDER BY 1, 2").fetchall()  # fmt: skip
         assert marks == [("events", 1, roles.INGEST, 1), ("events", 2, roles.REPLAY, 0), ("old", 1, None, 1),
                          ("policy", 1, roles.POLICY, 0)]  # fmt: skip
+
+
+@pytest.fixture
+def edition_logins(edition_db_url: str) -> Iterator[dict[str, str]]:
+    yield from _logins(edition_db_url)
+
+
+def test_the_exporters_scrape_as_its_login_reports_what_the_admins_does(
+    edition_db_url: str, edition_logins: dict[str, str]
+) -> None:
+    """The exporter's own login (pg_monitor, no event data) gets the whole scrape on either
+    edition: the aggregates' staleness (tsl/062: the Community edition's scrape failed whole,
+    gatestream_db_up 0) and the fleet per state (sql/063: the family was missing), the same
+    families and, for the counts, the same values as the admin's scrape."""
+    from gatestream.dbmetrics import DatabaseCollector
+
+    with psycopg.connect(edition_db_url, autocommit=True) as conn:  # a fleet to count
+        conn.execute(
+            "INSERT INTO monitoring.gateway_instances (id, organization_id, status, last_seen_at) "
+            "VALUES (gen_random_uuid(), 1, 'ONLINE', now()), "
+            "(gen_random_uuid(), 2, 'OFFLINE', now() - interval '2 days')"
+        )
+
+    def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in DatabaseCollector(url, min_interval_s=0).collect()
+            for s in family.samples
+        }
+
+    admin, exporter = scrape(edition_db_url), scrape(edition_logins[roles.EXPORTER])
+    assert exporter[("gatestream_db_up", ())] == 1
+    assert set(exporter) == set(admin), sorted(set(admin) ^ set(exporter))
+    counts = [k for k in admin if k[0] in ("gatestream_gateways", "gatestream_agents", "gatestream_gateways_silent")]
+    assert counts and all(exporter[k] == admin[k] for k in counts)
+    assert admin[("gatestream_gateways", (("state", "ONLINE"),))] == 1
+    # the columns the counts read, nothing that names a gateway
+    _refused(edition_logins[roles.EXPORTER], "SELECT api_key FROM monitoring.gateway_instances")
