@@ -7,9 +7,9 @@ tests that drive it (tests/unit/test_native_batch.py and tests/unit/test_transco
 hostile, mutated and random payloads, buffer growth, malformed plans) against a fresh build
 of the current source, in a copy of the checkout (the checkout's own build is not touched):
 
-- ``--tool asan`` (default, ~15 s): the extension built with AddressSanitizer, libasan
+- ``--tool asan`` (default, ~12 s): the extension built with AddressSanitizer, libasan
   preloaded, ``PYTHONMALLOC=malloc`` so every allocation is checked. Any report fails.
-- ``--tool valgrind`` (~5 min): memcheck. The interpreter itself reports uninitialised
+- ``--tool valgrind`` (~3 min): memcheck. The interpreter itself reports uninitialised
   values and over-reads in valgrind (startup, gc, _json); only errors whose stack passes
   through the extension count, the others are summed up.
 
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog="Arguments after -- go to pytest (e.g. -- -k mutated).",
     )  # fmt: skip
     parser.add_argument("--tool", choices=["asan", "valgrind"], default="asan",
-                        help="AddressSanitizer build (fast, default) or valgrind memcheck (about 5 min)")  # fmt: skip
+                        help="AddressSanitizer build (fast, default) or valgrind memcheck (about 3 min)")  # fmt: skip
     args, rest = parser.parse_known_args(argv)
     if rest and rest[0] == "--":
         rest = rest[1:]
