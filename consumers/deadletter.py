@@ -151,6 +151,7 @@ class DeadLetters:
         self._errors: list[str] = []
         self._pending = 0
         self.sent = 0
+        self._closed = False
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         self._pending -= 1
@@ -205,4 +206,15 @@ class DeadLetters:
             )
 
     def close(self) -> None:
-        self._producer.flush(10)
+        """Deliver what is queued (up to 10 s), then destroy the producer. Not left to garbage
+        collection: a pipeline freezes the heap alive at its start (gc.freeze), itself and this
+        producer included, so nothing would ever destroy it; its librdkafka threads (a TLS
+        connection to the broker) would still run while exit() tears down OpenSSL's state -
+        a heap corruption waiting to happen (README: "Kafka clients at exit")."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._producer.flush(10)
+        finally:
+            self._producer.close()

@@ -82,9 +82,21 @@ static PyObject *make_plan(PyObject *self, PyObject *args) {
     if (p->nslots < 0 || p->nslots > 4096 || p->ncodes < 0) goto bad;
     NEED(3 * (Py_ssize_t)p->ncodes);
     p->ops = PyMem_Malloc(sizeof(Op) * (p->ncodes + 1));
+    if (p->ops == NULL) goto oom;
     for (int32_t i = 0; i < p->ncodes; i++) {
         p->ops[i].rt = c[at++]; p->ops[i].cv = c[at++]; p->ops[i].slot = c[at++];
         if (p->ops[i].slot >= p->nslots) goto bad;
+    }
+    /* run_plan reads a union's branch op at ops[i + 1 + branch index], the index bounded
+     * only by the union's branch count: every branch op must be inside the plan (and none
+     * a union itself), or a message with a high index reads past ops. */
+    for (int32_t i = 0; i < p->ncodes; i++) {
+        if (p->ops[i].rt != RT_UNION) continue;
+        int32_t nb = p->ops[i].cv;
+        if (nb < 1 || nb > p->ncodes - 1 - i) goto bad;
+        for (int32_t b = 1; b <= nb; b++)
+            if (p->ops[i + b].rt == RT_UNION) goto bad;
+        i += nb;
     }
     NEED(1);
     p->ncols = c[at++];
@@ -93,6 +105,7 @@ static PyObject *make_plan(PyObject *self, PyObject *args) {
     p->col_slot = PyMem_Malloc(sizeof(int32_t) * (p->ncols + 1));
     p->col_enc = PyMem_Malloc(sizeof(int32_t) * (p->ncols + 1));
     p->col_const = PyMem_Malloc(sizeof(int32_t) * (p->ncols + 1));
+    if (p->col_slot == NULL || p->col_enc == NULL || p->col_const == NULL) goto oom;
     for (int32_t i = 0; i < p->ncols; i++) {
         p->col_slot[i] = c[at++]; p->col_enc[i] = c[at++]; p->col_const[i] = c[at++];
         if (p->col_enc[i] == E_CONST) {
@@ -107,6 +120,7 @@ static PyObject *make_plan(PyObject *self, PyObject *args) {
     if (p->time_slot >= p->nslots || p->nids < 0) goto bad;
     NEED(p->nids);
     p->id_slots = PyMem_Malloc(sizeof(int32_t) * (p->nids + 1));
+    if (p->id_slots == NULL) goto oom;
     for (int32_t i = 0; i < p->nids; i++) {
         p->id_slots[i] = c[at++];
         if (p->id_slots[i] < 0 || p->id_slots[i] >= p->nslots) goto bad;
@@ -117,13 +131,21 @@ static PyObject *make_plan(PyObject *self, PyObject *args) {
     Py_INCREF(consts);
     p->consts = consts;
     PyObject *cap = PyCapsule_New(p, CAPSULE, plan_free);
-    if (cap == NULL) { Py_DECREF(consts); p->consts = NULL; }
+    if (cap == NULL) {  /* the plan is not the capsule's yet: freed here */
+        Py_DECREF(consts);
+        PyMem_Free(p->ops); PyMem_Free(p->col_slot); PyMem_Free(p->col_enc); PyMem_Free(p->col_const);
+        PyMem_Free(p->id_slots); PyMem_Free(p);
+    }
     return cap;
 bad:
+    PyErr_SetString(PyExc_ValueError, "malformed transcoder plan");
+    goto fail;
+oom:
+    PyErr_NoMemory();
+fail:
     PyMem_Free(c);
     PyMem_Free(p->ops); PyMem_Free(p->col_slot); PyMem_Free(p->col_enc); PyMem_Free(p->col_const);
     PyMem_Free(p->id_slots); PyMem_Free(p);
-    PyErr_SetString(PyExc_ValueError, "malformed transcoder plan");
     return NULL;
 }
 

@@ -20,12 +20,15 @@ from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 import gatestream.consumers.batch as batch_module
+from gatestream.consumers import transcoder as transcoder_module
+from gatestream.consumers.avro_plan import E_INT8, RT, RT_UNION
 from gatestream.consumers.batch import MicroBatch
 from gatestream.consumers.decoder import Decoder
 from gatestream.consumers.partitions import Partitions
 from gatestream.consumers.routes import Route, event_time_field
 from gatestream.consumers.transcoder import BatchTranscoder, choose_path, native_status
-from tests.unit.test_transcoder import AW, FIXED_CLOCK, PLAUSIBLE, _body, _frame, _spec, copy_bytes
+from tests.unit.test_transcoder import AW, FIXED_CLOCK, HOSTILE, PLAUSIBLE, _body, _frame, _spec, copy_bytes, run_both
+from tests.unit.test_transcoder import _route as reader_route
 
 pytestmark = pytest.mark.skipif(not native_status()[0], reason=f"native transcoder not built: {native_status()[1]}")
 
@@ -174,3 +177,60 @@ def test_the_native_path_runs_only_where_asked_and_where_text_arrives_as_utf8(
     mode: str, filtered: bool, server: str, client: str, why: str | None
 ) -> None:
     assert choose_path(mode, filtered, server, client) == why
+
+
+# ---------------------------------------------------------------- memory safety
+# (bench/native_memcheck.py runs these under valgrind)
+
+
+def _union_plan(branches: int, branch_ops: list[tuple[int, int, int]]) -> tuple[int, ...]:
+    """Codes of a one-field plan: a union of ``branches`` branches followed by ``branch_ops``,
+    into slot 0, written as an int8 column (see avro_plan's code layout)."""
+    ops = [(RT_UNION, branches, 0), *branch_ops]
+    return (1, 1, len(ops), *(c for op in ops for c in op), 1, 0, E_INT8, 0, -1, 0)
+
+
+@pytest.mark.parametrize(
+    ("branches", "branch_ops"),
+    [
+        (3, [(RT["null"], 0, -1)]),  # 3 branches, 1 op: index 2 would read past the plan's ops
+        (2, [(RT["null"], 0, -1), (RT_UNION, 1, -1)]),  # a union inside a union (Avro has none)
+        (-1, []),
+    ],
+)
+def test_a_plan_whose_union_branches_do_not_fit_its_ops_is_refused(
+    branches: int, branch_ops: list[tuple[int, int, int]]
+) -> None:
+    """The C code indexes a union's branch ops by the Avro branch index, bounded only by
+    the union's branch count: a plan whose count runs past its ops would read past the
+    plan's allocation for a message with a high branch index. Such a plan is refused when
+    made (a bug in avro_plan is then a clear error, not a heap over-read)."""
+    native: Any = getattr(transcoder_module, "_transcode")  # noqa: B009 - the optional extension, untyped
+    good = _union_plan(2, [(RT["null"], 0, -1), (RT["long"], 0, -1)])
+    assert native.plan(good, ()) is not None  # not vacuous: the layout is right
+    with pytest.raises(ValueError, match="malformed transcoder plan"):
+        native.plan(_union_plan(branches, branch_ops), ())
+
+
+def test_an_empty_batch_and_a_big_one_whose_rows_outgrow_the_buffer_match_the_python_path() -> None:
+    """The COPY buffer starts at 64 KiB and doubles; rows are cut out of it by offset after
+    all of a round's (512 messages') plans ran. Over three rounds: long strings (one of
+    300 kB, several of 70 kB, multi-byte ones) make it grow in the middle of a round and of
+    a row, and hostile payloads interleaved (a row begun and abandoned, a string length
+    past the end, a negative one) must leave no trace in the rows around them."""
+    route = reader_route(AW.schema, {AW.schema_id: AW.schema})
+    assert run_both(route, []) == (([], [], 0), ([], [], 0))
+    hostile = [v for v in HOSTILE.values() if v is not None]
+    sizes = [0, 1, 200, 70_000, 4096, 65_530, 300_000, 17]
+    values: list[bytes | None] = []
+    for i in range(1300):
+        if i % 7 == 3:
+            values.append(hostile[i % len(hostile)])
+        else:
+            size = sizes[i % len(sizes)] if i % 5 == 0 else i % 97
+            values.append(_frame(AW.schema_id, _body(title=("é" if i % 2 else "x") * size, active_time=i)))
+    values.append(_frame(AW.schema_id, _body()[:30] + b"\xfe\xff\xff\xff\x0f"))  # a string length of 2**31 - 1
+    py, nat = run_both(route, values)
+    assert nat[:2] == py[:2]
+    assert nat[2] > 1000, "the good events were transcoded natively"
+    assert max(len(r) for r in nat[0]) > 300_000, "not vacuous: the 300 kB title made a row"
