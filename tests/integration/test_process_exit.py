@@ -53,5 +53,5 @@ def test_a_replay_process_leaves_no_kafka_client_threads_running_at_exit(env: En
     assert done.returncode == 0, done.stderr
     assert '"read": 50' in done.stdout, done.stdout  # the pipeline ran: its consumer and dead-letter producer
     threads = out.read_text().split()
-    assert "python" in threads, "not vacuous: the probe ran at exit"
+    assert any(t.startswith("python") for t in threads), f"not vacuous: the probe ran at exit ({threads})"
     assert not [t for t in threads if t.startswith("rdk:")], f"librdkafka threads alive at exit: {threads}"

@@ -394,6 +394,7 @@ def test_edition_specific_migrations_go_through_the_same_runner() -> None:
         "tsl/021_dashboard_rollups.sql",
         "tsl/050_reader_aggregates.sql",
         "tsl/054_policy_jobs.sql",
+        "tsl/062_exporter_aggregate_staleness.sql",
     ]
     assert apache[len(common) :] == [
         "apache/011_dashboard_aggregates.sql",
