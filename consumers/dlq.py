@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from gatestream.consumers.deadletter import Coords, Redriven, iso_ms, mark_redriven, redriven
 from gatestream.consumers.decoder import DecodeError, Decoder, RegistryUnavailable
@@ -71,8 +71,10 @@ def read(settings: IngestSettings, timeout: float = 15.0) -> Iterator[DeadLetter
     )
     try:
         md = c.list_topics(settings.dlq_topic, timeout=10).topics.get(settings.dlq_topic)
-        if md is None or md.error is not None:
-            return
+        if md is None or (md.error is not None and md.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
+            return  # no dead-letter topic yet: nothing was ever dead-lettered
+        if md.error is not None:  # e.g. no READ on it: an error, never "0 records"
+            raise KafkaException(md.error)
         ends = {}
         for p in md.partitions:
             low, high = c.get_watermark_offsets(TopicPartition(settings.dlq_topic, p), timeout=10)

@@ -10,7 +10,8 @@ the dead-letter, policy and CDC topics, which only some principals may touch.
 |---|---|
 | gateway | WRITE + DESCRIBE the event topics; IDEMPOTENT_WRITE on the cluster |
 | ingest | READ the event topics and its group; WRITE the dead-letter topic; DESCRIBE_CONFIGS on the cluster |
-| replay | READ the event topics; its groups (gatestream-replay-*); WRITE the dead-letter topic; DESCRIBE_CONFIGS |
+| replay | READ the event topics; its groups (gatestream-replay-*); READ + WRITE the dead-letter |
+|        | topic; WRITE the event topics (`dlq redrive`); DESCRIBE_CONFIGS |
 | policy | READ the policy topic, the CDC topic and its group; WRITE the dead-letter topic; DESCRIBE_CONFIGS |
 | exporter | DESCRIBE the topics and the ingest and policy groups (lag), nothing else |
 | connect | Kafka Connect's worker: its topics and group (gatestream-connect), Debezium's topics
@@ -107,6 +108,10 @@ def plan(settings: AclSettings) -> list[Acl]:
     allow("replay", "TOPIC", events, "READ")
     allow("replay", "GROUP", [REPLAY_GROUP_PREFIX], "READ", pattern="PREFIXED")
     allow("replay", "TOPIC", [dlq], "WRITE")  # its pipeline dead-letters what it cannot decode, as ingest's
+    # the operator's backfill principal also runs `gatestream dlq` (its database side is replay's
+    # too, sql/055): summary/show/redrive read the dead-letter topic, redrive publishes events back
+    allow("replay", "TOPIC", [dlq], "READ")
+    allow("replay", "TOPIC", events, "WRITE")
     allow("policy", "TOPIC", [settings.policy_topic, settings.cdc_topic], "READ")
     allow("policy", "GROUP", [settings.policy_group_id], "READ")
     allow("policy", "TOPIC", [dlq], "WRITE")

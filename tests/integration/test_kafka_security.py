@@ -145,6 +145,14 @@ def test_the_other_principals_and_an_acl_missing_at_run_time(
         return str(exc.value)
 
     needs("replay", KafkaNeeds(read=events, write=(env.dlq_topic,)))
+    # replay is also the operator's `gatestream dlq`: reads the dead-letter topic, redrive writes back
+    needs("replay", KafkaNeeds(read=(env.dlq_topic,), write=events))
+    # ingest may not read the dead letters: `dlq summary` as it is one line and exit 2, not "0 records"
+    assert "User:ingest: no READ on topic " + env.dlq_topic in refused("ingest", KafkaNeeds(read=(env.dlq_topic,)))
+    done = run_gatestream(env.environ(**b.settings("ingest")), "dlq", "summary", timeout=60)
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith(
+        "gatestream dlq: Kafka refused User:ingest: no READ on topic " + env.dlq_topic
+    ), done.stderr[-2000:]
     assert "no READ on topic " + policy_topic in refused("replay", KafkaNeeds(read=(policy_topic,)))
     needs("policy", KafkaNeeds(read=(policy_topic,), write=(env.dlq_topic,), groups=("gatestream-policy",)))
     assert "User:policy: no READ on topic" in refused("policy", KafkaNeeds(read=events[:1]))
