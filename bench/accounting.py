@@ -88,23 +88,27 @@ def stored_rows(url: str) -> tuple[int, set[str]]:
     return rows, ids
 
 
-def wait_for_first_rows(url: str, timeout: float, meanwhile: Callable[[], object] = lambda: None) -> bool:
+def wait_for_first_rows(
+    url: str, timeout: float, meanwhile: Callable[[], object] = lambda: None, *, beyond: int = 0
+) -> bool:
     """Wait until the members have committed a batch (the pipeline flows), calling ``meanwhile``
-    between looks; False on time-out."""
+    between looks; with ``beyond``, until more than that many rows are stored (a stream started
+    after that many events flows too). False on time-out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         meanwhile()
         with connect_once(url) as conn:
-            if any(
-                conn.execute(
-                    psycopg.sql.SQL("SELECT EXISTS (SELECT 1 FROM monitoring.{})").format(
-                        psycopg.sql.Identifier(et.value)
-                    )
-                ).fetchone()
-                == (True,)
-                for et in EventType
-            ):
-                return True
+            stored = 0
+            for et in EventType:
+                query = (
+                    psycopg.sql.SQL("SELECT count(*) FROM monitoring.{}")
+                    if beyond
+                    else psycopg.sql.SQL("SELECT EXISTS (SELECT 1 FROM monitoring.{})::int")
+                )
+                row = conn.execute(query.format(psycopg.sql.Identifier(et.value))).fetchone()
+                stored += int(row[0]) if row else 0
+                if stored > beyond:
+                    return True
         time.sleep(0.2)
     return False
 

@@ -226,6 +226,12 @@ def run_scenario(name: str, settings: IngestSettings, *, events: int, rate: int,
                 return out
             warm.wait(120)
         run.start_producer(count=events, rate=producer_rate, seed=seed)
+        # and the faults begin once the paced stream's own events are being written (its
+        # producer takes seconds to start on a loaded machine: a fault meant for a flowing
+        # stream, postgres-failover's held replication, would otherwise miss it)
+        if paced is not None and not wait_for_first_rows(db, 120, keep_members, beyond=WARM_UP_EVENTS):
+            out.note = "FAILED: the paced stream wrote no row within 120 s of its start"
+            return out
         if paced is None and name not in FROM_THE_START and not wait_for_first_rows(db, 120, keep_members):
             out.note = "FAILED: no batch committed within 120 s of the start"
             return out

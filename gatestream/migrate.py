@@ -40,8 +40,11 @@ class MigrationError(Exception):
 # database ends up with. 050_roles.sql: it no longer makes gatestream_policy a member of
 # gatestream_owner, which 054 revokes; roles are cluster-wide, so while another database on the
 # server ran the old 050 before its 054 the policy role was briefly the owner's member again.
+# 051_reader_views.sql: run again it no longer remakes reader.gateway_instances (SELECT *, api_key
+# included) over 058's view without the key (the old form failed on it); a first run is unchanged.
 AMENDED: dict[str, frozenset[str]] = {
     "050_roles.sql": frozenset({"a93b472ee64af80a92a3210cd3a4ba921dd215b334e13c0c496c7e34fc7e2e5f"}),
+    "051_reader_views.sql": frozenset({"df72bddd0ce9c2d0f8995e644b2b83697b65af8a18e9cce2789e06f58c9163ea"}),
 }
 
 
