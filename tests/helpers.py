@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg import sql
 
+from bench.postgres import PrivatePostgres, pg_bindir
 from gatestream.schemas import EventType, event_topics
 
 TIME_COLUMN = {et: ("timestamp" if et is EventType.GATEWAY_STATUS_SNAPSHOTS else "datetime") for et in EventType}
@@ -91,3 +95,18 @@ def unschedule_cron_jobs(db_url: str) -> None:
     with psycopg.connect(psycopg.conninfo.make_conninfo(db_url, dbname=row[0]), autocommit=True) as cron:
         if cron.execute("SELECT to_regclass('cron.job')").fetchone() != (None,):
             cron.execute("SELECT cron.unschedule(jobid) FROM cron.job WHERE database = %s", (row[1],))
+
+
+@contextlib.contextmanager
+def private_postgres(major: str | None = None) -> Iterator[PrivatePostgres]:
+    """A PostgreSQL server of the test's own (initdb from the stack's binaries), started, and
+    removed afterwards; the test skips where there are no server binaries."""
+    bindir = pg_bindir(major)
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries (ops/stack install installs them)")
+    pg = PrivatePostgres(bindir)
+    try:
+        pg.start()
+        yield pg
+    finally:
+        pg.remove()

@@ -17,10 +17,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from bench.postgres import PrivatePostgres, pg_bindir
+from bench.postgres import PrivatePostgres
 from gatestream import database, roles
 from gatestream.migrate import migrate
 from tests.conftest import gatestream_cmd
+from tests.helpers import private_postgres
 from tests.services import ROOT, Services, _from_env_file
 
 pytestmark = pytest.mark.integration
@@ -33,12 +34,7 @@ DB = "gatestream"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivatePostgres]:
     """A migrated private server, secured as ops/stack secures its own, with the stack's logins."""
-    bindir = pg_bindir()
-    if bindir is None:
-        pytest.skip("no PostgreSQL server binaries (ops/stack install installs them)")
-    pg = PrivatePostgres(bindir)
-    try:
-        pg.start()
+    with private_postgres() as pg:
         pg.secure(tmp_path_factory.mktemp("tls"), tmp_path_factory.mktemp("secrets"))
         with psycopg.connect(pg.url, autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {DB}")
@@ -46,8 +42,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivatePostgres
         for user, group in LOGINS.items():
             pg.add_login(user, group)
         yield pg
-    finally:
-        pg.remove()
 
 
 def passwords(pg: PrivatePostgres) -> list[str]:

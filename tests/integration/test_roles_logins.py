@@ -18,14 +18,13 @@ import psycopg
 import pytest
 from confluent_kafka.admin import AclBindingFilter, AdminClient  # type: ignore[attr-defined]
 
-from bench.postgres import PrivatePostgres, pg_bindir
 from gatestream import roles
 from gatestream.consumers.deadletter import Redriven, mark_redriven
 from gatestream.kafka_acls import Acl, create
 from gatestream.producers.events import ActiveWindow
 from gatestream.schemas import EventType
 from tests.conftest import Env, gatestream_cmd
-from tests.helpers import count_rows, publish, start_ingest_thread
+from tests.helpers import count_rows, private_postgres, publish, start_ingest_thread
 from tests.integration.test_roles import _logins, _refused
 from tests.services import ROOT, Services, _from_env_file
 
@@ -179,19 +178,14 @@ def test_migrations_run_as_a_member_of_gatestream_owner_after_the_dbas_steps(ser
     login that is a member of gatestream_owner runs `gatestream db migrate`: every migration
     applies, everything in gatestream's schemas is the owner's, and the roles end as a
     superuser's migrations leave them on the stack's server."""
-    bindir = pg_bindir()
-    if bindir is None:
-        pytest.skip("no PostgreSQL server binaries (ops/stack install installs them)")
-    pg = PrivatePostgres(bindir)
-    try:
-        pg.start()
+    with private_postgres() as pg:
         with psycopg.connect(pg.url, autocommit=True) as dba:
             dba.execute("CREATE DATABASE gatestream")
         url = pg.login_url("postgres", "gatestream")
         script = ROOT / "ops" / "postgres" / "before-migrate.sql"
         for _ in range(2):  # idempotent
             done = subprocess.run(
-                [str(bindir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", "migrator=gs_migrate", "-d", url,
+                [str(pg.bindir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-v", "migrator=gs_migrate", "-d", url,
                  "-f", str(script)], capture_output=True, text=True, timeout=60,
             )  # fmt: skip
             assert done.returncode == 0, done.stderr
@@ -223,8 +217,6 @@ def test_migrations_run_as_a_member_of_gatestream_owner_after_the_dbas_steps(ser
             assert len(here) == 7 and (roles.EXPORTER, False, False, ["pg_monitor"], None) in here, here
         with psycopg.connect(services.database_url) as stack:  # migrated by the superuser
             assert here == stack.execute(ROLES_STATE).fetchall()
-    finally:
-        pg.remove()
 
 
 def test_each_principal_sees_and_marks_only_its_own_dead_letters(db_url: str, logins: dict[str, str]) -> None:
