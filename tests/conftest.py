@@ -62,6 +62,22 @@ def _admin_url(url: str, dbname: str) -> str:
     return psycopg.conninfo.make_conninfo(url, dbname=dbname)
 
 
+def _drop_leftovers(conn: psycopg.Connection[Any]) -> None:
+    """Drop the databases of test sessions that ended without dropping them (killed: a time-out,
+    ^C). Their names carry the session's pid; only those of a process no longer alive on this
+    machine go. Left behind they pile up, and each holds a TimescaleDB scheduler."""
+    for (name,) in conn.execute(
+        r"SELECT datname FROM pg_database WHERE datname ~ '^gs_(tmpl|test)_[0-9]+_[0-9a-f]+$'"
+    ).fetchall():
+        pid = int(str(name).split("_")[2])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # a name of ours, matched above
+        except PermissionError:
+            pass  # alive, another user's
+
+
 class _Templates:
     """One migrated template database per server and test session; every test's database is
     cloned from it (a clone is a file copy: much faster than running the migrations again)."""
@@ -74,14 +90,21 @@ class _Templates:
         if server_url not in self.made:
             from gatestream.migrate import migrate
 
-            name = f"gs_tmpl_{uuid.uuid4().hex[:10]}"
+            name = f"gs_tmpl_{os.getpid()}_{uuid.uuid4().hex[:8]}"
             admin = _admin_url(server_url, "postgres")
             with psycopg.connect(admin, autocommit=True) as conn:
+                _drop_leftovers(conn)
                 conn.execute(f'CREATE DATABASE "{name}"')  # name is ours, not input
             url = _admin_url(server_url, name)
             migrate(url)
-            with psycopg.connect(url) as conn:
+            with psycopg.connect(url, autocommit=True) as conn:
                 self.editions[server_url] = timescaledb_edition(conn)
+                # no job scheduler in the template: TimescaleDB's background workers ignore
+                # ALLOW_CONNECTIONS, and each template's scheduler held one of the server's
+                # timescaledb.max_background_workers for the whole session (a test database's
+                # scheduler then never started: its job never ran). A database-level setting,
+                # so the clones run their jobs as usual.
+                conn.execute("SELECT timescaledb_pre_restore()")
             with psycopg.connect(admin, autocommit=True) as conn:
                 # A template must have no sessions: refuse new ones (TimescaleDB's job scheduler would
                 # connect to it) and end those already there. CREATE DATABASE ... TEMPLATE still reads it.
@@ -97,7 +120,7 @@ class _Templates:
     def clone(self, server_url: str) -> str:
         """A fresh, migrated database on that server; its URL."""
         template = self.template(server_url)
-        name = f"gs_test_{uuid.uuid4().hex[:10]}"
+        name = f"gs_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
         with psycopg.connect(_admin_url(server_url, "postgres"), autocommit=True) as conn:
             # names are ours, not input; a session still leaving the template is waited for by PostgreSQL (5 s)
             conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')

@@ -119,9 +119,11 @@ def test_a_producer_process_exits_with_events_spooled_and_the_next_run_sends_the
     assert "still in the spool" in first.stderr
 
     private_broker.start()
+    # the next run with the default delivery time-out (the short one above only makes the
+    # outage quick to see; a broker just restarted on a loaded machine may take longer to ack)
     second = subprocess.run(
         gatestream_cmd("produce", "--count", "0", "--spool-path", str(spool)),
-        env=environ,
+        env=env.environ(bootstrap_servers=private_broker.bootstrap),
         cwd=ROOT,
         capture_output=True,
         text=True,
