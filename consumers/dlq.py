@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -26,6 +26,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from gatestream.consumers.deadletter import Coords, Redriven, iso_ms, mark_redriven, redriven
 from gatestream.consumers.decoder import DecodeError, Decoder, RegistryUnavailable
 from gatestream.kafka import base_config, consumer_config
+from gatestream.kafka_access import ACLS_HINT, KafkaRefused, is_authorization_error
 from gatestream.schemas import catalog_of
 from gatestream.schemas.presence import IDENTITY_HEADERS
 from gatestream.schemas.registry import make_registry, reader_schema
@@ -73,8 +74,8 @@ def read(settings: IngestSettings, timeout: float = 15.0) -> Iterator[DeadLetter
         md = c.list_topics(settings.dlq_topic, timeout=10).topics.get(settings.dlq_topic)
         if md is None or (md.error is not None and md.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
             return  # no dead-letter topic yet: nothing was ever dead-lettered
-        if md.error is not None:  # e.g. no READ on it: an error, never "0 records"
-            raise KafkaException(md.error)
+        if md.error is not None:  # e.g. not even DESCRIBE on it: an error, never "0 records"
+            _refused_or_raise(settings, md.error)
         ends = {}
         for p in md.partitions:
             low, high = c.get_watermark_offsets(TopicPartition(settings.dlq_topic, p), timeout=10)
@@ -88,7 +89,12 @@ def read(settings: IngestSettings, timeout: float = 15.0) -> Iterator[DeadLetter
         while left and time.monotonic() < deadline:
             for m in c.consume(500, 0.5):
                 p = m.partition() or 0
-                if m.error() is not None:
+                err = m.error()
+                if err is not None:
+                    # DESCRIBE (WRITE implies it) but no READ; a group error is not one (the reader
+                    # assigns its partitions and commits nothing: its group needs no ACL)
+                    if err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                        _refused_or_raise(settings, err)
                     continue
                 offset = m.offset()
                 if offset is not None and offset < ends[p]:
@@ -100,6 +106,14 @@ def read(settings: IngestSettings, timeout: float = 15.0) -> Iterator[DeadLetter
                     left.discard(p)
     finally:
         c.close()
+
+
+def _refused_or_raise(settings: IngestSettings, err: KafkaError) -> NoReturn:
+    """A refusal to read the dead-letter topic is one line (the CLI exits 2 with it); any other
+    error is raised as it is."""
+    if is_authorization_error(err):
+        raise KafkaRefused(settings.kafka_principal, f"topic {settings.dlq_topic}", "no READ", ACLS_HINT)
+    raise KafkaException(err)
 
 
 def _text(v: Any) -> str:

@@ -147,7 +147,15 @@ def test_the_other_principals_and_an_acl_missing_at_run_time(
     needs("replay", KafkaNeeds(read=events, write=(env.dlq_topic,)))
     # replay is also the operator's `gatestream dlq`: reads the dead-letter topic, redrive writes back
     needs("replay", KafkaNeeds(read=(env.dlq_topic,), write=events))
-    # ingest may not read the dead letters: `dlq summary` as it is one line and exit 2, not "0 records"
+    # ingest may not read the dead letters: with one on the topic, `dlq summary` as ingest is one
+    # line and exit 2, not "0 records" (an empty topic is 0 records for whoever may describe it)
+    from confluent_kafka import Producer
+
+    from gatestream.kafka import base_config
+
+    admin_producer = Producer(base_config(_settings(env, b, "admin")))
+    admin_producer.produce(env.dlq_topic, b"a dead letter", headers={"gatestream.reason": b"bad-avro"})
+    assert admin_producer.flush(20) == 0
     assert "User:ingest: no READ on topic " + env.dlq_topic in refused("ingest", KafkaNeeds(read=(env.dlq_topic,)))
     done = run_gatestream(env.environ(**b.settings("ingest")), "dlq", "summary", timeout=60)
     assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].startswith(
