@@ -21,7 +21,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from gatestream import logs
 from gatestream.consumers import metrics
-from gatestream.consumers.offsets import Moves
+from gatestream.consumers.offsets import Moves, mirror_to_kafka
 from gatestream.consumers.pipeline import TP, BatchPipeline, IngestSummary, fmt_parts
 from gatestream.consumers.routes import Route, build_routes
 from gatestream.settings import IngestSettings
@@ -163,18 +163,6 @@ class Ingestor(BatchPipeline):
         self._mirror_to_kafka({tp: o for tp, o in held.items() if o is not None}, final=True)
 
     def _mirror_to_kafka(self, offsets: dict[TP, int], *, final: bool = False) -> None:
-        """Mirror stored offsets to Kafka's group for tools (lag dashboards); never read
-        back. At assignment (where each partition starts) and after batches
-        asynchronously (``_mirror_committed``); on the way out synchronously, since the last asynchronous commit
-        may still be in flight when the client closes."""
-        if not offsets:
-            return
-        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-        try:
-            if final:
-                self._consumer.commit(offsets=tps, asynchronous=False)
-            else:
-                self._consumer.commit(offsets=tps, asynchronous=True)
-        except KafkaException as exc:
-            if final:
-                log.info("could not mirror the final offsets to Kafka (advisory only)", error=str(exc))
+        """At assignment (where each partition starts), after batches asynchronously
+        (``_mirror_committed``) and on the way out synchronously (``offsets.mirror_to_kafka``)."""
+        mirror_to_kafka(self._consumer, offsets, final=final)

@@ -12,6 +12,8 @@ saw (``expected``) to the batch's end. A member that lost the partition in a reb
 and whose new owner has already committed, finds a different stored value; its update
 matches no row, FencedError is raised, and the whole transaction, rows included, rolls
 back. The member then ``reload``s the partitions (or has lost them already).
+
+``mirror_to_kafka`` copies stored offsets to the Kafka group (for lag tools), never read back.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Any
 
 import psycopg
 import structlog
+from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import TopicPartition as KafkaPartition
 
 from gatestream.database import bounded, connect, connect_once, sever
 from gatestream.waiting import wait_for_service
@@ -197,3 +201,21 @@ class OffsetStore:
                 self._conn.close()
             finally:
                 self._conn = None
+
+
+def mirror_to_kafka(consumer: Consumer, offsets: dict[TopicPartition, int], *, final: bool = False) -> None:
+    """Mirror stored offsets to the consumer's Kafka group for tools (lag dashboards); never
+    read back. Asynchronously, or with ``final`` synchronously (on the way out the last
+    asynchronous commit may still be in flight when the client closes); a failure changes
+    nothing (advisory), and only a final one is logged."""
+    if not offsets:
+        return
+    tps = [KafkaPartition(t, p, o) for (t, p), o in offsets.items()]
+    try:
+        if final:
+            consumer.commit(offsets=tps, asynchronous=False)
+        else:
+            consumer.commit(offsets=tps, asynchronous=True)
+    except KafkaException as exc:
+        if final:
+            log.info("could not mirror the final offsets to Kafka (advisory only)", error=str(exc))

@@ -32,7 +32,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from gatestream.consumers.checkpoint import Checkpoint
 from gatestream.consumers.deadletter import DeadLetterError, DeadLetters, Reason, Reject
-from gatestream.consumers.offsets import FencedError, Moves, OffsetStore, start_of
+from gatestream.consumers.offsets import FencedError, Moves, OffsetStore, mirror_to_kafka, start_of
 from gatestream.consumers.policy import metrics
 from gatestream.consumers.policy.changes import parse_change
 from gatestream.consumers.policy.model import PolicyError
@@ -112,13 +112,9 @@ class PolicyConsumer:
         consumer.incremental_assign(partitions)
 
     def _mirror_to_kafka(self, moves: Moves) -> None:
-        """Mirror the offsets just stored to Kafka's group, asynchronously, for lag tools (as
-        ingest does); never read back: the database's, committed with the reconcile, rule."""
-        tps = [TopicPartition(t, p, new) for (t, p), (_, new) in moves.items()]
-        try:
-            self.consumer.commit(offsets=tps, asynchronous=True)
-        except KafkaException as exc:
-            log.info("could not mirror offsets to Kafka (advisory only)", error=str(exc))
+        """The offsets just stored, to Kafka's group for lag tools (as ingest does); never read
+        back: the database's, committed with the reconcile, rule."""
+        mirror_to_kafka(self.consumer, {tp: new for tp, (_, new) in moves.items()})
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.offsets.release((p.topic, p.partition) for p in partitions)
