@@ -153,7 +153,12 @@ def test_sigterm_ends_the_policy_consumer_in_the_middle_of_a_reconcile_the_datab
 ) -> None:
     from confluent_kafka import Producer
 
+    from gatestream.topics import ensure_topics
+
     topic, group = f"{env.prefix}policy-changes", f"{env.prefix}policy"
+    # the topic before the first event: the consumer makes it at its start too, which on a loaded
+    # machine came after the test's 10 s of waiting to publish
+    ensure_topics(env.policy(policy_topic=topic), [topic], partitions=1)
     err = tmp_path / "policy.err"
     proc = subprocess.Popen(
         gatestream_cmd("policy-consumer", "--full-interval", "3600"),
